@@ -1,0 +1,3 @@
+from regionsync.cli import main
+
+raise SystemExit(main())

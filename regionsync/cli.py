@@ -1,0 +1,208 @@
+"""The command line: parse options, call the library, turn its errors into exit codes.
+
+Exit codes: 0 success (or skipped: another sync holds the lock), 1 the sync failed,
+2 bad configuration or usage. Expected failures print one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from regionsync import __version__, logs
+from regionsync.durations import format_duration, parse_duration
+from regionsync.errors import RegionSyncError
+from regionsync.settings import Settings, read_env_file
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+Handler = Callable[[argparse.Namespace, Settings], int]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "fake-api":
+        from regionsync import fakeapi
+
+        return fakeapi.main(args.fake_args)
+    try:
+        settings = load_settings(args.env_file)
+        logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets)
+        handler: Handler = args.handler
+        return handler(args, settings)
+    except RegionSyncError as error:
+        print(f"regionsync: error: {error}", file=sys.stderr)
+        return error.exit_code
+    except KeyboardInterrupt:
+        print("regionsync: interrupted", file=sys.stderr)
+        return 130
+
+
+def load_settings(env_file: Path | None) -> Settings:
+    """Settings from the environment, on top of an optional ``.env`` file."""
+    env: dict[str, str] = {}
+    if env_file is not None:
+        env.update(read_env_file(env_file))
+    env.update(os.environ)
+    return Settings.from_env(env)
+
+
+def _engine(settings: Settings) -> Any:
+    from regionsync.store import create_engine
+
+    if settings.embedded_database:
+        structlog.get_logger("regionsync").info(
+            "database.embedded", path=settings.database_url.database
+        )
+    return create_engine(settings)
+
+
+def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.schema import migrate
+
+    engine = _engine(settings)
+    try:
+        before, after = migrate(engine)
+    finally:
+        engine.dispose()
+    if before == after:
+        print(f"database {settings.database_display} is up to date (revision {after})")
+    else:
+        print(f"database {settings.database_display} migrated: {before or 'empty'} -> {after}")
+    return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.sync import ApiSource, FileSource, Guard, Source, preview, run_sync
+
+    source: Source = FileSource(args.from_file) if args.from_file else ApiSource(settings)
+    guard = Guard(settings.max_removal_fraction, allow_mass_removal=args.allow_mass_removal)
+    engine = _engine(settings)
+    try:
+        if args.dry_run:
+            result = preview(engine, source, guard=guard)
+            _print_plan(result)
+            return EXIT_OK
+        result = run_sync(engine, source, trigger="cli", guard=guard)
+    finally:
+        engine.dispose()
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
+    if result.status == "skipped":
+        print(f"run {result.run_id} skipped: {result.error}")
+    else:
+        print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {counts}")
+    return EXIT_OK
+
+
+def _print_plan(result: Any) -> None:
+    from regionsync.sync import describe
+
+    counts = ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
+    print(f"dry run, nothing written: {counts}")
+    for change in result.changes:
+        fields = describe(change)["changes"]
+        shown = "; ".join(f"{name}: {before!r} -> {after!r}" for name, (before, after) in fields.items())
+        print(f"  {change.kind:<8} {change.region_id}  {shown}")
+
+
+def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.status import gather
+
+    engine = _engine(settings)
+    try:
+        report = gather(engine, limit=args.limit)
+    finally:
+        engine.dispose()
+    fresh = report.is_fresh(args.max_age)
+    if args.json:
+        print(json.dumps({**report.as_json(), "fresh": fresh, "max_age_seconds": args.max_age.total_seconds()}, indent=2))
+    else:
+        _print_status(report, args.max_age, fresh)
+    return EXIT_OK if fresh else EXIT_FAILED
+
+
+def _print_status(report: Any, max_age: timedelta, fresh: bool) -> None:
+    age = report.last_success_age
+    freshness = "never" if age is None else f"{format_duration(age)} ago"
+    verdict = "fresh" if fresh else f"STALE (older than {format_duration(max_age)})"
+    print(f"last success: {freshness} - {verdict}")
+    print(f"regions: {report.active_regions} active, {report.removed_regions} removed")
+    if not report.recent_runs:
+        print("no runs yet")
+        return
+    header = ("run", "started (UTC)", "status", "trigger", "fetched", "added", "changed", "removed", "restored", "rejected", "error")
+    rows = [header]
+    for run in report.recent_runs:
+        rows.append(
+            (
+                str(run["id"]),
+                run["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
+                run["status"],
+                run["trigger"],
+                *(str(run[k]) for k in ("fetched", "added", "changed", "removed", "restored", "rejected")),
+                run["error"] or "",
+            )
+        )
+    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+
+
+def _duration(text: str) -> timedelta:
+    delta = parse_duration(text)
+    if delta is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90m, 3h or 1d")
+    return delta
+
+
+def _positive(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return int(text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="regionsync",
+        description="Keep a database of a Kaleyra RCS agent's regions and their history.",
+        epilog="Settings come from the environment; see the README. "
+        "Exit codes: 0 ok or skipped, 1 sync failed, 2 bad configuration or usage.",
+    )
+    parser.add_argument("--version", action="version", version=f"regionsync {__version__}")
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        help="read settings from this .env-style file too (the environment wins)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="sync once (for cron)", description="Fetch the agent's regions and apply them to the database in one transaction.")
+    run.add_argument("--dry-run", action="store_true", help="fetch, validate and print what would change; write nothing")
+    run.add_argument("--from-file", type=Path, metavar="PATH", help="a saved API response instead of the API (needs no Kaleyra settings)")
+    run.add_argument("--allow-mass-removal", action="store_true", help="apply even if more than REGIONSYNC_MAX_REMOVAL_FRACTION of the active regions would be removed")
+    run.set_defaults(handler=cmd_run)
+
+    migrate = commands.add_parser("migrate", help="create or upgrade the schema (alembic upgrade head)", description="Upgrade the database schema to the latest revision; safe to run again.")
+    migrate.set_defaults(handler=cmd_migrate)
+
+    status = commands.add_parser("status", help="recent runs and data freshness (a health check)", description="Show recent runs, region counts and the age of the last successful sync. Exit 0 when that age is under --max-age, else 1.")
+    status.add_argument("--max-age", type=_duration, default=timedelta(hours=3), metavar="DURATION", help="the freshness limit, e.g. 90m, 3h, 1d (default 3h)")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument("--limit", type=_positive, default=10, metavar="N", help="how many recent runs to show (default 10)")
+    status.set_defaults(handler=cmd_status)
+
+    fake = commands.add_parser("fake-api", help="serve a fake Kaleyra API on loopback, for trials and tests", add_help=False, description="Serve a fake Kaleyra API; `regionsync fake-api --help` lists its options.")
+    fake.add_argument("fake_args", nargs=argparse.REMAINDER)
+    return parser
+
+
+__all__ = ["main"]

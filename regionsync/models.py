@@ -1,0 +1,215 @@
+"""The tables of DESIGN.md §2 as typed SQLAlchemy models.
+
+The migrations spell out their own DDL and never import this module; ``alembic check``
+(run by the tests) proves the two agree. Every column carries a comment: BI tools show
+them to analysts as the data dictionary.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Dialect,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+CHANGE_KINDS = ("added", "changed", "removed", "restored")
+RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
+RUN_TRIGGERS = ("cli", "daemon")
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys, so SQLite compares ``raw`` as a value, not as text order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``timestamptz``; on SQLite, stored as UTC and read back timezone-aware."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a timezone-aware column")
+        return value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            return value.replace(tzinfo=UTC)
+        return value.astimezone(UTC)
+
+
+RawJSON = JSON().with_variant(JSONB(), "postgresql")
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class SyncRun(Base):
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
+        CheckConstraint(_in("trigger", RUN_TRIGGERS), name="trigger"),
+        Index(None, "status", "started_at"),
+        {"comment": "One row per sync attempt: when, how it ended, and what it counted."},
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigId, primary_key=True, autoincrement=True, comment="Run number, increasing."
+    )
+    started_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, comment="When the run started (UTC)."
+    )
+    finished_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, comment="When the run ended (UTC); NULL while running."
+    )
+    status: Mapped[str] = mapped_column(
+        Text, comment="running, succeeded, failed, or skipped (another sync held the lock)."
+    )
+    trigger: Mapped[str] = mapped_column(
+        Text, comment="What started the run: cli (regionsync run) or daemon."
+    )
+    source: Mapped[str] = mapped_column(
+        Text, comment="Where the data came from: the API URL or file:PATH; never a secret."
+    )
+    fetched: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Records received, duplicates and rejects included."
+    )
+    added: Mapped[int] = mapped_column(Integer, default=0, comment="Regions seen for the first time.")
+    changed: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Present regions with any stored field changed, tracked or not."
+    )
+    unchanged: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Present regions that matched the database exactly."
+    )
+    removed: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Regions absent from this sync, newly marked removed."
+    )
+    restored: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Removed regions that came back in this sync."
+    )
+    rejected: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Records refused as invalid; their regions were left as they were."
+    )
+    error: Mapped[str | None] = mapped_column(
+        Text, comment="Why the run failed or was skipped, one line; never a secret."
+    )
+
+
+class Region(Base):
+    __tablename__ = "regions"
+    __table_args__ = (
+        Index(None, "removed_at"),
+        {"comment": "Current state of every region ever seen (rows are never deleted)."},
+    )
+
+    id: Mapped[str] = mapped_column(Text, primary_key=True, comment="Kaleyra's region id.")
+    region_name: Mapped[str | None] = mapped_column(
+        Text, comment="Google's region resource name, e.g. /v1/regions/amx-tracfone."
+    )
+    display_name: Mapped[str | None] = mapped_column(
+        Text, comment="Human-readable name, e.g. United States: Tracfone."
+    )
+    management_type: Mapped[str | None] = mapped_column(
+        Text, comment="Who manages the region, as Kaleyra sends it (e.g. GOOGLE_MANAGED)."
+    )
+    management_type_value: Mapped[int | None] = mapped_column(
+        Integer, comment="The management type as Kaleyra's integer code."
+    )
+    carrier_enabled: Mapped[bool] = mapped_column(
+        Boolean, comment="Whether the carrier is enabled for the agent in this region (tracked)."
+    )
+    hosting_region: Mapped[str | None] = mapped_column(
+        Text, comment="Hosting region as Kaleyra sends it, e.g. NORTH_AMERICA (tracked)."
+    )
+    raw: Mapped[Any] = mapped_column(
+        RawJSON, comment="The record exactly as last received from the API."
+    )
+    first_seen_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, comment="When a sync first received this region (UTC)."
+    )
+    updated_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, comment="When a stored field last changed, raw and removed_at included (UTC)."
+    )
+    removed_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime,
+        comment="When a successful sync first missed this region; NULL while it is present.",
+    )
+
+
+class RegionHistory(Base):
+    __tablename__ = "region_history"
+    __table_args__ = (
+        UniqueConstraint("region_id", "sync_run_id"),
+        CheckConstraint(_in("change", CHANGE_KINDS), name="change"),
+        Index(None, "changed_at"),
+        Index(None, "sync_run_id"),
+        {
+            "comment": "One row per region per sync in which a tracked field or the region's "
+            "presence changed. Befores equal the previous row's afters; NULL means absent."
+        },
+    )
+
+    id: Mapped[int] = mapped_column(
+        BigId, primary_key=True, autoincrement=True, comment="Row number, increasing."
+    )
+    region_id: Mapped[str] = mapped_column(
+        Text, ForeignKey("regions.id"), comment="The region that changed (regions.id)."
+    )
+    sync_run_id: Mapped[int] = mapped_column(
+        BigId, ForeignKey("sync_runs.id"), comment="The sync that saw the change (sync_runs.id)."
+    )
+    changed_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, comment="When that sync received its snapshot (UTC); one value per run."
+    )
+    change: Mapped[str] = mapped_column(Text, comment="added, changed, removed, or restored.")
+    carrier_enabled_before: Mapped[bool | None] = mapped_column(
+        Boolean, comment="carrier_enabled before the change; NULL when the region was absent."
+    )
+    carrier_enabled_after: Mapped[bool | None] = mapped_column(
+        Boolean, comment="carrier_enabled after the change; NULL when the region is now absent."
+    )
+    hosting_region_before: Mapped[str | None] = mapped_column(
+        Text, comment="hosting_region before the change; NULL when absent or unset."
+    )
+    hosting_region_after: Mapped[str | None] = mapped_column(
+        Text, comment="hosting_region after the change; NULL when absent or unset."
+    )
+
+
+Index(None, RegionHistory.region_id, RegionHistory.changed_at)

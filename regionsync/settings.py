@@ -1,0 +1,280 @@
+"""One typed settings object, built once from the environment and validated up front.
+
+No other module reads ``os.environ``: the CLI builds :class:`Settings` and passes it in.
+Secrets are held in :class:`Secret` and the database URL's password is masked, so
+``repr(settings)`` is safe to log.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import os
+import zoneinfo
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
+
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from regionsync.errors import ConfigError
+
+POD_BASE_URLS = {
+    "in": "https://rcs-api.in.kaleyra.io",
+    "na": "https://rcs-api.na.kaleyra.io",
+}
+DEFAULT_REGIONS_PATH = "/v1/{sid}/rcs/agent/agent_regions"
+DEFAULT_SCHEDULE = "15m"
+DEFAULT_MAX_REMOVAL_FRACTION = 0.5
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+LogFormat = Literal["json", "console"]
+
+
+class Secret:
+    """A string that never shows itself in ``repr()``, ``str()`` or f-strings."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('**********')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def default_sqlite_path(env: Mapping[str, str]) -> Path:
+    """Where the embedded database lives: ``$XDG_DATA_HOME/regionsync/regionsync.db``."""
+    data_home = env.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(data_home) / "regionsync" / "regionsync.db"
+
+
+def is_loopback_host(host: str | None) -> bool:
+    if not host:
+        return False
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def normalise_database_url(raw: str, *, setting: str = "REGIONSYNC_DATABASE_URL") -> URL:
+    """Turn what users paste (``postgres://``, ``postgresql://``) into a psycopg 3 URL."""
+    try:
+        url = make_url(raw.strip())
+    except ArgumentError:
+        raise ConfigError(setting, "not a database URL (expected postgresql://...)") from None
+    backend, _, _driver = url.drivername.partition("+")
+    if backend in ("postgres", "postgresql"):
+        return url.set(drivername="postgresql+psycopg")
+    if backend == "sqlite":
+        return url.set(drivername="sqlite")
+    raise ConfigError(setting, f"unsupported database {backend!r} (use postgresql:// or sqlite://)")
+
+
+def _sqlite_url(path: Path) -> URL:
+    return URL.create("sqlite", database=str(path))
+
+
+def check_base_url(raw: str) -> str:
+    """Refuse anything that would send the API key in clear or to a non-URL."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("KALEYRA_BASE_URL", "must be an https:// URL with a host")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError("KALEYRA_BASE_URL", "must not carry credentials, a query or fragment")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            "KALEYRA_BASE_URL", "plain http:// is only allowed for loopback hosts; use https://"
+        )
+    return raw.strip().rstrip("/")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything regionsync is configured with; see the README's settings table."""
+
+    database_url: URL
+    embedded_database: bool
+    kaleyra_sid: str | None = None
+    kaleyra_api_key: Secret | None = field(default=None, repr=True)
+    kaleyra_base_url: str | None = None
+    kaleyra_regions_path: str = DEFAULT_REGIONS_PATH
+    schedule: str = DEFAULT_SCHEDULE
+    timezone: str = "UTC"
+    log_format: LogFormat | None = None
+    log_level: str = "INFO"
+    max_removal_fraction: float = DEFAULT_MAX_REMOVAL_FRACTION
+    metrics_port: int | None = None
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={getattr(self, name)!r}"
+            for name in self.__dataclass_fields__
+            if name != "database_url"
+        )
+        shown = self.database_url.render_as_string(hide_password=True)
+        return f"Settings(database_url={shown!r}, {fields})"
+
+    @property
+    def database_display(self) -> str:
+        """The database URL with its password masked, for logs and messages."""
+        return self.database_url.render_as_string(hide_password=True)
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        """The secret values, so logs and errors can be scrubbed of them."""
+        found = []
+        if self.kaleyra_api_key is not None:
+            found.append(self.kaleyra_api_key.reveal())
+        if self.database_url.password:
+            found.append(str(self.database_url.password))
+        return tuple(s for s in found if s)
+
+    @property
+    def regions_url(self) -> str:
+        """The full URL of "Get an Agent's Regions"; needs the Kaleyra settings."""
+        self.require_kaleyra()
+        assert self.kaleyra_base_url is not None
+        assert self.kaleyra_sid is not None
+        return self.kaleyra_base_url + self.kaleyra_regions_path.format(sid=self.kaleyra_sid)
+
+    def require_kaleyra(self) -> None:
+        """Fetching from the API needs a SID, a key and a base URL (or pod)."""
+        if not self.kaleyra_sid:
+            raise ConfigError("KALEYRA_SID", "is required to fetch from the Kaleyra API")
+        if self.kaleyra_api_key is None:
+            raise ConfigError("KALEYRA_API_KEY", "is required to fetch from the Kaleyra API")
+        if self.kaleyra_base_url is None:
+            raise ConfigError(
+                "KALEYRA_POD", "set KALEYRA_POD (in or na) or KALEYRA_BASE_URL to reach Kaleyra"
+            )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Build and validate settings; raises :class:`ConfigError` naming the variable."""
+        env = os.environ if env is None else env
+
+        def get(name: str) -> str | None:
+            value = env.get(name)
+            if value is None or not value.strip():
+                return None
+            return value.strip()
+
+        db_setting = "REGIONSYNC_DATABASE_URL" if get("REGIONSYNC_DATABASE_URL") else "DATABASE_URL"
+        raw_db = get(db_setting)
+        if raw_db is None:
+            database_url = _sqlite_url(default_sqlite_path(env))
+            embedded = True
+        else:
+            database_url = normalise_database_url(raw_db, setting=db_setting)
+            embedded = False
+
+        pod = get("KALEYRA_POD")
+        if pod is not None:
+            pod = pod.lower()
+            if pod not in POD_BASE_URLS:
+                raise ConfigError("KALEYRA_POD", f"must be one of: {', '.join(POD_BASE_URLS)}")
+        raw_base = get("KALEYRA_BASE_URL")
+        base_url = check_base_url(raw_base) if raw_base else POD_BASE_URLS.get(pod or "")
+
+        path = get("KALEYRA_REGIONS_PATH") or DEFAULT_REGIONS_PATH
+        if not path.startswith("/") or "{sid}" not in path:
+            raise ConfigError(
+                "KALEYRA_REGIONS_PATH", "must start with / and contain {sid}, e.g. " + DEFAULT_REGIONS_PATH
+            )
+        try:
+            path.format(sid="x")
+        except (KeyError, IndexError, ValueError):
+            raise ConfigError("KALEYRA_REGIONS_PATH", "may hold no placeholder but {sid}") from None
+
+        sid = get("KALEYRA_SID")
+        if sid is not None and not sid.isalnum():
+            raise ConfigError("KALEYRA_SID", "must be letters and digits only")
+        key = get("KALEYRA_API_KEY")
+
+        timezone = get("REGIONSYNC_TIMEZONE") or "UTC"
+        try:
+            zoneinfo.ZoneInfo(timezone)
+        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+            raise ConfigError("REGIONSYNC_TIMEZONE", f"unknown time zone {timezone!r}") from None
+
+        log_format = get("REGIONSYNC_LOG_FORMAT")
+        if log_format is not None and log_format.lower() not in ("json", "console"):
+            raise ConfigError("REGIONSYNC_LOG_FORMAT", "must be json or console")
+        log_level = (get("REGIONSYNC_LOG_LEVEL") or "INFO").upper()
+        if log_level not in LOG_LEVELS:
+            raise ConfigError("REGIONSYNC_LOG_LEVEL", f"must be one of: {', '.join(LOG_LEVELS)}")
+
+        fraction = DEFAULT_MAX_REMOVAL_FRACTION
+        raw_fraction = get("REGIONSYNC_MAX_REMOVAL_FRACTION")
+        if raw_fraction is not None:
+            try:
+                fraction = float(raw_fraction)
+            except ValueError:
+                fraction = math.nan
+            if not 0 <= fraction <= 1:
+                raise ConfigError(
+                    "REGIONSYNC_MAX_REMOVAL_FRACTION", "must be a number from 0 to 1 (1 turns it off)"
+                )
+
+        metrics_port = None
+        raw_port = get("REGIONSYNC_METRICS_PORT")
+        if raw_port is not None:
+            if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
+                raise ConfigError("REGIONSYNC_METRICS_PORT", "must be a port number from 1 to 65535")
+            metrics_port = int(raw_port)
+
+        return cls(
+            database_url=database_url,
+            embedded_database=embedded,
+            kaleyra_sid=sid,
+            kaleyra_api_key=Secret(key) if key else None,
+            kaleyra_base_url=base_url,
+            kaleyra_regions_path=path,
+            schedule=get("REGIONSYNC_SCHEDULE") or DEFAULT_SCHEDULE,
+            timezone=timezone,
+            log_format=log_format.lower() if log_format else None,  # type: ignore[arg-type]
+            log_level=log_level,
+            max_removal_fraction=fraction,
+            metrics_port=metrics_port,
+        )
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read a ``.env``-style file: ``KEY=VALUE`` lines, ``#`` comments, optional quotes."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("--env-file", f"cannot read {path}: {exc.strerror}") from None
+    values: dict[str, str] = {}
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        line = line.removeprefix("export ").strip()
+        key, sep, value = line.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise ConfigError("--env-file", f"{path}:{number}: expected KEY=VALUE")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key] = value
+    return values

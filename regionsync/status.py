@@ -1,0 +1,74 @@
+"""What ``regionsync status`` reports: recent runs, region counts, and data freshness."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from regionsync import runs
+from regionsync.models import Region
+from regionsync.schema import require_current
+from regionsync.store import translated_errors
+
+regions = Region.__table__
+
+
+@dataclass(frozen=True)
+class StatusReport:
+    recent_runs: list[dict[str, Any]]
+    active_regions: int
+    removed_regions: int
+    last_success_at: datetime | None
+    checked_at: datetime
+
+    @property
+    def last_success_age(self) -> timedelta | None:
+        if self.last_success_at is None:
+            return None
+        return self.checked_at - self.last_success_at
+
+    def is_fresh(self, max_age: timedelta) -> bool:
+        age = self.last_success_age
+        return age is not None and age < max_age
+
+    def as_json(self) -> dict[str, Any]:
+        age = self.last_success_age
+        return {
+            "checked_at": self.checked_at.isoformat(),
+            "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
+            "last_success_age_seconds": round(age.total_seconds(), 3) if age else None,
+            "active_regions": self.active_regions,
+            "removed_regions": self.removed_regions,
+            "recent_runs": [
+                {k: v.isoformat() if isinstance(v, datetime) else v for k, v in run.items()}
+                for run in self.recent_runs
+            ],
+        }
+
+
+def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
+    require_current(engine)
+    with translated_errors("reading the status"), engine.connect() as connection:
+        recent = [dict(row) for row in runs.recent(connection, limit)]
+        active, removed = connection.execute(
+            sa.select(
+                sa.func.count().filter(regions.c.removed_at.is_(None)),
+                sa.func.count().filter(regions.c.removed_at.is_not(None)),
+            )
+        ).one()
+        last_success = connection.execute(
+            sa.select(sa.func.max(runs.runs.c.finished_at)).where(
+                runs.runs.c.status == "succeeded"
+            )
+        ).scalar_one()
+    return StatusReport(
+        recent_runs=recent,
+        active_regions=active,
+        removed_regions=removed,
+        last_success_at=last_success,
+        checked_at=runs.now(),
+    )

@@ -1,0 +1,173 @@
+"""Migrations: up, down and up again on both databases; models and migrations agree."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import URL, Engine
+
+from regionsync import store
+from regionsync.errors import SchemaError
+from regionsync.models import Base
+from regionsync.schema import current_revision, downgrade, head_revision, migrate, require_current
+
+from tests.support import settings_for
+
+REPO = Path(__file__).resolve().parents[1]
+TABLES = {"regions", "region_history", "sync_runs"}
+VIEWS = {"region_status_intervals"}
+
+
+def _names(engine: Engine) -> tuple[set[str], set[str]]:
+    inspector = sa.inspect(engine)
+    return set(inspector.get_table_names()), set(inspector.get_view_names())
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    if request.param == "postgresql":
+        url: URL = request.getfixturevalue("fresh_pg_url")
+    else:
+        url = URL.create("sqlite", database=str(tmp_path / "fresh.db"))
+    engine = store.create_engine(settings_for(url))
+    request.addfinalizer(engine.dispose)
+    return engine
+
+
+def test_migrate_up_down_up(empty_engine: Engine) -> None:
+    with pytest.raises(SchemaError, match="run `regionsync migrate`"):
+        require_current(empty_engine)
+    assert migrate(empty_engine) == (None, head_revision())
+    tables, views = _names(empty_engine)
+    assert tables >= TABLES | {"alembic_version"}
+    assert views >= VIEWS
+    require_current(empty_engine)
+
+    assert migrate(empty_engine) == (head_revision(), head_revision())
+
+    downgrade(empty_engine, "base")
+    tables, views = _names(empty_engine)
+    assert not tables & TABLES
+    assert not views
+    assert current_revision(empty_engine) is None
+
+    migrate(empty_engine)
+    assert current_revision(empty_engine) == head_revision()
+
+
+def test_models_match_migrations(engine: Engine) -> None:
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"compare_type": True})
+        assert compare_metadata(context, Base.metadata) == []
+
+
+def test_out_of_date_schema_says_to_migrate(empty_engine: Engine) -> None:
+    migrate(empty_engine)
+    with empty_engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '0000'")
+    with pytest.raises(SchemaError) as caught:
+        require_current(empty_engine)
+    assert "0000" in str(caught.value)
+    assert "run `regionsync migrate`" in str(caught.value)
+    assert caught.value.exit_code == 2
+
+
+def test_alembic_cli_uses_regionsync_settings(fresh_pg_url: URL) -> None:
+    env = {
+        **os.environ,
+        "REGIONSYNC_DATABASE_URL": fresh_pg_url.render_as_string(hide_password=False),
+    }
+    alembic = [sys.executable, "-m", "alembic"]
+    for command in (["upgrade", "head"], ["check"], ["downgrade", "base"], ["upgrade", "head"]):
+        done = subprocess.run(
+            [*alembic, *command], cwd=REPO, env=env, capture_output=True, text=True, check=False
+        )
+        assert done.returncode == 0, done.stderr
+    assert "No new upgrade operations detected" in subprocess.run(
+        [*alembic, "check"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+    ).stdout
+
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _seed_history(engine: Engine, rows: list[tuple[int, str, bool | None, str | None]]) -> None:
+    """rows: (day, change, carrier_enabled_after, hosting_region_after) for region "r1"."""
+    with engine.begin() as c:
+        c.exec_driver_sql(
+            "INSERT INTO regions (id, display_name, carrier_enabled, raw, first_seen_at, updated_at)"
+            " VALUES ('r1', 'Region One', true, '{}', %s, %s)"
+            if engine.dialect.name == "postgresql"
+            else "INSERT INTO regions (id, display_name, carrier_enabled, raw, first_seen_at, updated_at)"
+            " VALUES ('r1', 'Region One', 1, '{}', ?, ?)",
+            (T0, T0),
+        )
+        before: tuple[bool | None, str | None] = (None, None)
+        for run, (day, change, enabled, hosting) in enumerate(rows, start=1):
+            at = T0 + timedelta(days=day)
+            c.execute(
+                sa.text(
+                    "INSERT INTO sync_runs (id, started_at, status, trigger, source, fetched, added,"
+                    " changed, unchanged, removed, restored, rejected)"
+                    " VALUES (:id, :at, 'succeeded', 'cli', 'test', 0, 0, 0, 0, 0, 0, 0)"
+                ).bindparams(sa.bindparam("at", type_=sa.DateTime(timezone=True))),
+                {"id": run, "at": at},
+            )
+            c.execute(
+                sa.text(
+                    "INSERT INTO region_history (region_id, sync_run_id, changed_at, change,"
+                    " carrier_enabled_before, carrier_enabled_after, hosting_region_before,"
+                    " hosting_region_after) VALUES ('r1', :run, :at, :change, :cb, :ca, :hb, :ha)"
+                ).bindparams(sa.bindparam("at", type_=sa.DateTime(timezone=True))),
+                {
+                    "run": run,
+                    "at": at,
+                    "change": change,
+                    "cb": before[0],
+                    "ca": enabled,
+                    "hb": before[1],
+                    "ha": hosting,
+                },
+            )
+            before = (enabled, hosting)
+
+
+def _as_utc(value: object) -> datetime | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+def test_status_intervals_view_on_a_hand_made_history(engine: Engine) -> None:
+    _seed_history(
+        engine,
+        [
+            (0, "added", True, "EUROPE"),
+            (2, "changed", False, "EUROPE"),
+            (5, "removed", None, None),
+            (9, "restored", False, "NORTH_AMERICA"),
+        ],
+    )
+    with engine.connect() as c:
+        rows = c.exec_driver_sql(
+            "SELECT region_id, display_name, carrier_enabled, hosting_region, valid_from, valid_to"
+            " FROM region_status_intervals ORDER BY valid_from"
+        ).all()
+    got = [(r[0], r[1], bool(r[2]), r[3], _as_utc(r[4]), _as_utc(r[5])) for r in rows]
+    day = lambda n: T0 + timedelta(days=n)  # noqa: E731
+    assert got == [
+        ("r1", "Region One", True, "EUROPE", day(0), day(2)),
+        ("r1", "Region One", False, "EUROPE", day(2), day(5)),
+        ("r1", "Region One", False, "NORTH_AMERICA", day(9), None),
+    ]
