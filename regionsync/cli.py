@@ -109,7 +109,9 @@ def _print_plan(result: Any) -> None:
     print(f"dry run, nothing written: {counts}")
     for change in result.changes:
         fields = describe(change)["changes"]
-        shown = "; ".join(f"{name}: {before!r} -> {after!r}" for name, (before, after) in fields.items())
+        shown = "; ".join(
+            f"{name}: {before!r} -> {after!r}" for name, (before, after) in fields.items()
+        )
         print(f"  {change.kind:<8} {change.region_id}  {shown}")
 
 
@@ -123,7 +125,16 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
         engine.dispose()
     fresh = report.is_fresh(args.max_age)
     if args.json:
-        print(json.dumps({**report.as_json(), "fresh": fresh, "max_age_seconds": args.max_age.total_seconds()}, indent=2))
+        print(
+            json.dumps(
+                {
+                    **report.as_json(),
+                    "fresh": fresh,
+                    "max_age_seconds": args.max_age.total_seconds(),
+                },
+                indent=2,
+            )
+        )
     else:
         _print_status(report, args.max_age, fresh)
     return EXIT_OK if fresh else EXIT_FAILED
@@ -138,7 +149,19 @@ def _print_status(report: Any, max_age: timedelta, fresh: bool) -> None:
     if not report.recent_runs:
         print("no runs yet")
         return
-    header = ("run", "started (UTC)", "status", "trigger", "fetched", "added", "changed", "removed", "restored", "rejected", "error")
+    header = (
+        "run",
+        "started (UTC)",
+        "status",
+        "trigger",
+        "fetched",
+        "added",
+        "changed",
+        "removed",
+        "restored",
+        "rejected",
+        "error",
+    )
     rows = [header]
     for run in report.recent_runs:
         rows.append(
@@ -147,13 +170,20 @@ def _print_status(report: Any, max_age: timedelta, fresh: bool) -> None:
                 run["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
                 run["status"],
                 run["trigger"],
-                *(str(run[k]) for k in ("fetched", "added", "changed", "removed", "restored", "rejected")),
+                *(
+                    str(run[k])
+                    for k in ("fetched", "added", "changed", "removed", "restored", "rejected")
+                ),
                 run["error"] or "",
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False)) + "  " + row[-1])
+        print(
+            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
+            + "  "
+            + row[-1]
+        )
 
 
 def _duration(text: str) -> timedelta:
@@ -185,22 +215,66 @@ def build_parser() -> argparse.ArgumentParser:
     )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = commands.add_parser("run", help="sync once (for cron)", description="Fetch the agent's regions and apply them to the database in one transaction.")
-    run.add_argument("--dry-run", action="store_true", help="fetch, validate and print what would change; write nothing")
-    run.add_argument("--from-file", type=Path, metavar="PATH", help="a saved API response instead of the API (needs no Kaleyra settings)")
-    run.add_argument("--allow-mass-removal", action="store_true", help="apply even if more than REGIONSYNC_MAX_REMOVAL_FRACTION of the active regions would be removed")
+    run = commands.add_parser(
+        "run",
+        help="sync once (for cron)",
+        description="Fetch the agent's regions and apply them to the database in one transaction.",
+    )
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="fetch, validate and print what would change; write nothing",
+    )
+    run.add_argument(
+        "--from-file",
+        type=Path,
+        metavar="PATH",
+        help="a saved API response instead of the API (needs no Kaleyra settings)",
+    )
+    run.add_argument(
+        "--allow-mass-removal",
+        action="store_true",
+        help="apply even if more than REGIONSYNC_MAX_REMOVAL_FRACTION of the active regions "
+        "would be removed",
+    )
     run.set_defaults(handler=cmd_run)
 
-    migrate = commands.add_parser("migrate", help="create or upgrade the schema (alembic upgrade head)", description="Upgrade the database schema to the latest revision; safe to run again.")
+    migrate = commands.add_parser(
+        "migrate",
+        help="create or upgrade the schema (alembic upgrade head)",
+        description="Upgrade the database schema to the latest revision; safe to run again.",
+    )
     migrate.set_defaults(handler=cmd_migrate)
 
-    status = commands.add_parser("status", help="recent runs and data freshness (a health check)", description="Show recent runs, region counts and the age of the last successful sync. Exit 0 when that age is under --max-age, else 1.")
-    status.add_argument("--max-age", type=_duration, default=timedelta(hours=3), metavar="DURATION", help="the freshness limit, e.g. 90m, 3h, 1d (default 3h)")
+    status = commands.add_parser(
+        "status",
+        help="recent runs and data freshness (a health check)",
+        description="Show recent runs, region counts and the age of the last successful sync. "
+        "Exit 0 when that age is under --max-age, else 1.",
+    )
+    status.add_argument(
+        "--max-age",
+        type=_duration,
+        default=timedelta(hours=3),
+        metavar="DURATION",
+        help="the freshness limit, e.g. 90m, 3h, 1d (default 3h)",
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.add_argument("--limit", type=_positive, default=10, metavar="N", help="how many recent runs to show (default 10)")
+    status.add_argument(
+        "--limit",
+        type=_positive,
+        default=10,
+        metavar="N",
+        help="how many recent runs to show (default 10)",
+    )
     status.set_defaults(handler=cmd_status)
 
-    fake = commands.add_parser("fake-api", help="serve a fake Kaleyra API on loopback, for trials and tests", add_help=False, description="Serve a fake Kaleyra API; `regionsync fake-api --help` lists its options.")
+    fake = commands.add_parser(
+        "fake-api",
+        help="serve a fake Kaleyra API on loopback, for trials and tests",
+        add_help=False,
+        description="Serve a fake Kaleyra API; `regionsync fake-api --help` lists its options.",
+    )
     fake.add_argument("fake_args", nargs=argparse.REMAINDER)
     return parser
 

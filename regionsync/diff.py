@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from regionsync.models import RawJSON, Region
+from regionsync.models import RawJSON, regions_table
 from regionsync.records import Snapshot
 
 TRACKED = ("carrier_enabled", "hosting_region")
@@ -41,8 +41,21 @@ held = sa.Table(
     sa.Column("id", sa.Text, primary_key=True),
     prefixes=["TEMPORARY"],
 )
+#: History rows computed from the old state, inserted once the regions they name exist.
+pending_history = sa.Table(
+    "regionsync_pending_history",
+    _temp,
+    sa.Column("region_id", sa.Text, nullable=False),
+    sa.Column("change", sa.Text, nullable=False),
+    sa.Column("carrier_enabled_before", sa.Boolean),
+    sa.Column("carrier_enabled_after", sa.Boolean),
+    sa.Column("hosting_region_before", sa.Text),
+    sa.Column("hosting_region_after", sa.Text),
+    prefixes=["TEMPORARY"],
+)
+TEMP_TABLES = (staged, held, pending_history)
 
-regions = Region.__table__
+regions = regions_table
 s = staged.alias("s")
 r = regions.alias("r")
 
@@ -107,7 +120,7 @@ class Plan:
 def stage(connection: Connection, snapshot: Snapshot) -> None:
     """Load the snapshot into this connection's temporary tables."""
     unstage(connection)
-    for table in (staged, held):
+    for table in TEMP_TABLES:
         table.create(connection)
     if snapshot.records:
         connection.execute(
@@ -131,7 +144,7 @@ def stage(connection: Connection, snapshot: Snapshot) -> None:
 
 
 def unstage(connection: Connection) -> None:
-    for table in (staged, held):
+    for table in TEMP_TABLES:
         connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
 
 

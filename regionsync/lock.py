@@ -64,7 +64,7 @@ def _release_advisory(connection: Connection) -> None:
         connection.rollback()
         connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
         connection.commit()
-    except Exception:  # noqa: BLE001 - a dead connection has released the lock already
+    except Exception:
         connection.invalidate()
 
 

@@ -50,7 +50,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
     def __init__(self) -> None:
         super().__init__()
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> Any:
         return sys.stderr
 
@@ -59,9 +59,7 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def configure(
-    *, level: str = "INFO", fmt: str | None = None, secrets: Iterable[str] = ()
-) -> None:
+def configure(*, level: str = "INFO", fmt: str | None = None, secrets: Iterable[str] = ()) -> None:
     """Set up structlog and the standard library's logging to write to stderr."""
     use_json = fmt == "json" or (fmt is None and not sys.stderr.isatty())
     shared: list[Processor] = [

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +22,7 @@ from sqlalchemy import (
     Index,
     Integer,
     MetaData,
+    Table,
     Text,
     TypeDecorator,
     UniqueConstraint,
@@ -92,9 +93,7 @@ class SyncRun(Base):
     id: Mapped[int] = mapped_column(
         BigId, primary_key=True, autoincrement=True, comment="Run number, increasing."
     )
-    started_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, comment="When the run started (UTC)."
-    )
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime, comment="When the run started (UTC).")
     finished_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime, comment="When the run ended (UTC); NULL while running."
     )
@@ -110,7 +109,9 @@ class SyncRun(Base):
     fetched: Mapped[int] = mapped_column(
         Integer, default=0, comment="Records received, duplicates and rejects included."
     )
-    added: Mapped[int] = mapped_column(Integer, default=0, comment="Regions seen for the first time.")
+    added: Mapped[int] = mapped_column(
+        Integer, default=0, comment="Regions seen for the first time."
+    )
     changed: Mapped[int] = mapped_column(
         Integer, default=0, comment="Present regions with any stored field changed, tracked or not."
     )
@@ -124,7 +125,9 @@ class SyncRun(Base):
         Integer, default=0, comment="Removed regions that came back in this sync."
     )
     rejected: Mapped[int] = mapped_column(
-        Integer, default=0, comment="Records refused as invalid; their regions were left as they were."
+        Integer,
+        default=0,
+        comment="Records refused as invalid; their regions were left as they were.",
     )
     error: Mapped[str | None] = mapped_column(
         Text, comment="Why the run failed or was skipped, one line; never a secret."
@@ -213,3 +216,8 @@ class RegionHistory(Base):
 
 
 Index(None, RegionHistory.region_id, RegionHistory.changed_at)
+
+#: The tables as Core ``Table`` objects, for set-based statements.
+regions_table = cast(Table, Region.__table__)
+history_table = cast(Table, RegionHistory.__table__)
+runs_table = cast(Table, SyncRun.__table__)

@@ -8,9 +8,9 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from regionsync.models import SyncRun
+from regionsync.models import runs_table
 
-runs = SyncRun.__table__
+runs = runs_table
 ABANDONED = "abandoned: the process running it stopped before it finished"
 
 
@@ -39,11 +39,14 @@ def one_line(text: str, limit: int = 500) -> str:
 
 def open_run(connection: Connection, *, trigger: str, source: str) -> int:
     """Insert a ``running`` row; the caller commits it before the apply starts."""
-    return connection.execute(
+    run_id: int = connection.execute(
         runs.insert()
-        .values(started_at=now(), status="running", trigger=trigger, source=source, **Counts().as_dict())
+        .values(
+            started_at=now(), status="running", trigger=trigger, source=source, **Counts().as_dict()
+        )
         .returning(runs.c.id)
     ).scalar_one()
+    return run_id
 
 
 def close_abandoned(connection: Connection, *, except_run: int) -> int:
@@ -72,7 +75,7 @@ def finish_run(
 
 def record_skipped(connection: Connection, *, trigger: str, source: str, reason: str) -> int:
     moment = now()
-    return connection.execute(
+    run_id: int = connection.execute(
         runs.insert()
         .values(
             started_at=moment,
@@ -85,6 +88,7 @@ def record_skipped(connection: Connection, *, trigger: str, source: str, reason:
         )
         .returning(runs.c.id)
     ).scalar_one()
+    return run_id
 
 
 def recent(connection: Connection, limit: int = 10) -> list[sa.RowMapping]:

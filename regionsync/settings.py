@@ -197,7 +197,8 @@ class Settings:
         path = get("KALEYRA_REGIONS_PATH") or DEFAULT_REGIONS_PATH
         if not path.startswith("/") or "{sid}" not in path:
             raise ConfigError(
-                "KALEYRA_REGIONS_PATH", "must start with / and contain {sid}, e.g. " + DEFAULT_REGIONS_PATH
+                "KALEYRA_REGIONS_PATH",
+                "must start with / and contain {sid}, e.g. " + DEFAULT_REGIONS_PATH,
             )
         try:
             path.format(sid="x")
@@ -231,14 +232,17 @@ class Settings:
                 fraction = math.nan
             if not 0 <= fraction <= 1:
                 raise ConfigError(
-                    "REGIONSYNC_MAX_REMOVAL_FRACTION", "must be a number from 0 to 1 (1 turns it off)"
+                    "REGIONSYNC_MAX_REMOVAL_FRACTION",
+                    "must be a number from 0 to 1 (1 turns it off)",
                 )
 
         metrics_port = None
         raw_port = get("REGIONSYNC_METRICS_PORT")
         if raw_port is not None:
             if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
-                raise ConfigError("REGIONSYNC_METRICS_PORT", "must be a port number from 1 to 65535")
+                raise ConfigError(
+                    "REGIONSYNC_METRICS_PORT", "must be a port number from 1 to 65535"
+                )
             metrics_port = int(raw_port)
 
         return cls(

@@ -10,11 +10,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from regionsync import runs
-from regionsync.models import Region
+from regionsync.models import regions_table
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
 
-regions = Region.__table__
+regions = regions_table
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
             )
         ).one()
         last_success = connection.execute(
-            sa.select(sa.func.max(runs.runs.c.finished_at)).where(
-                runs.runs.c.status == "succeeded"
-            )
+            sa.select(sa.func.max(runs.runs.c.finished_at)).where(runs.runs.c.status == "succeeded")
         ).scalar_one()
     return StatusReport(
         recent_runs=recent,

@@ -21,7 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from regionsync import diff, runs
 from regionsync.errors import GuardError, RegionSyncError
 from regionsync.lock import sync_lock
-from regionsync.models import BigId, RegionHistory, UTCDateTime
+from regionsync.models import BigId, UTCDateTime, history_table
 from regionsync.records import Snapshot
 from regionsync.runs import Counts
 from regionsync.schema import require_current
@@ -32,7 +32,7 @@ if TYPE_CHECKING:
     from regionsync.settings import Settings
 
 logger = structlog.get_logger("regionsync.sync")
-history = RegionHistory.__table__
+history = history_table
 regions = diff.regions
 SKIPPED_REASON = "another sync holds the lock"
 
@@ -163,10 +163,13 @@ def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> Sy
     log = logger.bind(trigger="dry-run", source=source.description)
     snapshot = _fetch(source, log)
     # Staging happens inside a transaction that is rolled back, temporary tables included.
-    with translated_errors("comparing with the database"), engine.connect() as connection:
-        with connection.begin() as transaction:
-            counts, planned = _plan(connection, snapshot, guard)
-            transaction.rollback()
+    with (
+        translated_errors("comparing with the database"),
+        engine.connect() as connection,
+        connection.begin() as transaction,
+    ):
+        counts, planned = _plan(connection, snapshot, guard)
+        transaction.rollback()
     return SyncResult(
         "dry-run", counts=counts, changes=planned.changes, duration=time.monotonic() - started
     )
@@ -215,28 +218,20 @@ def _apply(connection: Connection, snapshot: Snapshot, run_id: int, guard: Guard
 
 
 def _write(connection: Connection, run_id: int, at: datetime) -> None:
-    """Apply the staged snapshot with set-based statements; history first, from the old rows."""
-    run = sa.literal(run_id, BigId)
-    when = sa.literal(at, UTCDateTime())
-    columns = [
-        "region_id",
-        "sync_run_id",
-        "changed_at",
-        "change",
-        "carrier_enabled_before",
-        "carrier_enabled_after",
-        "hosting_region_before",
-        "hosting_region_after",
-    ]
+    """Apply the staged snapshot with set-based statements.
+
+    History is computed from the rows as they were, kept aside, and inserted after the
+    upsert so that the rows of newly added regions have their foreign key to point at.
+    """
+    pending = diff.pending_history
+    columns = [c.name for c in pending.columns]
     p = diff.present_changes
     was_absent = p.c.kind.in_(("added", "restored"))
     connection.execute(
-        history.insert().from_select(
+        pending.insert().from_select(
             columns,
             sa.select(
                 p.c.region_id,
-                run,
-                when,
                 p.c.kind,
                 sa.case((was_absent, sa.null()), else_=p.c.carrier_enabled_before),
                 p.c.carrier_enabled_after,
@@ -246,12 +241,10 @@ def _write(connection: Connection, run_id: int, at: datetime) -> None:
         )
     )
     connection.execute(
-        history.insert().from_select(
+        pending.insert().from_select(
             columns,
             sa.select(
                 regions.c.id,
-                run,
-                when,
                 sa.literal("removed"),
                 regions.c.carrier_enabled,
                 sa.null(),
@@ -261,7 +254,14 @@ def _write(connection: Connection, run_id: int, at: datetime) -> None:
         )
     )
     connection.execute(regions.update().where(diff.absent).values(removed_at=at, updated_at=at))
+    when = sa.literal(at, UTCDateTime())
     connection.execute(_upsert(connection, when))
+    connection.execute(
+        history.insert().from_select(
+            ["sync_run_id", "changed_at", *columns],
+            sa.select(sa.literal(run_id, BigId), when, *pending.c).order_by(pending.c.region_id),
+        )
+    )
 
 
 def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:

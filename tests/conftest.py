@@ -18,7 +18,6 @@ from sqlalchemy.engine import URL, Engine
 from regionsync import store
 from regionsync.schema import migrate
 from regionsync.settings import normalise_database_url
-
 from tests.support import settings_for
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,9 +17,9 @@ from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
 from regionsync.errors import SchemaError
-from regionsync.models import Base
+from regionsync.models import Base, history_table, regions_table, runs_table
+from regionsync.runs import Counts
 from regionsync.schema import current_revision, downgrade, head_revision, migrate, require_current
-
 from tests.support import settings_for
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,14 +33,14 @@ def _names(engine: Engine) -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     if request.param == "postgresql":
         url: URL = request.getfixturevalue("fresh_pg_url")
     else:
         url = URL.create("sqlite", database=str(tmp_path / "fresh.db"))
     engine = store.create_engine(settings_for(url))
-    request.addfinalizer(engine.dispose)
-    return engine
+    yield engine
+    engine.dispose()
 
 
 def test_migrate_up_down_up(empty_engine: Engine) -> None:
@@ -91,9 +92,12 @@ def test_alembic_cli_uses_regionsync_settings(fresh_pg_url: URL) -> None:
             [*alembic, *command], cwd=REPO, env=env, capture_output=True, text=True, check=False
         )
         assert done.returncode == 0, done.stderr
-    assert "No new upgrade operations detected" in subprocess.run(
-        [*alembic, "check"], cwd=REPO, env=env, capture_output=True, text=True, check=True
-    ).stdout
+    assert (
+        "No new upgrade operations detected"
+        in subprocess.run(
+            [*alembic, "check"], cwd=REPO, env=env, capture_output=True, text=True, check=True
+        ).stdout
+    )
 
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -102,40 +106,40 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 def _seed_history(engine: Engine, rows: list[tuple[int, str, bool | None, str | None]]) -> None:
     """rows: (day, change, carrier_enabled_after, hosting_region_after) for region "r1"."""
     with engine.begin() as c:
-        c.exec_driver_sql(
-            "INSERT INTO regions (id, display_name, carrier_enabled, raw, first_seen_at, updated_at)"
-            " VALUES ('r1', 'Region One', true, '{}', %s, %s)"
-            if engine.dialect.name == "postgresql"
-            else "INSERT INTO regions (id, display_name, carrier_enabled, raw, first_seen_at, updated_at)"
-            " VALUES ('r1', 'Region One', 1, '{}', ?, ?)",
-            (T0, T0),
+        c.execute(
+            regions_table.insert().values(
+                id="r1",
+                display_name="Region One",
+                carrier_enabled=True,
+                raw={},
+                first_seen_at=T0,
+                updated_at=T0,
+            )
         )
         before: tuple[bool | None, str | None] = (None, None)
         for run, (day, change, enabled, hosting) in enumerate(rows, start=1):
             at = T0 + timedelta(days=day)
             c.execute(
-                sa.text(
-                    "INSERT INTO sync_runs (id, started_at, status, trigger, source, fetched, added,"
-                    " changed, unchanged, removed, restored, rejected)"
-                    " VALUES (:id, :at, 'succeeded', 'cli', 'test', 0, 0, 0, 0, 0, 0, 0)"
-                ).bindparams(sa.bindparam("at", type_=sa.DateTime(timezone=True))),
-                {"id": run, "at": at},
+                runs_table.insert().values(
+                    id=run,
+                    started_at=at,
+                    status="succeeded",
+                    trigger="cli",
+                    source="test",
+                    **Counts().as_dict(),
+                )
             )
             c.execute(
-                sa.text(
-                    "INSERT INTO region_history (region_id, sync_run_id, changed_at, change,"
-                    " carrier_enabled_before, carrier_enabled_after, hosting_region_before,"
-                    " hosting_region_after) VALUES ('r1', :run, :at, :change, :cb, :ca, :hb, :ha)"
-                ).bindparams(sa.bindparam("at", type_=sa.DateTime(timezone=True))),
-                {
-                    "run": run,
-                    "at": at,
-                    "change": change,
-                    "cb": before[0],
-                    "ca": enabled,
-                    "hb": before[1],
-                    "ha": hosting,
-                },
+                history_table.insert().values(
+                    region_id="r1",
+                    sync_run_id=run,
+                    changed_at=at,
+                    change=change,
+                    carrier_enabled_before=before[0],
+                    carrier_enabled_after=enabled,
+                    hosting_region_before=before[1],
+                    hosting_region_after=hosting,
+                )
             )
             before = (enabled, hosting)
 

@@ -84,7 +84,10 @@ def test_plain_http_is_allowed_for_loopback_only(host: str) -> None:
     ("given", "expected"),
     [
         ("postgresql://u@db.example.com/app", "postgresql+psycopg://u@db.example.com/app"),
-        ("postgres://u:pw@db:6543/app?sslmode=require", "postgresql+psycopg://u:pw@db:6543/app?sslmode=require"),
+        (
+            "postgres://u:pw@db:6543/app?sslmode=require",
+            "postgresql+psycopg://u:pw@db:6543/app?sslmode=require",
+        ),
         ("postgresql+psycopg2://u@h/app", "postgresql+psycopg://u@h/app"),
         ("postgresql+psycopg://u@h/app", "postgresql+psycopg://u@h/app"),
         ("sqlite:////var/lib/regionsync.db", "sqlite:////var/lib/regionsync.db"),
@@ -144,12 +147,14 @@ def test_logs_scrub_secrets_even_when_code_passes_them(capsys: pytest.CaptureFix
 
 def test_env_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / ".env"
-    path.write_text("# comment\nexport KALEYRA_SID=ABC\nKALEYRA_POD='na'\n\nREGIONSYNC_LOG_LEVEL = debug\n")
+    path.write_text(
+        "# comment\nexport KALEYRA_SID=ABC\nKALEYRA_POD='na'\n\nREGIONSYNC_LOG_LEVEL = debug\n"
+    )
     assert read_env_file(path) == {
         "KALEYRA_SID": "ABC",
         "KALEYRA_POD": "na",
         "REGIONSYNC_LOG_LEVEL": "debug",
     }
     (tmp_path / "bad.env").write_text("JUST A LINE\n")
-    with pytest.raises(ConfigError, match="bad.env:1"):
+    with pytest.raises(ConfigError, match=r"bad\.env:1"):
         read_env_file(tmp_path / "bad.env")

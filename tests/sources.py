@@ -1,0 +1,64 @@
+"""In-test sources: snapshots built from plain lists through the real parser."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from regionsync.records import Snapshot, parse_body
+
+
+def region(
+    region_id: str,
+    *,
+    enabled: bool = True,
+    hosting: str | None = "NORTH_AMERICA",
+    name: str | None = None,
+    **extra: Any,
+) -> dict[str, Any]:
+    record: dict[str, Any] = {
+        "id": region_id,
+        "region_name": f"/v1/regions/{region_id}",
+        "display_name": name or f"Region {region_id}",
+        "management_type": "GOOGLE_MANAGED",
+        "managment_type_value": 2,
+        "carrier_enabled": enabled,
+        "hosting_region": hosting,
+    }
+    record.update(extra)
+    return record
+
+
+def body(data: list[Any]) -> dict[str, Any]:
+    return {"code": "RCS902", "message": "Regions fetched successfully", "data": data, "error": {}}
+
+
+class ListSource:
+    """Serves a list of records (changeable between runs); can run a hook inside fetch."""
+
+    description = "test:list"
+
+    def __init__(self, data: list[Any] | None = None) -> None:
+        self.data: list[Any] = data or []
+        self.during_fetch: Callable[[], None] | None = None
+        self.fetches = 0
+
+    def fetch(self) -> Snapshot:
+        self.fetches += 1
+        if self.during_fetch is not None:
+            self.during_fetch()
+        return parse_body(
+            copy.deepcopy(body(self.data)), source=self.description, received_at=datetime.now(UTC)
+        )
+
+
+class FailingSource:
+    description = "test:failing"
+
+    def __init__(self, error: Exception) -> None:
+        self.error = error
+
+    def fetch(self) -> Snapshot:
+        raise self.error
