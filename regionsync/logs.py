@@ -92,7 +92,7 @@ def configure(*, level: str = "INFO", fmt: str | None = None, secrets: Iterable[
     root.handlers[:] = [handler]
     root.setLevel(level)
     # Their INFO lines are noise for an operator; warnings still come through.
-    for noisy in ("apscheduler", "urllib3", "alembic.runtime.plugins", "alembic.ddl"):
+    for noisy in ("apscheduler", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
     structlog.configure(

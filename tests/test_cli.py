@@ -1,0 +1,290 @@
+"""The command line as users meet it: exit codes, one-line messages, no tracebacks, no secrets."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL
+
+from regionsync.fakeapi import FakeKaleyra
+from tests.sources import body, region
+
+SAMPLE = Path(__file__).resolve().parents[1] / "regionsync" / "samples" / "regions.json"
+KEY = "live-key-0c9f3b8497f58a94e84b"
+PASSWORD = "db-pass-w0rd-77"
+
+
+def cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base.pop("DATABASE_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "regionsync", *args],
+        env={**base, "REGIONSYNC_LOG_FORMAT": "json", **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=cwd,
+    )
+
+
+def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+    assert done.returncode == code, (done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("regionsync: error:")]
+    assert len(errors) == 1, done.stderr
+    for needle in needles:
+        assert needle in errors[0]
+
+
+def log_events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> dict[str, str]:
+    """No database configured: the embedded SQLite file under a private XDG_DATA_HOME."""
+    return {"XDG_DATA_HOME": str(tmp_path / "data")}
+
+
+def url_env(url: URL) -> dict[str, str]:
+    return {"REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False)}
+
+
+def test_quick_start_on_the_embedded_database(home: dict[str, str], tmp_path: Path) -> None:
+    done = cli("migrate", env=home, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "migrated: empty ->" in done.stdout
+    assert "is up to date" in cli("migrate", env=home).stdout
+    done = cli("run", "--from-file", str(SAMPLE), env=home, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("run 1 succeeded")
+    events = log_events(done.stderr)
+    names = [e["event"] for e in events]
+    assert names[0] == "database.embedded"
+    assert events[0]["path"] == str(tmp_path / "data" / "regionsync" / "regionsync.db")
+    assert {"sync.started", "fetch.finished", "region.added", "sync.finished"} <= set(names)
+    assert all(e["run_id"] == 1 for e in events if e["event"] != "database.embedded")
+    finished = next(e for e in events if e["event"] == "sync.finished")
+    assert finished["added"] == finished["fetched"] - finished["rejected"] > 0
+    assert (tmp_path / "data" / "regionsync" / "regionsync.db").is_file()
+
+    status = cli("status", "--json", env=home)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["fresh"] is True
+    assert report["active_regions"] == finished["added"]
+    assert report["recent_runs"][0]["status"] == "succeeded"
+
+
+def test_unmigrated_database_is_refused(home: dict[str, str]) -> None:
+    for args in (("run", "--from-file", str(SAMPLE)), ("status",)):
+        assert_one_line_error(cli(*args, env=home), 2, "run `regionsync migrate`")
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"REGIONSYNC_MAX_REMOVAL_FRACTION": "lots"}, "REGIONSYNC_MAX_REMOVAL_FRACTION"),
+        ({"KALEYRA_BASE_URL": "http://kaleyra.example.com"}, "KALEYRA_BASE_URL"),
+        ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
+    ],
+)
+def test_bad_setting_exits_2_naming_it(
+    home: dict[str, str], env: dict[str, str], setting: str
+) -> None:
+    assert_one_line_error(cli("run", env={**home, **env}), 2, setting)
+
+
+def test_api_run_without_kaleyra_settings_names_the_missing_one(home: dict[str, str]) -> None:
+    cli("migrate", env=home)
+    assert_one_line_error(cli("run", env=home), 2, "KALEYRA_SID")
+
+
+def test_usage_error_exits_2(home: dict[str, str]) -> None:
+    done = cli("status", "--max-age", "soon", env=home)
+    assert done.returncode == 2
+    assert "Traceback" not in done.stderr
+
+
+def test_bad_file_fails_with_one_line(home: dict[str, str], tmp_path: Path) -> None:
+    cli("migrate", env=home)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"code": "RCS902", "data": [')
+    assert_one_line_error(cli("run", "--from-file", str(broken), env=home), 1)
+    missing = tmp_path / "missing.json"
+    assert_one_line_error(cli("run", "--from-file", str(missing), env=home), 1, "missing.json")
+
+
+def _write(path: Path, records: list[Any]) -> Path:
+    path.write_text(json.dumps(body(records)))
+    return path
+
+
+def test_mass_removal_exits_1_and_the_flag_overrides(db_url: URL, tmp_path: Path) -> None:
+    env = url_env(db_url)
+    assert (
+        cli(
+            "run",
+            "--from-file",
+            str(_write(tmp_path / "a.json", [region(x) for x in "abc"])),
+            env=env,
+        ).returncode
+        == 0
+    )
+    smaller = _write(tmp_path / "b.json", [region("a")])
+    assert_one_line_error(
+        cli("run", "--from-file", str(smaller), env=env), 1, "--allow-mass-removal"
+    )
+    done = cli("run", "--from-file", str(smaller), "--allow-mass-removal", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "removed 2" in done.stdout
+
+
+def test_dry_run_prints_changes_and_writes_nothing(db_url: URL, tmp_path: Path) -> None:
+    env = url_env(db_url)
+    cli("run", "--from-file", str(_write(tmp_path / "a.json", [region("a"), region("b")])), env=env)
+    changed = _write(tmp_path / "b.json", [region("a", enabled=False), region("b"), region("c")])
+    engine = sa.create_engine(db_url)
+    count = "SELECT (SELECT count(*) FROM sync_runs), (SELECT count(*) FROM region_history)"
+    with engine.connect() as c:
+        before = c.execute(sa.text(count)).one()
+    done = cli("run", "--dry-run", "--from-file", str(changed), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "dry run, nothing written" in done.stdout
+    assert "changed  a  carrier_enabled: True -> False" in done.stdout
+    assert "added    c" in done.stdout
+    with engine.connect() as c:
+        assert c.execute(sa.text(count)).one() == before
+    engine.dispose()
+
+
+def test_status_exit_code_follows_freshness(db_url: URL, tmp_path: Path) -> None:
+    env = url_env(db_url)
+    assert cli("status", env=env).returncode == 1  # never succeeded
+    cli("run", "--from-file", str(SAMPLE), env=env)
+    done = cli("status", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "fresh" in done.stdout
+    assert "succeeded" in done.stdout
+    shift = (
+        "UPDATE sync_runs SET finished_at = finished_at - interval '4 hours'"
+        if db_url.get_backend_name() == "postgresql"
+        else "UPDATE sync_runs SET finished_at = datetime(finished_at, '-4 hours')"
+    )
+    engine = sa.create_engine(db_url)
+    with engine.begin() as c:
+        c.execute(sa.text(shift))
+    engine.dispose()
+    stale = cli("status", env=env)
+    assert stale.returncode == 1
+    assert "STALE" in stale.stdout
+    assert cli("status", "--max-age", "5h", env=env).returncode == 0
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKaleyra]:
+    with FakeKaleyra(sid="ACME42", api_key=KEY, regions=[region("a"), region("b")]) as server:
+        yield server
+
+
+def kaleyra_env(fake: FakeKaleyra, key: str = KEY) -> dict[str, str]:
+    return {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": "ACME42", "KALEYRA_API_KEY": key}
+
+
+def test_api_run_and_secrets_stay_secret(
+    pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+) -> None:
+    url = pg_url.set(password=PASSWORD)
+    env = {**url_env(url), **kaleyra_env(fake)}
+    done = cli("run", env=env)
+    assert done.returncode == 0, done.stderr
+    assert fake.requests[-1].headers["api-key"] == KEY
+    bad = cli("run", env={**env, "KALEYRA_API_KEY": KEY + "-wrong"})
+    assert_one_line_error(bad, 1, "401")
+    fake.fail("rcs601")
+    assert_one_line_error(cli("run", env=env), 1, "RCS601")
+    for output in (done.stdout, done.stderr, bad.stdout, bad.stderr):
+        assert KEY not in output
+        assert PASSWORD not in output
+    with pg_engine.connect() as c:
+        stored = " ".join(
+            str(v) for row in c.execute(sa.text("SELECT * FROM sync_runs")) for v in row
+        )
+        raw = " ".join(str(r[0]) for r in c.execute(sa.text("SELECT raw FROM regions")))
+    assert KEY not in stored + raw
+    assert PASSWORD not in stored + raw
+    assert "ACME42" in stored  # the source URL is recorded, the key is not
+
+
+def test_run_finding_the_lock_held_exits_0_as_skipped(home: dict[str, str], tmp_path: Path) -> None:
+    cli("migrate", env=home)
+    lock_file = tmp_path / "data" / "regionsync" / "regionsync.db.lock"
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        done = cli("run", "--from-file", str(SAMPLE), env=home)
+    finally:
+        os.close(fd)
+    assert done.returncode == 0, done.stderr
+    assert "skipped: another sync holds the lock" in done.stdout
+
+
+@pytest.mark.slow
+def test_concurrent_runs_apply_once(pg_url: URL, pg_engine: sa.Engine, tmp_path: Path) -> None:
+    env = url_env(pg_url)
+    first = _write(tmp_path / "1.json", [region(f"r{i}") for i in range(200)])
+    assert cli("run", "--from-file", str(first), env=env).returncode == 0
+    changed = _write(
+        tmp_path / "2.json",
+        [region(f"r{i}", enabled=i % 2 == 0) for i in range(150)] + [region("new")],
+    )
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "regionsync", "run", "--from-file", str(changed)],
+            env={**base, **env, "REGIONSYNC_LOG_FORMAT": "json"},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(6)
+    ]
+    outputs = [p.communicate(timeout=120) for p in procs]
+    assert [p.returncode for p in procs] == [0] * 6, outputs
+    with pg_engine.connect() as c:
+        per_change = c.execute(
+            sa.text(
+                "SELECT change, count(*) FROM region_history WHERE sync_run_id > 1 GROUP BY change"
+            )
+        ).all()
+        duplicates = c.execute(
+            sa.text(
+                "SELECT count(*) FROM (SELECT region_id, change FROM region_history"
+                " WHERE sync_run_id > 1 GROUP BY region_id, change HAVING count(*) > 1) d"
+            )
+        ).scalar_one()
+        statuses = sorted(
+            r[0] for r in c.execute(sa.text("SELECT status FROM sync_runs WHERE id > 1"))
+        )
+        applied = c.execute(
+            sa.text(
+                "SELECT count(*) FROM sync_runs WHERE id > 1 AND (added + changed + removed) > 0"
+            )
+        ).scalar_one()
+    assert dict(per_change) == {"added": 1, "changed": 75, "removed": 50}
+    assert duplicates == 0
+    assert applied == 1
+    assert set(statuses) <= {"succeeded", "skipped"}
+    assert len(statuses) == 6
