@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from regionsync.models import RawJSON, regions_table
+from regionsync.models import RawJSON, canonical_json, regions_table
 from regionsync.records import Snapshot
 
 TRACKED = ("carrier_enabled", "hosting_region")
@@ -122,25 +122,35 @@ def stage(connection: Connection, snapshot: Snapshot) -> None:
     unstage(connection)
     for table in TEMP_TABLES:
         table.create(connection)
-    if snapshot.records:
-        connection.execute(
-            staged.insert(),
-            [
-                {
-                    "id": rec.id,
-                    "region_name": rec.region_name,
-                    "display_name": rec.display_name,
-                    "management_type": rec.management_type,
-                    "management_type_value": rec.management_type_value,
-                    "carrier_enabled": rec.carrier_enabled,
-                    "hosting_region": rec.hosting_region,
-                    "raw": rec.raw,
-                }
-                for rec in snapshot.records
-            ],
+    rows = [
+        (
+            rec.id,
+            rec.region_name,
+            rec.display_name,
+            rec.management_type,
+            rec.management_type_value,
+            rec.carrier_enabled,
+            rec.hosting_region,
+            rec.raw,
         )
+        for rec in snapshot.records
+    ]
+    if rows and connection.dialect.name == "postgresql":
+        _copy_rows(connection, rows)
+    elif rows:
+        names = [column.name for column in staged.columns]
+        connection.execute(staged.insert(), [dict(zip(names, row, strict=True)) for row in rows])
     if snapshot.held_ids:
         connection.execute(held.insert(), [{"id": region_id} for region_id in snapshot.held_ids])
+
+
+def _copy_rows(connection: Connection, rows: list[tuple[Any, ...]]) -> None:
+    """PostgreSQL: COPY is several times faster than batched INSERTs at 100,000 rows."""
+    names = ", ".join(column.name for column in staged.columns)
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    with cursor.copy(f"COPY {staged.name} ({names}) FROM STDIN") as copy:
+        for row in rows:
+            copy.write_row((*row[:-1], canonical_json(row[-1])))
 
 
 def unstage(connection: Connection) -> None:
