@@ -28,11 +28,13 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "fake-api":
+    arguments = list(sys.argv[1:] if argv is None else argv)
+    if arguments[:1] == ["fake-api"]:
+        # The fake server parses its own options (argparse.REMAINDER would drop them).
         from regionsync import fakeapi
 
-        return fakeapi.main(args.fake_args)
+        return fakeapi.main(arguments[1:])
+    args = build_parser().parse_args(arguments)
     try:
         settings = load_settings(args.env_file)
         logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets)

@@ -1,0 +1,596 @@
+"""A fake Kaleyra "Get an Agent's Regions" API, for trials and tests (``regionsync fake-api``).
+
+It serves the regions over plain HTTP on loopback, checks the SID and ``api-key`` as
+Kaleyra would, and can be told to fail in the ways DESIGN.md §1 lists (see
+:data:`FAULT_MODES`), from Python or over its admin endpoints:
+
+- ``PUT /_fake/regions``: a JSON list of regions, or a whole body to serve as it is;
+- ``PUT /_fake/fault``: ``{"mode": "http429:retry-after=2", "times": 3}``, ``{"mode": null}``
+  to clear;
+- ``GET /_fake/requests``: ``{"count": N}``, the API requests received so far.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import re
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
+from pathlib import Path
+from types import FrameType, TracebackType
+from typing import Any
+
+from regionsync.settings import is_loopback_host
+
+REGIONS_PATHS = ("/v1/{sid}/rcs/agent/agent_regions", "/v1/{sid}/rcs/agent_regions")
+SUCCESS = {"code": "RCS902", "message": "Regions fetched successfully"}
+HUGE_BYTES = 60 * 1024 * 1024
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+ADMIN_HELP = "admin endpoints: PUT /_fake/regions, PUT /_fake/fault, GET /_fake/requests"
+
+#: Kaleyra's error bodies, by fault name: (code, message, error_code, usual HTTP status).
+KALEYRA_ERRORS = {
+    "rcs601": ("RCS601", "RCS Channel is not enabled for this User", "RCS_CHANNEL_DISABLED", 400),
+    "rcs405": ("RCS405", "Method not allowed", "METHOD_NOT_ALLOWED", 405),
+    "rcs502": ("RCS502", "Internal Gateway Error", "RCS_CHANNEL_INTERNAL_ERROR", 500),
+    "rcs500": ("RCS500", "Internal Server Error", "INTERNAL_SERVER_ERROR", 500),
+    "rcs701": ("RCS701", "Invalid JSON", "INVALID_JSON", 400),
+}
+
+FAULT_MODES = (
+    "rcs601, rcs405, rcs502, rcs500, rcs701 (Kaleyra's error bodies with their usual status; "
+    "add -STATUS for another, e.g. rcs502-200), http401, http403, http404, http429, "
+    "http503 or any httpNNN from 400 to 599 (add :retry-after=N), html500, html200, "
+    "malformed, truncated, no-data, error-200, redirect, slow:SECONDS, drop, huge"
+)
+
+_KALEYRA_FAULT = re.compile(r"(rcs\d{3})(?:-(\d{3}))?")
+_HTTP_FAULT = re.compile(r"http(\d{3})")
+_SIMPLE_FAULTS = frozenset(
+    {
+        "html500",
+        "html200",
+        "malformed",
+        "truncated",
+        "no-data",
+        "error-200",
+        "redirect",
+        "drop",
+        "huge",
+    }
+)
+
+
+@dataclass(frozen=True)
+class RequestRecord:
+    """One API request the fake received; header names are lower-cased."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    time: float  # time.monotonic()
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A parsed fault mode: ``kind`` plus its status, Retry-After or delay."""
+
+    mode: str
+    kind: str
+    status: int = 200
+    retry_after: str | None = None
+    delay: float = 0.0
+
+
+def parse_fault(mode: str) -> Fault:
+    """Parse a fault mode string; raises ValueError naming the modes on a bad one."""
+    text = mode.strip().lower()
+    name, _, option = text.partition(":")
+    if match := _KALEYRA_FAULT.fullmatch(name):
+        if match.group(1) in KALEYRA_ERRORS and not option:
+            status = int(match.group(2) or KALEYRA_ERRORS[match.group(1)][3])
+            if 200 <= status <= 599:
+                return Fault(text, match.group(1), status=status)
+    elif match := _HTTP_FAULT.fullmatch(name):
+        status = int(match.group(1))
+        key, sep, value = option.partition("=")
+        if 400 <= status <= 599 and (not option or (key == "retry-after" and sep and value)):
+            retry_after = mode.strip().partition("=")[2].strip() if option else None
+            return Fault(text, "http", status=status, retry_after=retry_after)
+    elif name == "slow":
+        try:
+            delay = float(option)
+        except ValueError:
+            delay = -1.0
+        if 0 <= delay <= 3600:
+            return Fault(text, "slow", delay=delay)
+    elif name in _SIMPLE_FAULTS and not option:
+        return Fault(text, name)
+    raise ValueError(f"unknown fault mode {mode!r}; modes: {FAULT_MODES}")
+
+
+def error_body(code: str | None, message: str, error_code: str) -> dict[str, Any]:
+    body: dict[str, Any] = {"message": message, "data": []}
+    if code is not None:
+        body = {"code": code, **body}
+    body["error"] = {"error_code": error_code, "error_message": message}
+    return body
+
+
+def success_body(regions: list[Any]) -> dict[str, Any]:
+    return {**SUCCESS, "data": regions, "error": {}}
+
+
+def load_regions(text: str | bytes) -> tuple[list[Any] | None, object]:
+    """A JSON list of regions or a whole body: ``(regions, None)`` or ``(None, body)``."""
+    value = json.loads(text)
+    if isinstance(value, list):
+        return value, None
+    return None, value
+
+
+def sample_regions() -> list[Any]:
+    """The regions of the bundled sample response (``regionsync/samples/regions.json``)."""
+    text = resources.files("regionsync.samples").joinpath("regions.json").read_text("utf-8")
+    body = json.loads(text)
+    regions: list[Any] = body["data"]
+    return regions
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    fake: FakeKaleyra
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class FakeKaleyra:
+    """The fake API, serving from a daemon thread; use as a context manager."""
+
+    def __init__(
+        self,
+        *,
+        sid: str = "demo",
+        api_key: str = "demo-key",
+        regions: list[dict[str, Any]] | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        verbose: bool = False,
+    ) -> None:
+        self.sid = sid
+        self.host = host
+        self.port = port
+        self.verbose = verbose
+        self._api_key = api_key
+        self._lock = threading.Lock()
+        self._regions: list[Any] = copy.deepcopy(regions) if regions is not None else []
+        self._body: object = None
+        self._has_body = False
+        self._fault: Fault | None = None
+        self._fault_times: int | None = None
+        self._requests: list[RequestRecord] = []
+        self._stopping = threading.Event()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        where = self.url if self._server is not None else "not started"
+        return f"FakeKaleyra({where}, sid={self.sid!r})"
+
+    @property
+    def url(self) -> str:
+        """The base URL to give regionsync as ``KALEYRA_BASE_URL``."""
+        if self._server is None:
+            raise RuntimeError("the fake Kaleyra API is not started")
+        address = self._server.server_address
+        host, port = str(address[0]), address[1]
+        shown = f"[{host}]" if ":" in host else host
+        return f"http://{shown}:{port}"
+
+    @property
+    def regions_url(self) -> str:
+        return self.url + REGIONS_PATHS[0].format(sid=self.sid)
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """The API requests received so far (admin requests excluded), oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def start(self) -> FakeKaleyra:
+        server_class = _Server6 if ":" in self.host else _Server
+        server = server_class((self.host, self.port), _Handler)
+        server.fake = self
+        self._server = server
+        self._stopping.clear()
+        self._thread = threading.Thread(
+            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> FakeKaleyra:
+        return self.start()
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def set_regions(self, regions: list[dict[str, Any]]) -> None:
+        """Serve these regions in a success body (and forget any body set before)."""
+        with self._lock:
+            self._regions = copy.deepcopy(regions)
+            self._body, self._has_body = None, False
+
+    def set_body(self, body: object) -> None:
+        """Serve this whole JSON body with HTTP 200 instead of the regions."""
+        with self._lock:
+            self._body, self._has_body = copy.deepcopy(body), True
+
+    def fail(self, mode: str, *, times: int | None = None) -> None:
+        """Fail the next ``times`` API requests (None: until cleared) in fault ``mode``."""
+        fault = parse_fault(mode)
+        if times is not None and times < 0:
+            raise ValueError("times must not be negative")
+        with self._lock:
+            self._fault, self._fault_times = (fault, times) if times != 0 else (None, None)
+
+    def clear_faults(self) -> None:
+        with self._lock:
+            self._fault, self._fault_times = None, None
+
+    def check_api_key(self, given: str | None) -> bool:
+        return given == self._api_key
+
+    def take_fault(self) -> Fault | None:
+        """The fault for this request, counting it against ``times``."""
+        with self._lock:
+            fault = self._fault
+            if fault is not None and self._fault_times is not None:
+                self._fault_times -= 1
+                if self._fault_times <= 0:
+                    self._fault, self._fault_times = None, None
+            return fault
+
+    def current_body(self) -> object:
+        with self._lock:
+            if self._has_body:
+                return copy.deepcopy(self._body)
+            return success_body(copy.deepcopy(self._regions))
+
+    def record(self, handler: BaseHTTPRequestHandler) -> None:
+        headers = {name.lower(): value for name, value in handler.headers.items()}
+        entry = RequestRecord(handler.command, handler.path, headers, time.monotonic())
+        with self._lock:
+            self._requests.append(entry)
+
+    def request_count(self) -> int:
+        with self._lock:
+            return len(self._requests)
+
+    def sleep(self, seconds: float) -> bool:
+        """Sleep unless the server stops first; True when it slept the whole time."""
+        return not self._stopping.wait(seconds)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    protocol_version = "HTTP/1.0"
+    server_version = "FakeKaleyra/1"
+    sys_version = ""
+
+    @property
+    def fake(self) -> FakeKaleyra:
+        return self.server.fake
+
+    def log_message(self, format: str, *args: Any) -> None:
+        if self.fake.verbose:
+            super().log_message(format, *args)
+
+    def do_GET(self) -> None:
+        self._dispatch()
+
+    def do_PUT(self) -> None:
+        self._dispatch()
+
+    def do_POST(self) -> None:
+        self._dispatch()
+
+    def do_DELETE(self) -> None:
+        self._dispatch()
+
+    def do_PATCH(self) -> None:
+        self._dispatch()
+
+    def _dispatch(self) -> None:
+        path = self.path.split("?", 1)[0]
+        try:
+            if path.startswith("/_fake/"):
+                self._admin(path)
+            else:
+                self._read_body()  # unread, it could reset the connection before the answer
+                self._api(path)
+        except (BrokenPipeError, ConnectionResetError):
+            self.close_connection = True
+
+    # The API ---------------------------------------------------------------------------
+
+    def _api(self, path: str) -> None:
+        self.fake.record(self)
+        sid = self._sid(path)
+        if sid != self.fake.sid:
+            self._json(404, error_body(None, "Not Found", "NOT_FOUND"))
+            return
+        fault = self.fake.take_fault()
+        if fault is not None:
+            self._fault(fault)
+            return
+        if not self.fake.check_api_key(self.headers.get("api-key")):
+            self._json(401, error_body(None, "Invalid or missing api-key", "UNAUTHORIZED"))
+            return
+        if self.command != "GET":
+            code, message, error_code, status = KALEYRA_ERRORS["rcs405"]
+            self._json(status, error_body(code, message, error_code))
+            return
+        self._json(200, self.fake.current_body())
+
+    def _sid(self, path: str) -> str | None:
+        for template in REGIONS_PATHS:
+            prefix, suffix = template.split("{sid}")
+            if path.startswith(prefix) and path.endswith(suffix):
+                sid = path[len(prefix) : len(path) - len(suffix)]
+                if sid and "/" not in sid:
+                    return sid
+        return None
+
+    def _fault(self, fault: Fault) -> None:
+        kind = fault.kind
+        if kind in KALEYRA_ERRORS:
+            code, message, error_code, _ = KALEYRA_ERRORS[kind]
+            self._json(fault.status, error_body(code, message, error_code))
+        elif kind == "http":
+            try:
+                phrase = HTTPStatus(fault.status).phrase
+            except ValueError:
+                phrase = "Error"
+            error_code = re.sub(r"\W+", "_", phrase).upper()
+            headers = {"Retry-After": fault.retry_after} if fault.retry_after else {}
+            self._json(fault.status, error_body(None, phrase, error_code), headers)
+        elif kind in ("html500", "html200"):
+            page = b"<!DOCTYPE html><html><head><title>Error</title></head><body>oops</body></html>"
+            self._send(int(kind[4:]), page, "text/html; charset=utf-8")
+        elif kind == "malformed":
+            self._send(200, b'{"code": "RCS902", "data": [{"id": "x",]', "application/json")
+        elif kind == "truncated":
+            whole = json.dumps(self.fake.current_body()).encode()
+            self._send(200, whole[: len(whole) // 2], "application/json")
+        elif kind == "no-data":
+            self._json(200, {**SUCCESS, "error": {}})
+        elif kind == "error-200":
+            body = {
+                **SUCCESS,
+                "data": [],
+                "error": {"error_code": "UNEXPECTED", "error_message": "Something went wrong"},
+            }
+            self._json(200, body)
+        elif kind == "redirect":
+            self._send(302, b"", "text/plain", {"Location": f"{self.fake.url}/moved{self.path}"})
+        elif kind == "slow":
+            if self.fake.sleep(fault.delay):
+                self._json(200, self.fake.current_body())
+        elif kind == "drop":
+            self.close_connection = True
+        elif kind == "huge":
+            self._huge()
+
+    def _huge(self) -> None:
+        """A valid-looking body of :data:`HUGE_BYTES`, streamed without a Content-Length."""
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()
+        record = json.dumps(
+            {"id": "00000000-0000-0000-0000-000000000000", "carrier_enabled": True}
+        ).encode()
+        chunk = b",".join([record] * (1024 * 1024 // (len(record) + 1))) + b","
+        self.wfile.write(b'{"code": "RCS902", "error": {}, "data": [')
+        sent = 0
+        while sent < HUGE_BYTES:
+            self.wfile.write(chunk)
+            sent += len(chunk)
+        self.wfile.write(record + b"]}")
+
+    # Admin -----------------------------------------------------------------------------
+
+    def _admin(self, path: str) -> None:
+        if path == "/_fake/requests" and self.command == "GET":
+            self._json(200, {"count": self.fake.request_count()})
+            return
+        if self.command != "PUT" or path not in ("/_fake/regions", "/_fake/fault"):
+            self._json(
+                404,
+                {"error": ADMIN_HELP},
+            )
+            return
+        try:
+            value = json.loads(self._read_body())
+        except ValueError as error:
+            self._json(400, {"error": f"not JSON: {error}"})
+            return
+        try:
+            if path == "/_fake/regions":
+                if isinstance(value, list):
+                    self.fake.set_regions(value)
+                else:
+                    self.fake.set_body(value)
+            else:
+                self._set_fault(value)
+        except ValueError as error:
+            self._json(400, {"error": str(error)})
+            return
+        self._json(200, {"ok": True})
+
+    def _set_fault(self, value: object) -> None:
+        if not isinstance(value, dict) or "mode" not in value:
+            raise ValueError('expected {"mode": "...", "times": N} or {"mode": null}')
+        mode, times = value["mode"], value.get("times")
+        if mode is None:
+            self.fake.clear_faults()
+            return
+        if not isinstance(mode, str):
+            raise ValueError("mode must be a string or null")
+        if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
+            raise ValueError("times must be an integer or null")
+        self.fake.fail(mode, times=times)
+
+    def _read_body(self) -> bytes:
+        length = self.headers.get("Content-Length", "0")
+        size = int(length) if length.isdigit() else 0
+        return self.rfile.read(min(size, MAX_REQUEST_BYTES))
+
+    # Output ----------------------------------------------------------------------------
+
+    def _json(self, status: int, body: object, headers: dict[str, str] | None = None) -> None:
+        self._send(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _send(
+        self, status: int, content: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(content)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(content)
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="regionsync fake-api",
+        description="Serve a fake Kaleyra 'Get an Agent's Regions' API, for trials and tests.",
+    )
+    parser.add_argument(
+        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+    )
+    parser.add_argument(
+        "--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)"
+    )
+    parser.add_argument(
+        "--allow-remote", action="store_true", help="allow listening on a non-loopback address"
+    )
+    parser.add_argument(
+        "--regions",
+        type=Path,
+        metavar="FILE",
+        help="a JSON list of regions or a whole API body (default: the bundled sample)",
+    )
+    parser.add_argument("--sid", default="demo", help="the account SID to accept (default demo)")
+    parser.add_argument(
+        "--api-key", default="demo-key", help="the api-key to accept (default demo-key)"
+    )
+    parser.add_argument(
+        "--fault", metavar="MODE", help=f"fail requests in this mode: {FAULT_MODES}"
+    )
+    parser.add_argument(
+        "--fault-times", type=int, metavar="N", help="fail only the next N requests (default: all)"
+    )
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``regionsync fake-api``: serve until SIGINT or SIGTERM."""
+    parser = _build_parser()
+    args = parser.parse_args(argv)
+    if not is_loopback_host(args.host) and not args.allow_remote:
+        parser.error(
+            f"--host {args.host} is not a loopback address; add --allow-remote to allow it"
+        )
+    if not 0 <= args.port <= 65535:
+        parser.error("--port must be from 0 to 65535")
+    if not args.sid.isalnum():
+        parser.error("--sid must be letters and digits only")
+    if args.fault_times is not None and (args.fault is None or args.fault_times < 0):
+        parser.error("--fault-times needs --fault and a number of 0 or more")
+
+    regions: list[Any] | None = None
+    body: object = None
+    if args.regions is None:
+        regions = sample_regions()
+    else:
+        try:
+            regions, body = load_regions(args.regions.read_bytes())
+        except OSError as error:
+            parser.error(f"--regions: cannot read {args.regions}: {error.strerror}")
+        except ValueError as error:
+            parser.error(f"--regions: {args.regions} is not JSON: {error}")
+
+    fake = FakeKaleyra(
+        sid=args.sid,
+        api_key=args.api_key,
+        regions=regions,
+        host=args.host,
+        port=args.port,
+        verbose=not args.quiet,
+    )
+    if regions is None:
+        fake.set_body(body)
+    if args.fault:
+        try:
+            fake.fail(args.fault, times=args.fault_times)
+        except ValueError as error:
+            parser.error(f"--fault: {error}")
+
+    try:
+        fake.start()
+    except OSError as error:
+        parser.error(f"cannot listen on {args.host}:{args.port}: {error.strerror or error}")
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        print(
+            f"Fake Kaleyra API listening on {fake.url} (regions at {fake.regions_url}); "
+            f"point regionsync at it with: KALEYRA_BASE_URL={fake.url} "
+            f"KALEYRA_SID={args.sid} KALEYRA_API_KEY={args.api_key}",
+            flush=True,
+        )
+        while not stop.wait(0.2):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        fake.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

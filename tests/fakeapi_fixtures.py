@@ -1,0 +1,61 @@
+"""Helpers for tests that talk real HTTP to :class:`regionsync.fakeapi.FakeKaleyra`."""
+
+from __future__ import annotations
+
+import traceback
+from collections.abc import Iterator
+from typing import Any
+
+from regionsync.fakeapi import FakeKaleyra, sample_regions
+from regionsync.kaleyra import RetryPolicy
+from regionsync.settings import Settings
+
+#: Distinctive, so that a leak anywhere is easy to find.
+API_KEY = "sk-LEAKCHECK-7f3a9c1e5b"
+
+#: Retries in milliseconds, so failure tests stay fast.
+FAST = RetryPolicy(
+    attempts=4,
+    total_seconds=10.0,
+    backoff_initial=0.01,
+    backoff_max=0.05,
+    connect_timeout=2.0,
+    read_timeout=5.0,
+)
+
+
+def start_fake(**options: Any) -> FakeKaleyra:
+    options.setdefault("api_key", API_KEY)
+    options.setdefault("regions", sample_regions())
+    return FakeKaleyra(**options).start()
+
+
+def running_fake() -> Iterator[FakeKaleyra]:
+    """Body of a ``fake`` fixture: a started fake with the bundled sample regions."""
+    fake = start_fake()
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def settings_for_fake(fake: FakeKaleyra, **env: str) -> Settings:
+    """Settings pointing regionsync at ``fake`` with :data:`API_KEY`, plus any variables."""
+    base = {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": fake.sid, "KALEYRA_API_KEY": API_KEY}
+    return Settings.from_env({**base, **env})
+
+
+def exception_texts(error: BaseException) -> list[str]:
+    """str, repr and the formatted traceback of an error and every error chained to it."""
+    texts: list[str] = []
+    seen: list[BaseException] = []
+    pending: list[BaseException | None] = [error]
+    while pending:
+        current = pending.pop()
+        if current is None or any(current is s for s in seen):
+            continue
+        seen.append(current)
+        texts += [str(current), repr(current), repr(vars(current))]
+        texts += traceback.format_exception(current)
+        pending += [current.__cause__, current.__context__]
+    return texts

@@ -1,0 +1,388 @@
+"""The fake Kaleyra server: what it serves, its fault modes, its admin endpoints, its CLI."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+from regionsync import fakeapi
+from regionsync.fakeapi import FakeKaleyra, parse_fault, sample_regions
+from regionsync.kaleyra import KaleyraClient
+from regionsync.settings import Settings
+from tests.fakeapi_fixtures import API_KEY, FAST, running_fake
+
+PATH = "/v1/demo/rcs/agent/agent_regions"
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKaleyra]:
+    yield from running_fake()
+
+
+def get(fake: FakeKaleyra, path: str = PATH, *, key: str | None = API_KEY) -> requests.Response:
+    headers = {"api-key": key} if key is not None else {}
+    return requests.get(fake.url + path, headers=headers, timeout=5, allow_redirects=False)
+
+
+def admin(fake: FakeKaleyra, path: str, body: object) -> requests.Response:
+    return requests.put(f"{fake.url}/_fake/{path}", json=body, timeout=5)
+
+
+# Serving -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", [PATH, "/v1/demo/rcs/agent_regions"])
+def test_serves_the_regions_at_both_documented_paths(fake: FakeKaleyra, path: str) -> None:
+    response = get(fake, path)
+    assert response.status_code == 200
+    body = response.json()
+    assert body["code"] == "RCS902"
+    assert body["error"] == {}
+    assert body["data"] == sample_regions()
+
+
+def test_records_what_it_received(fake: FakeKaleyra) -> None:
+    get(fake)
+    get(fake, key=None)
+    first, second = fake.requests
+    assert (first.method, first.path, first.headers["api-key"]) == ("GET", PATH, API_KEY)
+    assert "api-key" not in second.headers
+    assert first.time <= second.time
+
+
+@pytest.mark.parametrize("key", [None, "wrong"])
+def test_missing_or_wrong_key_is_401_with_an_error_body(fake: FakeKaleyra, key: str | None) -> None:
+    response = get(fake, key=key)
+    assert response.status_code == 401
+    assert response.json()["error"]["error_code"] == "UNAUTHORIZED"
+
+
+@pytest.mark.parametrize("path", ["/v1/other/rcs/agent/agent_regions", "/", "/v1/demo/rcs"])
+def test_wrong_sid_or_path_is_404(fake: FakeKaleyra, path: str) -> None:
+    response = get(fake, path)
+    assert response.status_code == 404
+    assert response.json()["error"]["error_code"] == "NOT_FOUND"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH"])
+def test_other_methods_get_the_rcs405_body(fake: FakeKaleyra, method: str) -> None:
+    response = requests.request(method, fake.url + PATH, headers={"api-key": API_KEY}, timeout=5)
+    assert response.status_code == 405
+    assert response.json()["code"] == "RCS405"
+
+
+def test_set_regions_and_set_body(fake: FakeKaleyra) -> None:
+    fake.set_body({"code": "RCS902", "data": "not a list"})
+    assert get(fake).json() == {"code": "RCS902", "data": "not a list"}
+    fake.set_regions([{"id": "only"}])
+    assert get(fake).json()["data"] == [{"id": "only"}]
+
+
+# Faults --------------------------------------------------------------------------------
+
+
+def test_fault_applies_the_given_number_of_times(fake: FakeKaleyra) -> None:
+    fake.fail("rcs601", times=2)
+    assert [get(fake).status_code for _ in range(3)] == [400, 400, 200]
+
+
+def test_fault_without_times_lasts_until_cleared(fake: FakeKaleyra) -> None:
+    fake.fail("http503")
+    assert [get(fake).status_code for _ in range(3)] == [503, 503, 503]
+    fake.clear_faults()
+    assert get(fake).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "code"),
+    [
+        ("rcs601", 400, "RCS601"),
+        ("rcs405", 405, "RCS405"),
+        ("rcs502", 500, "RCS502"),
+        ("rcs500", 500, "RCS500"),
+        ("rcs701", 400, "RCS701"),
+        ("rcs502-200", 200, "RCS502"),
+        ("rcs601-200", 200, "RCS601"),
+        ("rcs502-502", 502, "RCS502"),
+    ],
+)
+def test_kaleyra_error_modes_serve_kaleyras_bodies(
+    fake: FakeKaleyra, mode: str, status: int, code: str
+) -> None:
+    fake.fail(mode)
+    response = get(fake)
+    assert response.status_code == status
+    body = response.json()
+    assert body["code"] == code
+    assert body["data"] == []
+    assert body["error"]["error_code"]
+
+
+@pytest.mark.parametrize(
+    ("mode", "status", "retry_after"),
+    [
+        ("http401", 401, None),
+        ("http403", 403, None),
+        ("http404", 404, None),
+        ("http429", 429, None),
+        ("http429:retry-after=2", 429, "2"),
+        ("http503:retry-after=5", 503, "5"),
+    ],
+)
+def test_http_modes_serve_the_status_and_retry_after(
+    fake: FakeKaleyra, mode: str, status: int, retry_after: str | None
+) -> None:
+    fake.fail(mode)
+    response = get(fake)
+    assert response.status_code == status
+    assert response.headers.get("Retry-After") == retry_after
+
+
+@pytest.mark.parametrize(("mode", "status"), [("html500", 500), ("html200", 200)])
+def test_html_modes_serve_an_html_page(fake: FakeKaleyra, mode: str, status: int) -> None:
+    fake.fail(mode)
+    response = get(fake)
+    assert response.status_code == status
+    assert response.headers["Content-Type"].startswith("text/html")
+    assert response.text.startswith("<!DOCTYPE html>")
+
+
+def test_malformed_is_invalid_json(fake: FakeKaleyra) -> None:
+    fake.fail("malformed")
+    with pytest.raises(ValueError, match="Expecting"):
+        json.loads(get(fake).content)
+
+
+def test_truncated_is_half_a_body_with_a_matching_length(fake: FakeKaleyra) -> None:
+    whole = get(fake).content
+    fake.fail("truncated")
+    response = get(fake)
+    assert response.content == whole[: len(whole) // 2]
+    assert response.headers["Content-Length"] == str(len(response.content))
+
+
+def test_no_data_and_error_200(fake: FakeKaleyra) -> None:
+    fake.fail("no-data", times=1)
+    assert "data" not in get(fake).json()
+    fake.fail("error-200", times=1)
+    response = get(fake)
+    assert response.status_code == 200
+    assert response.json()["error"]["error_code"]
+
+
+def test_redirect_points_elsewhere(fake: FakeKaleyra) -> None:
+    fake.fail("redirect")
+    response = get(fake)
+    assert response.status_code == 302
+    assert response.headers["Location"] != fake.url + PATH
+
+
+def test_slow_delays_a_good_answer(fake: FakeKaleyra) -> None:
+    fake.fail("slow:0.3")
+    started = time.monotonic()
+    assert get(fake).status_code == 200
+    assert time.monotonic() - started >= 0.29
+
+
+def test_drop_closes_without_answering(fake: FakeKaleyra) -> None:
+    fake.fail("drop")
+    with pytest.raises(requests.ConnectionError):
+        get(fake)
+
+
+def test_huge_streams_more_than_fifty_mebibytes_without_a_length(fake: FakeKaleyra) -> None:
+    fake.fail("huge")
+    with requests.get(fake.url + PATH, stream=True, timeout=5) as response:
+        assert "Content-Length" not in response.headers
+        received = 0
+        for chunk in response.iter_content(1024 * 1024):
+            if received == 0:
+                assert chunk.startswith(b'{"code": "RCS902"')
+            received += len(chunk)
+    assert received > 50 * 1024 * 1024
+
+
+def test_huge_stops_cheaply_when_the_client_hangs_up(fake: FakeKaleyra) -> None:
+    fake.fail("huge", times=1)
+    with requests.get(fake.url + PATH, stream=True, timeout=5) as response:
+        next(response.iter_content(1024))
+    assert get(fake).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["", "rcs999", "rcs601:x", "http200", "http600", "http429:wait=2", "slow", "slow:x", "bogus"],
+)
+def test_unknown_fault_modes_are_refused(mode: str) -> None:
+    with pytest.raises(ValueError, match="unknown fault mode"):
+        parse_fault(mode)
+
+
+def test_fault_modes_parse() -> None:
+    assert parse_fault("http429:retry-after=2").retry_after == "2"
+    assert parse_fault("rcs502-200").status == 200
+    assert parse_fault("slow:1.5").delay == 1.5
+    assert parse_fault("HUGE").kind == "huge"
+
+
+# Admin endpoints -----------------------------------------------------------------------
+
+
+def test_admin_sets_regions_from_a_list_or_a_whole_body(fake: FakeKaleyra) -> None:
+    assert admin(fake, "regions", [{"id": "x", "carrier_enabled": True}]).status_code == 200
+    assert get(fake).json()["data"] == [{"id": "x", "carrier_enabled": True}]
+    assert admin(fake, "regions", {"code": "RCS601", "data": []}).status_code == 200
+    assert get(fake).json() == {"code": "RCS601", "data": []}
+
+
+def test_admin_sets_and_clears_faults(fake: FakeKaleyra) -> None:
+    assert admin(fake, "fault", {"mode": "rcs502", "times": 1}).status_code == 200
+    assert [get(fake).status_code for _ in range(2)] == [500, 200]
+    admin(fake, "fault", {"mode": "http403"})
+    assert get(fake).status_code == 403
+    admin(fake, "fault", {"mode": None})
+    assert get(fake).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "body", [{"mode": "bogus"}, {"times": 1}, {"mode": 5}, {"mode": "drop", "times": "x"}, []]
+)
+def test_admin_refuses_bad_faults(fake: FakeKaleyra, body: object) -> None:
+    response = admin(fake, "fault", body)
+    assert response.status_code == 400
+    assert response.json()["error"]
+
+
+def test_admin_counts_api_requests_only(fake: FakeKaleyra) -> None:
+    get(fake)
+    get(fake, "/nowhere")
+    admin(fake, "fault", {"mode": None})
+    response = requests.get(fake.url + "/_fake/requests", timeout=5)
+    assert response.json() == {"count": 2}
+
+
+def test_admin_unknown_endpoint_is_404(fake: FakeKaleyra) -> None:
+    assert requests.get(fake.url + "/_fake/nothing", timeout=5).status_code == 404
+
+
+# Logging -------------------------------------------------------------------------------
+
+
+def test_verbose_log_shows_requests_but_never_the_key(capfd: pytest.CaptureFixture[str]) -> None:
+    with FakeKaleyra(api_key=API_KEY, verbose=True) as fake:
+        get(fake)
+        get(fake, key="a-wrong-key-xyz")
+    err = capfd.readouterr().err
+    assert f"GET {PATH}" in err
+    assert API_KEY not in err
+    assert "a-wrong-key-xyz" not in err
+
+
+def test_url_needs_a_started_server() -> None:
+    with pytest.raises(RuntimeError, match="not started"):
+        _ = FakeKaleyra().url
+
+
+# The command ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--host", "0.0.0.0"],  # noqa: S104 - the point: refused without --allow-remote
+        ["--host", "192.0.2.1"],
+        ["--port", "70000"],
+        ["--port", "x"],
+        ["--fault", "bogus"],
+        ["--fault-times", "2"],
+        ["--sid", "not/alnum"],
+        ["--regions", "/nonexistent/regions.json"],
+        ["--unknown"],
+    ],
+)
+def test_bad_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        fakeapi.main(argv)
+    assert caught.value.code == 2
+    assert "regionsync fake-api" in capsys.readouterr().err
+
+
+def test_regions_file_that_is_not_json_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "regions.json"
+    path.write_text("nope", encoding="utf-8")
+    with pytest.raises(SystemExit) as caught:
+        fakeapi.main(["--regions", str(path)])
+    assert caught.value.code == 2
+
+
+def run_command(*args: str) -> tuple[subprocess.Popen[str], str]:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regionsync.fakeapi", "--port", "0", "--quiet", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    return process, line
+
+
+def env_from(line: str) -> dict[str, str]:
+    return dict(word.split("=", 1) for word in line.split() if word.startswith("KALEYRA_"))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_command_serves_the_sample_until_signalled(sig: signal.Signals) -> None:
+    process, line = run_command("--sid", "ABC123", "--api-key", "trial-key")
+    try:
+        assert "listening on http://127.0.0.1:" in line
+        env = env_from(line)
+        assert env["KALEYRA_SID"] == "ABC123"
+        assert env["KALEYRA_API_KEY"] == "trial-key"
+        with KaleyraClient(Settings.from_env(env), retry=FAST) as api:
+            assert len(api.fetch().records) == 12
+    finally:
+        process.send_signal(sig)
+        assert process.wait(timeout=10) == 0
+
+
+def test_command_takes_regions_and_a_fault(tmp_path: Path) -> None:
+    path = tmp_path / "regions.json"
+    path.write_text(json.dumps([{"id": "one", "carrier_enabled": False}]), encoding="utf-8")
+    process, line = run_command("--regions", str(path), "--fault", "rcs502", "--fault-times", "1")
+    try:
+        with KaleyraClient(Settings.from_env(env_from(line)), retry=FAST) as api:
+            snapshot = api.fetch()
+        assert [r.id for r in snapshot.records] == ["one"]
+        url = env_from(line)["KALEYRA_BASE_URL"]
+        assert requests.get(url + "/_fake/requests", timeout=5).json() == {"count": 2}
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+
+
+def test_command_accepts_a_whole_body_file(tmp_path: Path) -> None:
+    body: dict[str, Any] = {"code": "RCS601", "message": "off", "data": [], "error": {"x": 1}}
+    path = tmp_path / "body.json"
+    path.write_text(json.dumps(body), encoding="utf-8")
+    process, line = run_command("--regions", str(path))
+    try:
+        url = env_from(line)["KALEYRA_BASE_URL"]
+        response = requests.get(
+            url + "/v1/demo/rcs/agent/agent_regions", timeout=5, headers={"api-key": "demo-key"}
+        )
+        assert response.json() == body
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0

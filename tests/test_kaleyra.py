@@ -1,0 +1,416 @@
+"""The HTTP client against the fake Kaleyra over loopback: classification, retries, secrecy."""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import pytest
+import requests
+import structlog
+
+from regionsync import __version__
+from regionsync.errors import ConfigError, PermanentSourceError, SourceError, TransientSourceError
+from regionsync.fakeapi import FakeKaleyra
+from regionsync.kaleyra import KaleyraClient, RetryPolicy, parse_retry_after
+from regionsync.settings import Settings
+from tests.fakeapi_fixtures import (
+    API_KEY,
+    FAST,
+    exception_texts,
+    running_fake,
+    settings_for_fake,
+)
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKaleyra]:
+    yield from running_fake()
+
+
+def client(fake: FakeKaleyra, retry: RetryPolicy = FAST, **env: str) -> KaleyraClient:
+    return KaleyraClient(settings_for_fake(fake, **env), retry=retry)
+
+
+def failing_fetch(fake: FakeKaleyra, retry: RetryPolicy = FAST) -> SourceError:
+    with client(fake, retry) as api, pytest.raises(SourceError) as caught:
+        api.fetch()
+    return caught.value
+
+
+# Success -------------------------------------------------------------------------------
+
+
+def test_fetch_returns_the_validated_snapshot(fake: FakeKaleyra) -> None:
+    before = datetime.now(UTC)
+    with client(fake) as api:
+        snapshot = api.fetch()
+    assert len(snapshot.records) == snapshot.fetched == 12
+    assert snapshot.source == f"{fake.url}/v1/demo/rcs/agent/agent_regions"
+    assert before <= snapshot.received_at <= datetime.now(UTC)
+    assert len(fake.requests) == 1
+
+
+def test_request_carries_the_documented_headers(fake: FakeKaleyra) -> None:
+    with client(fake) as api:
+        api.fetch()
+    (request,) = fake.requests
+    assert request.method == "GET"
+    assert request.path == "/v1/demo/rcs/agent/agent_regions"
+    assert request.headers["api-key"] == API_KEY
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["accept"] == "application/json"
+    assert request.headers["user-agent"] == f"regionsync/{__version__}"
+
+
+def test_the_prose_path_is_a_setting(fake: FakeKaleyra) -> None:
+    with client(fake, KALEYRA_REGIONS_PATH="/v1/{sid}/rcs/agent_regions") as api:
+        assert len(api.fetch().records) == 12
+    assert fake.requests[0].path == "/v1/demo/rcs/agent_regions"
+
+
+def test_transient_failures_are_retried_until_success(fake: FakeKaleyra) -> None:
+    fake.fail("rcs502", times=2)
+    with client(fake) as api:
+        assert len(api.fetch().records) == 12
+    assert len(fake.requests) == 3
+
+
+def test_records_are_validated_on_the_way_in(fake: FakeKaleyra) -> None:
+    fake.set_regions([{"id": "ok", "carrier_enabled": True}, {"id": "bad", "carrier_enabled": 1}])
+    with client(fake) as api:
+        snapshot = api.fetch()
+    assert [r.id for r in snapshot.records] == ["ok"]
+    assert snapshot.held_ids == frozenset({"bad"})
+
+
+# Classification ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "status"),
+    [
+        ("rcs601", "RCS601", 400),
+        ("rcs601-200", "RCS601", 200),
+        ("rcs601-500", "RCS601", 500),
+        ("rcs405", "RCS405", 405),
+        ("rcs701", "RCS701", 400),
+        ("http401", "UNAUTHORIZED", 401),
+        ("http403", "FORBIDDEN", 403),
+        ("http404", "NOT_FOUND", 404),
+        ("http418", "I_M_A_TEAPOT", 418),
+        ("html200", "bad-body", 200),
+        ("malformed", "bad-body", 200),
+        ("truncated", "bad-body", 200),
+        ("no-data", "bad-body", 200),
+        ("error-200", "UNEXPECTED", 200),
+        ("redirect", "HTTP 302", 302),
+        ("huge", "too-large", 200),
+    ],
+)
+def test_permanent_failures_are_not_retried(
+    fake: FakeKaleyra, mode: str, code: str, status: int
+) -> None:
+    fake.fail(mode)
+    error = failing_fetch(fake)
+    assert isinstance(error, PermanentSourceError)
+    assert (error.code, error.status) == (code, status)
+    assert len(fake.requests) == 1
+    assert "\n" not in str(error)
+
+
+@pytest.mark.parametrize(
+    ("mode", "code", "status"),
+    [
+        ("rcs502", "RCS502", 500),
+        ("rcs502-200", "RCS502", 200),
+        ("rcs502-502", "RCS502", 502),
+        ("rcs500", "RCS500", 500),
+        ("http429", "TOO_MANY_REQUESTS", 429),
+        ("http500", "INTERNAL_SERVER_ERROR", 500),
+        ("http503", "SERVICE_UNAVAILABLE", 503),
+        ("html500", "HTTP 500", 500),
+        ("drop", "connection", None),
+    ],
+)
+def test_transient_failures_give_up_after_the_attempts(
+    fake: FakeKaleyra, mode: str, code: str, status: int | None
+) -> None:
+    fake.fail(mode)
+    error = failing_fetch(fake)
+    assert isinstance(error, TransientSourceError)
+    assert (error.code, error.status) == (code, status)
+    assert len(fake.requests) == FAST.attempts
+    assert f"gave up after {FAST.attempts} attempts" in str(error)
+
+
+def test_message_names_the_kaleyra_code(fake: FakeKaleyra) -> None:
+    fake.fail("rcs601")
+    assert str(failing_fetch(fake)) == (
+        "Kaleyra refused: RCS601 RCS Channel is not enabled for this User (HTTP 400)"
+    )
+
+
+def test_bad_credentials_are_permanent_and_say_which_settings(fake: FakeKaleyra) -> None:
+    with (
+        KaleyraClient(
+            Settings.from_env(
+                {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": "demo", "KALEYRA_API_KEY": "wrong"}
+            ),
+            retry=FAST,
+        ) as api,
+        pytest.raises(PermanentSourceError) as caught,
+    ):
+        api.fetch()
+    assert caught.value.status == 401
+    assert "check KALEYRA_API_KEY and KALEYRA_SID" in str(caught.value)
+    assert len(fake.requests) == 1
+
+
+def test_unknown_sid_is_permanent(fake: FakeKaleyra) -> None:
+    with client(fake, KALEYRA_SID="other") as api, pytest.raises(PermanentSourceError) as caught:
+        api.fetch()
+    assert caught.value.status == 404
+
+
+def test_redirect_is_not_followed(fake: FakeKaleyra) -> None:
+    fake.fail("redirect")
+    error = failing_fetch(fake)
+    assert "not followed" in str(error)
+    assert [r.path for r in fake.requests] == ["/v1/demo/rcs/agent/agent_regions"]
+
+
+def test_declared_size_over_the_cap_is_refused_unread(fake: FakeKaleyra) -> None:
+    settings = settings_for_fake(fake)
+    api = KaleyraClient(settings, retry=FAST, max_bytes=1000)
+    with api, pytest.raises(PermanentSourceError, match="larger than 1000 bytes") as caught:
+        api.fetch()
+    assert "declares" in str(caught.value)
+    assert caught.value.code == "too-large"
+
+
+def test_streamed_body_over_the_cap_is_refused(fake: FakeKaleyra) -> None:
+    fake.fail("huge")
+    error = failing_fetch(fake)
+    assert "larger than 50 MiB" in str(error)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+    return port
+
+
+def test_connection_refused_is_transient() -> None:
+    settings = Settings.from_env(
+        {
+            "KALEYRA_BASE_URL": f"http://127.0.0.1:{free_port()}",
+            "KALEYRA_SID": "demo",
+            "KALEYRA_API_KEY": API_KEY,
+        }
+    )
+    with KaleyraClient(settings, retry=FAST) as api, pytest.raises(TransientSourceError) as caught:
+        api.fetch()
+    assert caught.value.code == "connection"
+    assert "Connection refused" in str(caught.value)
+
+
+def test_tls_failure_is_permanent(fake: FakeKaleyra) -> None:
+    https_url = fake.url.replace("http://", "https://")
+    settings = settings_for_fake(fake, KALEYRA_BASE_URL=https_url)
+    with KaleyraClient(settings, retry=FAST) as api, pytest.raises(PermanentSourceError) as caught:
+        api.fetch()
+    assert caught.value.code == "tls"
+
+
+# Time ----------------------------------------------------------------------------------
+
+
+def test_retry_after_is_honoured(fake: FakeKaleyra) -> None:
+    fake.fail("http429:retry-after=1", times=1)
+    with client(fake) as api:
+        api.fetch()
+    first, second = fake.requests
+    assert second.time - first.time >= 0.95
+
+
+def test_retry_after_longer_than_the_time_left_gives_up_at_once(fake: FakeKaleyra) -> None:
+    fake.fail("http503:retry-after=300")
+    started = time.monotonic()
+    error = failing_fetch(fake, RetryPolicy(total_seconds=42, backoff_initial=0.01))
+    assert time.monotonic() - started < 2
+    assert len(fake.requests) == 1
+    assert isinstance(error, TransientSourceError)
+    assert str(error).startswith("Kaleyra asked to retry after 300 s, more than the 42 s left")
+    assert error.retry_after == 300
+
+
+def test_slow_answers_time_out_within_the_total_budget(fake: FakeKaleyra) -> None:
+    fake.fail("slow:30")
+    policy = RetryPolicy(attempts=10, total_seconds=1.0, backoff_initial=0.01, read_timeout=30)
+    started = time.monotonic()
+    error = failing_fetch(fake, policy)
+    assert time.monotonic() - started < 2.5
+    assert error.code == "timeout"
+    assert "retry budget is spent" in str(error)
+
+
+def test_persistent_failures_give_up_within_the_total_budget(fake: FakeKaleyra) -> None:
+    fake.fail("rcs502")
+    policy = RetryPolicy(attempts=1000, total_seconds=0.5, backoff_initial=0.05, backoff_max=0.1)
+    started = time.monotonic()
+    error = failing_fetch(fake, policy)
+    assert time.monotonic() - started < 1.5
+    assert 2 <= len(fake.requests) < 50
+    assert "retry budget is spent" in str(error)
+
+
+def test_fetch_once_makes_one_attempt_and_reports_retry_after(fake: FakeKaleyra) -> None:
+    fake.fail("http429:retry-after=7")
+    with client(fake) as api, pytest.raises(TransientSourceError) as caught:
+        api.fetch_once()
+    assert caught.value.retry_after == 7
+    assert len(fake.requests) == 1
+
+
+def test_default_policy_gives_up_well_within_two_minutes() -> None:
+    policy = RetryPolicy()
+    assert policy.total_seconds < 120
+    assert policy.attempts >= 2
+    worst_wait = sum(
+        min(policy.backoff_max, policy.backoff_initial * 2**n + policy.backoff_initial)
+        for n in range(policy.attempts - 1)
+    )
+    assert worst_wait < policy.total_seconds
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"attempts": 0}, {"total_seconds": 0}, {"backoff_initial": 2, "backoff_max": 1}],
+)
+def test_retry_policy_refuses_nonsense(options: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match="must"):
+        RetryPolicy(**options)
+
+
+def test_retry_after_is_read_as_seconds_or_http_date() -> None:
+    now = datetime(2026, 1, 1, tzinfo=UTC)
+    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
+    assert parse_retry_after("2", now=now) == 2
+    assert parse_retry_after(" 1.5 ", now=now) == 1.5
+    assert parse_retry_after(later, now=now) == 90
+    assert parse_retry_after(format_datetime(now - timedelta(hours=1), usegmt=True), now=now) == 0
+    assert parse_retry_after("-5", now=now) == 0
+    for junk in (None, "", "soon", "nan"):
+        assert parse_retry_after(junk, now=now) is None
+
+
+def test_retry_after_as_http_date_is_honoured(fake: FakeKaleyra) -> None:
+    when = format_datetime(datetime.now(UTC) + timedelta(seconds=600), usegmt=True)
+    fake.fail(f"http503:retry-after={when}")
+    error = failing_fetch(fake, RetryPolicy(total_seconds=30, backoff_initial=0.01))
+    assert "Kaleyra asked to retry after" in str(error)
+    assert len(fake.requests) == 1
+
+
+# Logs ----------------------------------------------------------------------------------
+
+
+def test_each_failed_attempt_is_logged_with_its_wait(fake: FakeKaleyra) -> None:
+    fake.fail("rcs502")
+    with structlog.testing.capture_logs() as logs:
+        failing_fetch(fake)
+    failed = [e for e in logs if e["event"] == "fetch.attempt_failed"]
+    assert [e["attempt"] for e in failed] == list(range(1, FAST.attempts))
+    assert all(e["code"] == "RCS502" and e["wait"] > 0 for e in failed)
+    (gave_up,) = [e for e in logs if e["event"] == "fetch.gave_up"]
+    assert gave_up["attempts"] == FAST.attempts
+
+
+def test_permanent_failure_is_logged_once(fake: FakeKaleyra) -> None:
+    fake.fail("rcs601")
+    with structlog.testing.capture_logs() as logs:
+        failing_fetch(fake)
+    failed = [e for e in logs if e["event"] == "fetch.attempt_failed"]
+    assert [(e["attempt"], e["code"], e["wait"]) for e in failed] == [(1, "RCS601", None)]
+
+
+# Configuration -------------------------------------------------------------------------
+
+
+def test_plain_http_to_a_remote_host_is_refused_at_settings_time() -> None:
+    with pytest.raises(ConfigError, match="KALEYRA_BASE_URL"):
+        Settings.from_env({"KALEYRA_BASE_URL": "http://rcs-api.in.kaleyra.io"})
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"KALEYRA_POD": "in", "KALEYRA_API_KEY": API_KEY}, "KALEYRA_SID"),
+        ({"KALEYRA_POD": "in", "KALEYRA_SID": "demo"}, "KALEYRA_API_KEY"),
+        ({"KALEYRA_SID": "demo", "KALEYRA_API_KEY": API_KEY}, "KALEYRA_POD"),
+    ],
+)
+def test_client_needs_the_kaleyra_settings(env: dict[str, str], setting: str) -> None:
+    with pytest.raises(ConfigError, match=setting):
+        KaleyraClient(Settings.from_env(env))
+
+
+def test_client_closes_only_its_own_session(fake: FakeKaleyra) -> None:
+    session = requests.Session()
+    with KaleyraClient(settings_for_fake(fake), retry=FAST, session=session) as api:
+        api.fetch()
+    assert session.get(fake.url + "/_fake/requests", timeout=5).json() == {"count": 1}
+    session.close()
+
+
+# The key never shows -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "mode",
+    ["rcs601", "rcs502", "http401", "http429:retry-after=0", "html200", "redirect", "drop", "huge"],
+)
+def test_api_key_never_appears_in_errors_or_logs(fake: FakeKaleyra, mode: str) -> None:
+    fake.fail(mode)
+    with structlog.testing.capture_logs() as logs:
+        error = failing_fetch(fake)
+    assert not [text for text in exception_texts(error) if API_KEY in text]
+    assert API_KEY not in repr(logs)
+
+
+def test_api_key_echoed_by_the_server_is_redacted(fake: FakeKaleyra) -> None:
+    fake.set_body(
+        {
+            "code": "RCS601",
+            "message": f"api-key {API_KEY} has no RCS channel",
+            "data": [],
+            "error": {"error_code": API_KEY, "error_message": f"key {API_KEY}"},
+        }
+    )
+    with structlog.testing.capture_logs() as logs:
+        error = failing_fetch(fake)
+    assert "**********" in str(error)
+    assert not [text for text in exception_texts(error) if API_KEY in text]
+    assert API_KEY not in repr(logs)
+
+
+def test_api_key_never_appears_when_the_connection_fails() -> None:
+    settings = Settings.from_env(
+        {
+            "KALEYRA_BASE_URL": f"http://127.0.0.1:{free_port()}",
+            "KALEYRA_SID": "demo",
+            "KALEYRA_API_KEY": API_KEY,
+        }
+    )
+    with structlog.testing.capture_logs() as logs:
+        with KaleyraClient(settings, retry=FAST) as api, pytest.raises(SourceError) as caught:
+            api.fetch()
+        assert API_KEY not in repr(api)
+    assert not [text for text in exception_texts(caught.value) if API_KEY in text]
+    assert API_KEY not in repr(logs)
