@@ -35,17 +35,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return fakeapi.main(arguments[1:])
     args = build_parser().parse_args(arguments)
+    secrets: tuple[str, ...] = ()
     try:
         settings = load_settings(args.env_file)
-        logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=settings.secrets)
+        secrets = settings.secrets
+        logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
         handler: Handler = args.handler
         return handler(args, settings)
     except RegionSyncError as error:
-        print(f"regionsync: error: {error}", file=sys.stderr)
+        print(f"regionsync: error: {logs.redact(str(error), secrets)}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("regionsync: interrupted", file=sys.stderr)
         return 130
+    except Exception as error:  # noqa: BLE001 - a bug still gets one line and exit 1
+        structlog.get_logger("regionsync").exception("internal_error")
+        message = logs.redact(f"{type(error).__name__}: {error}", secrets)
+        print(f"regionsync: internal error: {message} (details in the log)", file=sys.stderr)
+        return EXIT_FAILED
 
 
 def load_settings(env_file: Path | None) -> Settings:

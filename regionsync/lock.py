@@ -15,6 +15,7 @@ from contextlib import contextmanager
 
 from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import SQLAlchemyError
 
 from regionsync.store import sqlite_path, translated_errors
 
@@ -64,7 +65,8 @@ def _release_advisory(connection: Connection) -> None:
         connection.rollback()
         connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
         connection.commit()
-    except Exception:
+    except SQLAlchemyError:
+        # A dead connection has released its session's lock already; drop it from the pool.
         connection.invalidate()
 
 
