@@ -7,6 +7,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -288,3 +289,33 @@ def test_concurrent_runs_apply_once(pg_url: URL, pg_engine: sa.Engine, tmp_path:
     assert applied == 1
     assert set(statuses) <= {"succeeded", "skipped"}
     assert len(statuses) == 6
+
+
+def test_a_killed_run_is_closed_as_abandoned_by_the_next(
+    pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+) -> None:
+    env = {**url_env(pg_url), **kaleyra_env(fake)}
+    fake.fail("slow:30", times=1)
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    victim = subprocess.Popen(
+        [sys.executable, "-m", "regionsync", "run"],
+        env={**base, **env},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while not fake.requests and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert fake.requests, "the run never reached the API"
+    finally:
+        victim.kill()
+        victim.wait()
+    fake.clear_faults()
+    done = cli("run", env=env)
+    assert done.returncode == 0, done.stderr
+    with pg_engine.connect() as c:
+        runs = c.execute(sa.text("SELECT status, error FROM sync_runs ORDER BY id")).all()
+    assert runs[0][0] == "failed"
+    assert runs[0][1].startswith("abandoned")
+    assert runs[1][0] == "succeeded"
