@@ -16,6 +16,12 @@ turns this tree into exit codes in one place, using ``exit_code``::
 from __future__ import annotations
 
 
+def one_line(text: str, *, limit: int = 200) -> str:
+    """Collapse whitespace and cap the length, so a message stays one readable line."""
+    flat = " ".join(text.split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
 class RegionSyncError(Exception):
     """Base of every error regionsync raises on purpose; ``str()`` is one readable line."""
 

@@ -22,7 +22,7 @@ import tenacity
 import urllib3
 
 from regionsync import __version__
-from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
+from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
 from regionsync.records import (
     MAX_BODY_BYTES,
     Snapshot,
@@ -30,7 +30,6 @@ from regionsync.records import (
     classify_failure,
     decode_json,
     describe_size,
-    one_line,
     parse_body,
 )
 from regionsync.settings import Settings

@@ -15,7 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
+from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
 
 MAX_BODY_BYTES = 50 * 1024 * 1024
 """The largest body accepted, from the API or a file (a real one is a few kilobytes)."""
@@ -91,12 +91,6 @@ def json_type(value: object) -> str:
     if isinstance(value, dict):
         return "object"
     return type(value).__name__
-
-
-def one_line(text: str, *, limit: int = 200) -> str:
-    """Collapse whitespace and cap the length, so a message stays one readable line."""
-    flat = " ".join(text.split())
-    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
 
 
 def describe_size(size: int) -> str:

@@ -32,11 +32,6 @@ def now() -> datetime:
     return datetime.now(UTC)
 
 
-def one_line(text: str, limit: int = 500) -> str:
-    line = " ".join(text.split())
-    return line if len(line) <= limit else line[: limit - 1] + "…"
-
-
 def open_run(connection: Connection, *, trigger: str, source: str) -> int:
     """Insert a ``running`` row; the caller commits it before the apply starts."""
     run_id: int = connection.execute(

@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
 from regionsync import diff, runs
-from regionsync.errors import GuardError, RegionSyncError
+from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
 from regionsync.models import BigId, UTCDateTime, history_table
 from regionsync.records import Snapshot
@@ -328,10 +328,10 @@ def _record_failure(
 
 def _failure_message(error: BaseException) -> str:
     if isinstance(error, RegionSyncError):
-        return runs.one_line(str(error))
+        return one_line(str(error), limit=500)
     if isinstance(error, KeyboardInterrupt | SystemExit):
         return "interrupted before it finished"
-    return runs.one_line(f"internal error: {type(error).__name__}: {error}")
+    return one_line(f"internal error: {type(error).__name__}: {error}", limit=500)
 
 
 def _log_changes(changes: list[diff.Change], log: structlog.typing.FilteringBoundLogger) -> None:
