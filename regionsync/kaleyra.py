@@ -23,6 +23,7 @@ import urllib3
 
 from regionsync import __version__
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
+from regionsync.logs import redact
 from regionsync.records import (
     MAX_BODY_BYTES,
     Snapshot,
@@ -36,7 +37,6 @@ from regionsync.settings import Settings
 
 MAX_RESPONSE_BYTES = MAX_BODY_BYTES
 CHUNK_BYTES = 64 * 1024
-REDACTED = "**********"
 
 logger = structlog.get_logger("regionsync.kaleyra")
 
@@ -285,10 +285,10 @@ class KaleyraClient:
         """Guard against a server echoing the key back into a message."""
         key = self._key.reveal()
         error.args = tuple(
-            arg.replace(key, REDACTED) if isinstance(arg, str) else arg for arg in error.args
+            redact(arg, (key,)) if isinstance(arg, str) else arg for arg in error.args
         )
         if error.code is not None:
-            error.code = error.code.replace(key, REDACTED)
+            error.code = redact(error.code, (key,))
 
     def _headers(self) -> dict[str, str]:
         return {
