@@ -149,6 +149,20 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK if fresh else EXIT_FAILED
 
 
+def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.scheduler import run_daemon
+
+    return run_daemon(settings)
+
+
+def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.schedule import next_fire_times
+
+    for moment in next_fire_times(settings, args.count):
+        print(moment.isoformat())
+    return EXIT_OK
+
+
 def _print_status(report: Any, max_age: timedelta, fresh: bool) -> None:
     age = report.last_success_age
     freshness = "never" if age is None else f"{format_duration(age)} ago"
@@ -277,6 +291,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many recent runs to show (default 10)",
     )
     status.set_defaults(handler=cmd_status)
+
+    daemon = commands.add_parser(
+        "daemon",
+        help="sync at start, then on REGIONSYNC_SCHEDULE, until SIGTERM or SIGINT",
+        description="Run as a long-lived process: a sync at start, then on REGIONSYNC_SCHEDULE. "
+        "With REGIONSYNC_METRICS_PORT set, serves /healthz and /metrics. The first SIGTERM or "
+        "SIGINT lets a sync in progress finish and exits 0; a second one exits at once.",
+    )
+    daemon.set_defaults(handler=cmd_daemon)
+
+    schedule = commands.add_parser(
+        "schedule",
+        help="print the next fire times of REGIONSYNC_SCHEDULE",
+        description="Print the next fire times of REGIONSYNC_SCHEDULE in REGIONSYNC_TIMEZONE, "
+        "ISO 8601, one per line (for an interval: after a daemon started now, which also "
+        "syncs at once).",
+    )
+    schedule.add_argument(
+        "--count",
+        type=_positive,
+        default=5,
+        metavar="N",
+        help="how many fire times to print (default 5)",
+    )
+    schedule.set_defaults(handler=cmd_schedule)
 
     fake = commands.add_parser(
         "fake-api",

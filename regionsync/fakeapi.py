@@ -195,6 +195,8 @@ class FakeKaleyra:
             raise RuntimeError("the fake Kaleyra API is not started")
         address = self._server.server_address
         host, port = str(address[0]), address[1]
+        # A wildcard address is not one a client can use: name the loopback one instead.
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
 

@@ -21,9 +21,8 @@ from sqlalchemy.engine import URL
 from regionsync import store
 from regionsync.schema import migrate
 from regionsync.sync import Guard, run_sync
-from tests.conftest import create_pg_database, drop_pg_database
 from tests.sources import ListSource, region
-from tests.support import settings_for
+from tests.support import create_pg_database, drop_pg_database, settings_for
 
 
 def main() -> None:

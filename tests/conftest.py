@@ -6,57 +6,15 @@ If it cannot be reached the run fails with a message saying how to start it; it 
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
 from regionsync.schema import migrate
-from regionsync.settings import normalise_database_url
-from tests.support import settings_for
-
-DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
-START_HINT = (
-    "PostgreSQL is not reachable at {url}. Start it with "
-    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
-    "or point REGIONSYNC_TEST_DATABASE_URL at a server where the user may create databases."
-)
-TABLES = ("region_history", "regions", "sync_runs")
-
-
-def admin_url() -> URL:
-    return normalise_database_url(os.environ.get("REGIONSYNC_TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
-
-
-def _admin_engine() -> Engine:
-    return sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
-
-
-def create_pg_database() -> URL:
-    name = f"regionsync_test_{uuid.uuid4().hex[:12]}"
-    engine = _admin_engine()
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
-    except sa.exc.OperationalError as error:
-        pytest.exit(START_HINT.format(url=admin_url().render_as_string()) + f"\n{error.orig}", 3)
-    finally:
-        engine.dispose()
-    return admin_url().set(database=name)
-
-
-def drop_pg_database(url: URL) -> None:
-    engine = _admin_engine()
-    try:
-        with engine.connect() as connection:
-            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
-    finally:
-        engine.dispose()
+from tests.support import TABLES, create_pg_database, drop_pg_database, settings_for
 
 
 @pytest.fixture(scope="session")
@@ -121,6 +79,3 @@ def db_url(request: pytest.FixtureRequest) -> URL:
     request.getfixturevalue("sqlite_engine")
     sqlite: URL = request.getfixturevalue("sqlite_url")
     return sqlite
-
-
-EngineFactory = Callable[[URL], Engine]

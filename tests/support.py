@@ -1,13 +1,58 @@
-"""Helpers shared by the tests (fixtures live in conftest.py)."""
+"""Helpers shared by the tests, the benchmark and the fixtures in conftest.py."""
 
 from __future__ import annotations
 
-from sqlalchemy.engine import URL
+import os
+import uuid
 
-from regionsync.settings import Settings
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Engine
+
+from regionsync.settings import Settings, normalise_database_url
+
+DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
+START_HINT = (
+    "PostgreSQL is not reachable at {url}. Start it with "
+    "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
+    "or point REGIONSYNC_TEST_DATABASE_URL at a server where the user may create databases."
+)
+TABLES = ("region_history", "regions", "sync_runs")
 
 
 def settings_for(url: URL | str, **env: str) -> Settings:
     """Settings for a test database, plus any other variables."""
     raw = url if isinstance(url, str) else url.render_as_string(hide_password=False)
     return Settings.from_env({"REGIONSYNC_DATABASE_URL": raw, **env})
+
+
+def admin_url() -> URL:
+    """The server the tests make their databases on (REGIONSYNC_TEST_DATABASE_URL)."""
+    return normalise_database_url(os.environ.get("REGIONSYNC_TEST_DATABASE_URL", DEFAULT_ADMIN_URL))
+
+
+def _admin_engine() -> Engine:
+    return sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+
+
+def create_pg_database() -> URL:
+    """A new empty database; stops the whole run, saying how to start PostgreSQL, if down."""
+    name = f"regionsync_test_{uuid.uuid4().hex[:12]}"
+    engine = _admin_engine()
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except sa.exc.OperationalError as error:
+        pytest.exit(START_HINT.format(url=admin_url().render_as_string()) + f"\n{error.orig}", 3)
+    finally:
+        engine.dispose()
+    return admin_url().set(database=name)
+
+
+def drop_pg_database(url: URL) -> None:
+    engine = _admin_engine()
+    try:
+        with engine.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
+    finally:
+        engine.dispose()

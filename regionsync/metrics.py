@@ -1,0 +1,201 @@
+"""The daemon's ``/healthz`` and ``/metrics``, served from a thread on ``REGIONSYNC_METRICS_PORT``.
+
+Health is data freshness: ``/healthz`` answers 200 while the last successful sync recorded
+in the database (by any process, so a replica that only records ``skipped`` stays healthy)
+is younger than the limit the daemon sets from its schedule, and 503 otherwise, both with a
+JSON body. The server binds all interfaces (``0.0.0.0``) so that a container's port can be
+published or probed; it serves nothing but these two read-only pages.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from regionsync.status import StatusReport
+
+RUN_STATUSES = ("succeeded", "failed", "skipped")
+DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104  # a container's probe and scraper come from outside
+
+Clock = Callable[[], datetime]
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class DaemonMetrics:
+    """What one daemon process knows about its syncs, as Prometheus metrics and health.
+
+    Thread-safe: the scheduler's worker records, the HTTP server's threads read.
+    """
+
+    def __init__(self, *, max_age: timedelta, clock: Clock = _utcnow) -> None:
+        self.max_age = max_age
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._last_success_at: datetime | None = None
+        self._failures = 0
+        self.registry = CollectorRegistry()
+        self._runs = Counter(
+            "regionsync_sync_runs",
+            "Sync attempts by this daemon, by how they ended (failed includes attempts the "
+            "database was too far gone to record).",
+            ["status"],
+            registry=self.registry,
+        )
+        for status in RUN_STATUSES:
+            self._runs.labels(status=status)
+        self._duration = Histogram(
+            "regionsync_sync_duration_seconds",
+            "How long this daemon's syncs took, fetch and apply, succeeded or failed.",
+            buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        self._last_success = Gauge(
+            "regionsync_last_success_timestamp_seconds",
+            "When the last successful sync (by any process) finished, as a Unix time; "
+            "0 when there has been none.",
+            registry=self.registry,
+        )
+        self._regions = Gauge(
+            "regionsync_regions",
+            "Regions in the database: active, or removed (absent from the API).",
+            ["state"],
+            registry=self.registry,
+        )
+        self._consecutive_failures = Gauge(
+            "regionsync_consecutive_failures",
+            "Failed syncs by this daemon since its last success (skipped runs count neither way).",
+            registry=self.registry,
+        )
+        self._max_age = Gauge(
+            "regionsync_health_max_age_seconds",
+            "/healthz answers 503 when the last success is older than this.",
+            registry=self.registry,
+        )
+        self._max_age.set(max_age.total_seconds())
+
+    def record_run(self, status: str, duration: float | None) -> None:
+        """Count one attempt; ``duration`` is None for a skipped one (nothing was synced)."""
+        with self._lock:
+            self._runs.labels(status=status).inc()
+            if duration is not None:
+                self._duration.observe(duration)
+            if status == "succeeded":
+                self._failures = 0
+            elif status == "failed":
+                self._failures += 1
+            self._consecutive_failures.set(self._failures)
+
+    def record_status(self, report: StatusReport) -> None:
+        """Take the region counts and the last success from what the database says."""
+        with self._lock:
+            self._last_success_at = report.last_success_at
+            if report.last_success_at is not None:
+                self._last_success.set(report.last_success_at.timestamp())
+            self._regions.labels(state="active").set(report.active_regions)
+            self._regions.labels(state="removed").set(report.removed_regions)
+
+    @property
+    def consecutive_failures(self) -> int:
+        with self._lock:
+            return self._failures
+
+    def health(self) -> tuple[bool, dict[str, Any]]:
+        """Whether the data is fresh, and the JSON body ``/healthz`` answers with."""
+        now = self._clock()
+        with self._lock:
+            last, failures = self._last_success_at, self._failures
+        age = None if last is None else (now - last).total_seconds()
+        fresh = age is not None and age < self.max_age.total_seconds()
+        body = {
+            "status": "ok" if fresh else "stale",
+            "last_success_at": None if last is None else last.isoformat(),
+            "age_seconds": None if age is None else round(age, 3),
+            "max_age_seconds": self.max_age.total_seconds(),
+            "consecutive_failures": failures,
+            "checked_at": now.isoformat(),
+        }
+        return fresh, body
+
+    def exposition(self) -> bytes:
+        """The Prometheus text; under the lock, so a run's counter and histogram agree."""
+        with self._lock:
+            return bytes(generate_latest(self.registry))
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    metrics: DaemonMetrics
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+    server_version = "regionsync"
+    sys_version = ""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        """Probes and scrapes every few seconds would drown the sync's own lines."""
+
+    def do_GET(self) -> None:
+        path = self.path.split("?", 1)[0]
+        if path == "/healthz":
+            fresh, body = self.server.metrics.health()
+            self._send(200 if fresh else 503, json.dumps(body).encode(), "application/json")
+        elif path == "/metrics":
+            self._send(200, self.server.metrics.exposition(), CONTENT_TYPE_LATEST)
+        else:
+            self._send(404, b'{"error": "see /healthz and /metrics"}', "application/json")
+
+    def _send(self, status: int, content: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(content)))
+        self.send_header("Cache-Control", "no-store")
+        self.end_headers()
+        self.wfile.write(content)
+
+
+class MetricsServer:
+    """``/healthz`` and ``/metrics`` over HTTP, from a daemon thread."""
+
+    def __init__(self, metrics: DaemonMetrics, port: int, host: str = ALL_INTERFACES) -> None:
+        self._server = _Server((host, port), _Handler)
+        self._server.metrics = metrics
+        self._thread = threading.Thread(
+            target=self._server.serve_forever,
+            kwargs={"poll_interval": 0.2},
+            name="regionsync-metrics",
+            daemon=True,
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+
+__all__ = ["DaemonMetrics", "MetricsServer"]

@@ -1,0 +1,283 @@
+"""``regionsync daemon``: an APScheduler loop around :func:`regionsync.sync.run_sync`.
+
+One sync at start, then on ``REGIONSYNC_SCHEDULE``. The job never raises: a failed sync
+(API down, database down, guard tripped) is logged, recorded when the database allows it,
+and the next tick tries again. Job options:
+
+- ``max_instances=1``: a sync still running when the next tick comes makes APScheduler skip
+  that tick (the advisory lock would make it ``skipped`` anyway);
+- ``coalesce=True``: ticks missed while the process could not run (suspended host, clock
+  jump) become one run;
+- ``misfire_grace_time`` = the schedule's period (the interval, or a crontab's longest gap
+  between fire times): APScheduler's default of 1 s would drop a run that starts a second
+  late, while a run later than a whole period is never needed because the next tick is due.
+
+Stopping: the first SIGTERM or SIGINT takes no new runs, lets a sync in progress finish and
+exits 0; a second one exits at once with 128 + the signal number (130 for SIGINT, 143 for
+SIGTERM), leaving the run in progress ``running`` until the next sync closes it as abandoned.
+The signal handler only writes a byte to a pipe; a thread reads it and stops the scheduler,
+so no lock is ever taken inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy.engine import Engine
+
+from regionsync import schedule as schedules
+from regionsync.errors import ConfigError, RegionSyncError, StoreError
+from regionsync.metrics import DaemonMetrics, MetricsServer
+from regionsync.schema import require_current
+from regionsync.settings import Settings
+from regionsync.status import gather
+from regionsync.store import create_engine
+from regionsync.sync import ApiSource, Guard, Source, run_sync
+
+logger = structlog.get_logger("regionsync.daemon")
+
+JOB_ID = "sync"
+#: /healthz turns 503 when the last success is older than this many periods: two missed or
+#: failed runs in a row are tolerated, the third is not.
+HEALTH_PERIODS = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def run_daemon(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code. Raises :class:`ConfigError` or
+    :class:`~regionsync.errors.SchemaError` (exit 2) when it cannot start."""
+    schedule = schedules.load(settings)
+    source = ApiSource(settings)
+    period = schedule.period(now=datetime.now(UTC))
+    engine = create_engine(settings)
+    try:
+        reachable = _check_database(engine)
+        metrics = DaemonMetrics(max_age=period * HEALTH_PERIODS)
+        server = _serve_metrics(metrics, settings.metrics_port)
+        try:
+            daemon = Daemon(
+                engine,
+                source,
+                schedule=schedule,
+                guard=Guard(settings.max_removal_fraction),
+                metrics=metrics,
+                period=period,
+            )
+            if reachable:
+                daemon.refresh_status()
+            logger.info(
+                "daemon.started",
+                schedule=schedule.describe(),
+                timezone=settings.timezone,
+                misfire_grace_s=daemon.misfire_grace_time,
+                health_max_age_s=metrics.max_age.total_seconds(),
+                metrics_port=server.port if server else None,
+                database=settings.database_display,
+                source=source.description,
+                pid=os.getpid(),
+            )
+            return daemon.run()
+        finally:
+            if server is not None:
+                server.stop()
+    finally:
+        engine.dispose()
+
+
+def _check_database(engine: Engine) -> bool:
+    """Refuse an unmigrated schema (exit 2); an unreachable database is only logged."""
+    try:
+        require_current(engine)
+    except StoreError as error:
+        logger.warning(
+            "daemon.database_unavailable",
+            error=str(error),
+            hint="starting anyway; each run tries again",
+        )
+        return False
+    return True
+
+
+def _serve_metrics(metrics: DaemonMetrics, port: int | None) -> MetricsServer | None:
+    if port is None:
+        return None
+    try:
+        return MetricsServer(metrics, port).start()
+    except OSError as error:
+        raise ConfigError(
+            "REGIONSYNC_METRICS_PORT", f"cannot listen on port {port}: {error.strerror or error}"
+        ) from None
+
+
+class Daemon:
+    """The scheduler, its one job, and the stop protocol described in the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: Source,
+        *,
+        schedule: schedules.Schedule,
+        guard: Guard,
+        metrics: DaemonMetrics,
+        period: timedelta,
+    ) -> None:
+        self.engine = engine
+        self.source = source
+        self.schedule = schedule
+        self.guard = guard
+        self.metrics = metrics
+        self.misfire_grace_time = max(1, int(period.total_seconds()))
+        self.scheduler = BlockingScheduler(
+            timezone=schedule.timezone,
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+        )
+        self._trigger: Any = None
+        self._state = threading.Condition()
+        self._stopping = False
+        self._running = False
+        self._signals = 0
+        self._wake_read, self._wake_write = os.pipe()
+
+    # The job -------------------------------------------------------------------------
+
+    def sync_once(self) -> None:
+        """One scheduled sync; never raises, so a failure never stops the daemon."""
+        with self._state:
+            if self._stopping:
+                logger.info("daemon.run_not_started", reason="the daemon is stopping")
+                return
+            self._running = True
+        try:
+            self._sync()
+        finally:
+            with self._state:
+                self._running = False
+                self._state.notify_all()
+
+    def _sync(self) -> None:
+        started = time.monotonic()
+        database_down = False
+        try:
+            result = run_sync(self.engine, self.source, trigger="daemon", guard=self.guard)
+        except RegionSyncError as error:
+            database_down = isinstance(error, StoreError)
+            self.metrics.record_run("failed", time.monotonic() - started)
+            logger.warning(
+                "daemon.run_failed",
+                error=str(error),
+                consecutive_failures=self.metrics.consecutive_failures,
+            )
+        except Exception as error:
+            self.metrics.record_run("failed", time.monotonic() - started)
+            logger.exception(
+                "daemon.run_failed",
+                error=f"internal error: {type(error).__name__}: {error}",
+                consecutive_failures=self.metrics.consecutive_failures,
+            )
+        else:
+            skipped = result.status == "skipped"
+            self.metrics.record_run(result.status, None if skipped else result.duration)
+        if not database_down:  # no second wait for a database that just failed to answer
+            self.refresh_status()
+        self._log_next_run()
+
+    def refresh_status(self) -> None:
+        """Update the health and region gauges from the database, if it answers."""
+        try:
+            self.metrics.record_status(gather(self.engine, limit=1))
+        except RegionSyncError as error:
+            logger.debug("daemon.status_unavailable", error=str(error))
+
+    def _log_next_run(self) -> None:
+        now = datetime.now(UTC)
+        upcoming = self._trigger.get_next_fire_time(None, now) if self._trigger else None
+        if upcoming is not None:
+            logger.info(
+                "daemon.next_run",
+                at=upcoming.astimezone(self.schedule.timezone).isoformat(),
+                in_s=round((upcoming - now).total_seconds(), 3),
+            )
+
+    # The loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Sync now, then on the schedule, until a signal; returns the exit code."""
+        now = datetime.now(UTC)
+        self._trigger = self.schedule.trigger(now)
+        self.scheduler.add_job(
+            self.sync_once,
+            trigger=self._trigger,
+            id=JOB_ID,
+            name="regionsync sync",
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=self.misfire_grace_time,
+        )
+        watcher = threading.Thread(target=self._watch_signals, name="regionsync-stop", daemon=True)
+        watcher.start()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            self.scheduler.start()
+            self._wait_for_sync()
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+            os.close(self._wake_write)
+            os.close(self._wake_read)
+        logger.info("daemon.stopped")
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            os.write(self._wake_write, bytes([signum]))
+            return
+        logger.error(
+            "daemon.killed",
+            signal=signal.Signals(signum).name,
+            hint="a sync in progress stays 'running' until the next sync closes it as abandoned",
+        )
+        os._exit(128 + signum)
+
+    def _watch_signals(self) -> None:
+        """Wait for the first signal's byte, then stop the scheduler from this thread."""
+        try:
+            signum = os.read(self._wake_read, 1)[0]
+        except (OSError, IndexError):
+            return
+        with self._state:
+            self._stopping = True
+            busy = self._running
+        extra = {"hint": "send the signal again to exit at once"} if busy else {}
+        logger.info(
+            "daemon.stopping", signal=signal.Signals(signum).name, waiting_for_sync=busy, **extra
+        )
+        while True:
+            try:
+                self.scheduler.shutdown(wait=False)
+                return
+            except SchedulerNotRunningError:
+                time.sleep(0.05)  # the signal came before the scheduler had started
+
+    def _wait_for_sync(self) -> None:
+        """Let a sync in progress finish; a second signal still interrupts this wait."""
+        with self._state:
+            self._stopping = True
+            while self._running:
+                self._state.wait(timeout=0.5)
+
+
+__all__ = ["Daemon", "run_daemon"]

@@ -1,0 +1,591 @@
+"""The daemon as operators run it: a real ``regionsync daemon`` process, the fake Kaleyra API and
+PostgreSQL, with a schedule of seconds. Plus ``/healthz`` and ``/metrics`` served in-process."""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.engine import URL, Engine
+
+from regionsync import store
+from regionsync.fakeapi import FakeKaleyra, sample_regions
+from regionsync.metrics import DaemonMetrics, MetricsServer
+from regionsync.schema import migrate
+from regionsync.status import StatusReport
+from tests.fakeapi_fixtures import API_KEY, running_fake
+from tests.support import admin_url, settings_for
+
+#: The API says "come back in 10 minutes": each run fails at once instead of retrying.
+OUTAGE = "http503:retry-after=600"
+
+
+# Helpers ---------------------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def base_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    env.pop("DATABASE_URL", None)
+    return env
+
+
+def daemon_env(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
+    return {
+        **base_env(),
+        "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
+        "KALEYRA_BASE_URL": fake.url,
+        "KALEYRA_SID": fake.sid,
+        "KALEYRA_API_KEY": API_KEY,
+        "REGIONSYNC_SCHEDULE": "1s",
+        "REGIONSYNC_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
+def metric_samples(text: str) -> dict[str, float]:
+    """``{'name{label="value"}': value}`` for every sample of a Prometheus exposition."""
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
+            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
+    return samples
+
+
+def http_get(port: int, path: str) -> tuple[int, str, bytes]:
+    url = f"http://127.0.0.1:{port}{path}"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.headers["Content-Type"], response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.headers["Content-Type"], error.read()
+
+
+class Daemon:
+    """A ``regionsync daemon`` process started by a test, its log, and its HTTP pages."""
+
+    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
+        self.process = process
+        self.port = port
+        self.log = log
+
+    def events(self) -> list[dict[str, Any]]:
+        found = []
+        for line in self.log.read_text(errors="replace").splitlines():
+            try:
+                found.append(json.loads(line))
+            except ValueError:
+                continue  # a line still being written, or the CLI's one-line error
+        return found
+
+    def names(self) -> list[str]:
+        return [e["event"] for e in self.events()]
+
+    def event(self, name: str) -> dict[str, Any]:
+        return next(e for e in self.events() if e["event"] == name)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        status, content_type, body = http_get(self.port, "/healthz")
+        assert content_type == "application/json"
+        return status, json.loads(body)
+
+    def metrics(self) -> dict[str, float]:
+        status, content_type, body = http_get(self.port, "/metrics")
+        assert status == 200
+        assert content_type.startswith("text/plain; version=")
+        return metric_samples(body.decode())
+
+    def runs_counted(self, status: str) -> float:
+        return self.metrics()[f'regionsync_sync_runs_total{{status="{status}"}}']
+
+    def answers(self) -> bool:
+        try:
+            http_get(self.port, "/healthz")
+        except OSError:
+            return False
+        return True
+
+    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            if self.process.poll() is not None:
+                code = self.process.returncode
+                pytest.fail(f"the daemon exited ({code}) waiting for {what}:\n{self.tail()}")
+            if time.monotonic() > deadline:
+                pytest.fail(f"waited {timeout}s for {what}:\n{self.tail()}")
+            time.sleep(0.05)
+
+    def send(self, signum: int) -> None:
+        self.process.send_signal(signum)
+
+    def exit_code(self, timeout: float) -> int:
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"the daemon did not exit within {timeout}s:\n{self.tail()}")
+
+    def tail(self, lines: int = 30) -> str:
+        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeKaleyra]:
+    yield from running_fake()
+
+
+@pytest.fixture
+def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
+    """Start ``python -m regionsync daemon``; every one still running is killed afterwards."""
+    started: list[Daemon] = []
+
+    def start(url: URL, fake: FakeKaleyra, **env: str) -> Daemon:
+        port = free_port()
+        log = tmp_path / f"daemon-{len(started)}.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "regionsync", "daemon"],
+                env=daemon_env(url, fake, REGIONSYNC_METRICS_PORT=str(port), **env),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        daemon = Daemon(process, port, log)
+        started.append(daemon)
+        daemon.wait_until(daemon.answers, "/healthz to answer")
+        return daemon
+
+    yield start
+    for daemon in started:
+        if daemon.process.poll() is None:
+            daemon.process.kill()
+            daemon.process.wait(timeout=10)
+
+
+def runs(engine: Engine) -> list[dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT * FROM sync_runs ORDER BY id")).mappings()
+        return [dict(row) for row in rows]
+
+
+def count(engine: Engine, status: str) -> int:
+    return sum(1 for run in runs(engine) if run["status"] == status)
+
+
+def regions(engine: Engine) -> dict[str, dict[str, Any]]:
+    with engine.connect() as connection:
+        rows = connection.execute(sa.text("SELECT * FROM regions")).mappings()
+        return {row["id"]: dict(row) for row in rows}
+
+
+def advisory_locks(engine: Engine) -> int:
+    with engine.connect() as connection:
+        held: int = connection.execute(
+            sa.text(
+                "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND database = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+        ).scalar_one()
+        return held
+
+
+def changed_regions() -> tuple[list[dict[str, Any]], str, str]:
+    """The sample with one region's ``carrier_enabled`` flipped and another gone."""
+    data = copy.deepcopy(sample_regions())
+    data[0]["carrier_enabled"] = not data[0]["carrier_enabled"]
+    gone = data.pop()
+    return data, data[0]["id"], gone["id"]
+
+
+def assert_picked_up(engine: Engine, flipped: str, gone: str) -> None:
+    now = regions(engine)
+    original = {r["id"]: r for r in sample_regions()}
+    assert now[flipped]["carrier_enabled"] is (not original[flipped]["carrier_enabled"])
+    assert now[gone]["removed_at"] is not None
+    assert sum(1 for r in now.values() if r["removed_at"] is None) == len(original) - 1
+
+
+def assert_stopped_cleanly(daemon: Daemon, engine: Engine, *, within: float = 5) -> None:
+    sent = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    assert daemon.exit_code(timeout=within + 5) == 0, daemon.tail()
+    assert time.monotonic() - sent < within
+    assert [r["id"] for r in runs(engine) if r["status"] == "running"] == []
+    names = daemon.names()
+    assert names.index("daemon.stopping") < names.index("daemon.stopped") == len(names) - 1
+    assert API_KEY not in daemon.log.read_text()
+
+
+class Admin:
+    """Makes a database refuse connections and drops the ones it has, like an outage."""
+
+    def __init__(self, database: str) -> None:
+        self.database = database
+        self.engine = sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+
+    def refuse_connections(self) -> None:
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS false')
+        self.terminate_connections()
+
+    def terminate_connections(self) -> None:
+        with self.engine.connect() as connection:
+            connection.execute(
+                sa.text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE datname = :db AND pid <> pg_backend_pid()"
+                ),
+                {"db": self.database},
+            )
+
+    def allow_connections(self) -> None:
+        with self.engine.connect() as connection:
+            connection.exec_driver_sql(f'ALTER DATABASE "{self.database}" ALLOW_CONNECTIONS true')
+
+
+# The daemon process ------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_daemon_syncs_on_schedule_serves_health_and_metrics_and_stops_on_sigterm(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(pg_url, fake)
+    daemon.wait_until(lambda: count(pg_engine, "succeeded") >= 3, "three successful runs")
+
+    done = runs(pg_engine)
+    assert {r["trigger"] for r in done} == {"daemon"}
+    assert {r["status"] for r in done} <= {"succeeded", "running"}
+    starts = [r["started_at"] for r in done]
+    gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(starts)]
+    assert all(0.5 < gap < 2.0 for gap in gaps), gaps  # every second, not in bursts
+    started = daemon.event("daemon.started")
+    assert started["schedule"] == "every 1s"
+    assert started["misfire_grace_s"] == 1
+    assert started["health_max_age_s"] == 3.0
+    assert started["metrics_port"] == daemon.port
+    assert "daemon.next_run" in daemon.names()
+
+    status, health = daemon.health()
+    assert status == 200, health
+    assert health["status"] == "ok"
+    assert 0 <= health["age_seconds"] < health["max_age_seconds"] == 3.0
+    assert health["consecutive_failures"] == 0
+    last_success = datetime.fromisoformat(health["last_success_at"])
+    assert last_success in {r["finished_at"] for r in runs(pg_engine)}
+
+    metrics = daemon.metrics()
+    succeeded = metrics['regionsync_sync_runs_total{status="succeeded"}']
+    assert 3 <= succeeded <= count(pg_engine, "succeeded")
+    assert metrics['regionsync_sync_runs_total{status="failed"}'] == 0
+    assert metrics['regionsync_sync_runs_total{status="skipped"}'] == 0
+    assert metrics["regionsync_sync_duration_seconds_count"] == succeeded
+    assert 0 < metrics["regionsync_sync_duration_seconds_sum"] < succeeded * 5
+    assert metrics['regionsync_regions{state="active"}'] == len(regions(pg_engine))
+    assert metrics['regionsync_regions{state="removed"}'] == 0
+    assert metrics["regionsync_consecutive_failures"] == 0
+    assert metrics["regionsync_health_max_age_seconds"] == 3
+    assert abs(metrics["regionsync_last_success_timestamp_seconds"] - time.time()) < 5
+    assert http_get(daemon.port, "/elsewhere")[0] == 404
+
+    assert_stopped_cleanly(daemon, pg_engine)
+
+
+@pytest.mark.slow
+def test_daemon_keeps_going_through_an_api_outage_and_picks_up_changes(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(pg_url, fake)
+    daemon.wait_until(lambda: daemon.health()[0] == 200, "a first success")
+
+    fake.fail(OUTAGE)
+    daemon.wait_until(lambda: count(pg_engine, "failed") >= 2, "two failed runs")
+    failed = [r for r in runs(pg_engine) if r["status"] == "failed"]
+    assert all("HTTP 503" in r["error"] for r in failed)
+    daemon.wait_until(lambda: daemon.health()[0] == 503, "/healthz to go stale", timeout=10)
+    health = daemon.health()[1]
+    assert health["status"] == "stale"
+    assert health["age_seconds"] >= health["max_age_seconds"] == 3.0
+    assert health["consecutive_failures"] >= 2
+    metrics = daemon.metrics()
+    assert metrics["regionsync_consecutive_failures"] >= 2
+    assert metrics['regionsync_sync_runs_total{status="failed"}'] >= 2
+
+    data, flipped, gone = changed_regions()
+    fake.set_regions(data)
+    fake.clear_faults()
+    daemon.wait_until(lambda: runs(pg_engine)[-1]["status"] == "succeeded", "a success again")
+    last_failure = max(r["id"] for r in runs(pg_engine) if r["status"] == "failed")
+    recovered = next(r for r in runs(pg_engine) if r["id"] > last_failure)
+    assert (recovered["status"], recovered["changed"], recovered["removed"]) == ("succeeded", 1, 1)
+    assert_picked_up(pg_engine, flipped, gone)
+    daemon.wait_until(lambda: daemon.health()[0] == 200, "/healthz to be fresh again")
+    assert daemon.metrics()["regionsync_consecutive_failures"] == 0
+
+    assert_stopped_cleanly(daemon, pg_engine)
+
+
+@pytest.mark.slow
+def test_daemon_survives_the_database_being_down_at_start_and_later(
+    fresh_pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    engine = store.create_engine(settings_for(fresh_pg_url))
+    migrate(engine)
+    engine.dispose()
+    admin = Admin(str(fresh_pg_url.database))
+    admin.refuse_connections()
+    try:
+        daemon = start_daemon(fresh_pg_url, fake)
+        assert "daemon.database_unavailable" in daemon.names()
+        status, health = daemon.health()
+        assert (status, health["last_success_at"]) == (503, None)  # no success yet
+        daemon.wait_until(lambda: daemon.runs_counted("failed") >= 2, "two attempts to fail")
+
+        admin.allow_connections()
+        daemon.wait_until(lambda: daemon.health()[0] == 200, "a success once the database is up")
+        assert count(engine, "succeeded") >= 1
+
+        admin.refuse_connections()  # and drop the daemon's pooled connections
+        failed = daemon.runs_counted("failed")
+        daemon.wait_until(lambda: daemon.runs_counted("failed") >= failed + 2, "failures")
+        data, flipped, gone = changed_regions()
+        fake.set_regions(data)
+        admin.allow_connections()
+        daemon.wait_until(
+            lambda: any(r["changed"] == 1 and r["removed"] == 1 for r in runs(engine)),
+            "the changed regions to be synced",
+        )
+        assert_picked_up(engine, flipped, gone)
+
+        # A restart in the middle of a sync: its connection (and lock) die under it.
+        fake.fail("slow:1.5", times=1)
+        daemon.wait_until(lambda: count(engine, "running") == 1, "a sync in progress")
+        [cut] = [r["id"] for r in runs(engine) if r["status"] == "running"]
+        admin.terminate_connections()
+        daemon.wait_until(lambda: runs(engine)[-1]["id"] > cut, "the next run")
+        failed_run = next(r for r in runs(engine) if r["id"] == cut)
+        assert failed_run["status"] == "failed"
+        assert "database error" in failed_run["error"]
+        daemon.wait_until(lambda: runs(engine)[-1]["status"] == "succeeded", "a success after it")
+        assert_stopped_cleanly(daemon, engine)
+    finally:
+        admin.allow_connections()
+        engine.dispose()
+        admin.engine.dispose()
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_slow_sync_lets_it_finish_then_exits_0(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    fake.fail("slow:3", times=1)
+    daemon = start_daemon(pg_url, fake, REGIONSYNC_SCHEDULE="1h")
+    daemon.wait_until(
+        lambda: fake.request_count() == 1 and count(pg_engine, "running") == 1,
+        "the sync at start to be fetching",
+    )
+    sent = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    assert daemon.exit_code(timeout=15) == 0, daemon.tail()
+    waited = time.monotonic() - sent
+    assert 1.5 < waited < 10, waited  # it waited for the 3-second response
+
+    [run] = runs(pg_engine)
+    assert (run["status"], run["fetched"]) == ("succeeded", len(sample_regions()))
+    names = daemon.names()
+    assert names.index("daemon.stopping") < names.index("sync.finished")
+    assert names[-1] == "daemon.stopped"
+    assert daemon.event("daemon.stopping")["waiting_for_sync"] is True
+    assert fake.request_count() == 1  # no new run after the signal
+
+
+@pytest.mark.slow
+def test_a_second_signal_exits_at_once_and_the_next_run_closes_the_abandoned_one(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    fake.fail("slow:60", times=1)
+    daemon = start_daemon(pg_url, fake, REGIONSYNC_SCHEDULE="1h")
+    daemon.wait_until(lambda: count(pg_engine, "running") == 1, "the sync at start")
+    daemon.send(signal.SIGTERM)
+    daemon.wait_until(lambda: "daemon.stopping" in daemon.names(), "the first signal")
+    sent = time.monotonic()
+    daemon.send(signal.SIGINT)
+    assert daemon.exit_code(timeout=5) == 128 + signal.SIGINT
+    assert time.monotonic() - sent < 2
+    assert daemon.names()[-1] == "daemon.killed"
+    assert [r["status"] for r in runs(pg_engine)] == ["running"]
+    daemon.wait_until(lambda: advisory_locks(pg_engine) == 0, "its session's lock to go")
+
+    done = subprocess.run(
+        [sys.executable, "-m", "regionsync", "run"],
+        env=daemon_env(pg_url, fake),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    first, second = runs(pg_engine)
+    assert first["status"] == "failed"
+    assert "abandoned" in first["error"]
+    assert second["status"] == "succeeded"
+
+
+def refused(env: dict[str, str]) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "regionsync", "daemon"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    errors = [line for line in done.stderr.splitlines() if line.startswith("regionsync: error:")]
+    assert len(errors) == 1, done.stderr
+    return errors[0]
+
+
+@pytest.mark.slow
+def test_daemon_refuses_an_unmigrated_database_with_exit_2(
+    fresh_pg_url: URL, fake: FakeKaleyra
+) -> None:
+    error = refused(daemon_env(fresh_pg_url, fake))
+    assert "has no regionsync schema: run `regionsync migrate`" in error
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("setting", "value", "message"),
+    [
+        ("REGIONSYNC_SCHEDULE", "0 0 * * 8", "REGIONSYNC_SCHEDULE: day-of-week field '8'"),
+        ("REGIONSYNC_SCHEDULE", "*/5 * * *", "REGIONSYNC_SCHEDULE: expected an interval"),
+        ("KALEYRA_SID", "", "KALEYRA_SID: is required"),
+    ],
+)
+def test_daemon_refuses_bad_settings_with_exit_2(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, setting: str, value: str, message: str
+) -> None:
+    assert message in refused(daemon_env(pg_url, fake, **{setting: value}))
+    assert runs(pg_engine) == []
+
+
+@pytest.mark.slow
+def test_daemon_refuses_a_metrics_port_in_use_with_exit_2(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("0.0.0.0", 0))  # noqa: S104  # where the daemon would listen
+        taken.listen()
+        port = str(taken.getsockname()[1])
+        error = refused(daemon_env(pg_url, fake, REGIONSYNC_METRICS_PORT=port))
+    assert f"REGIONSYNC_METRICS_PORT: cannot listen on port {port}" in error
+    assert runs(pg_engine) == []
+
+
+# /healthz and /metrics in-process ----------------------------------------------------------
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def report(last_success_at: datetime | None, *, active: int = 7, removed: int = 2) -> StatusReport:
+    return StatusReport(
+        recent_runs=[],
+        active_regions=active,
+        removed_regions=removed,
+        last_success_at=last_success_at,
+        checked_at=last_success_at or datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+def served() -> Iterator[tuple[DaemonMetrics, Clock, int]]:
+    clock = Clock()
+    metrics = DaemonMetrics(max_age=timedelta(minutes=45), clock=clock)
+    server = MetricsServer(metrics, 0, host="127.0.0.1").start()
+    try:
+        yield metrics, clock, server.port
+    finally:
+        server.stop()
+
+
+def test_healthz_is_503_before_any_success_then_200_while_fresh_then_503(
+    served: tuple[DaemonMetrics, Clock, int],
+) -> None:
+    metrics, clock, port = served
+    status, _, body = http_get(port, "/healthz")
+    assert (status, json.loads(body)["last_success_at"]) == (503, None)
+
+    metrics.record_status(report(clock.now - timedelta(minutes=10)))
+    status, content_type, body = http_get(port, "/healthz")
+    assert (status, content_type) == (200, "application/json")
+    assert json.loads(body) == {
+        "status": "ok",
+        "last_success_at": "2024-03-01T11:50:00+00:00",
+        "age_seconds": 600.0,
+        "max_age_seconds": 2700.0,
+        "consecutive_failures": 0,
+        "checked_at": "2024-03-01T12:00:00+00:00",
+    }
+
+    metrics.record_run("failed", 0.5)
+    clock.now += timedelta(minutes=35)
+    status, _, body = http_get(port, "/healthz")
+    assert status == 503
+    assert json.loads(body)["status"] == "stale"
+    assert json.loads(body)["age_seconds"] == 2700.0
+    assert json.loads(body)["consecutive_failures"] == 1
+
+
+def test_metrics_count_runs_by_status_and_reset_consecutive_failures_on_success(
+    served: tuple[DaemonMetrics, Clock, int],
+) -> None:
+    metrics, clock, port = served
+    for status, duration in [("failed", 0.2), ("failed", 40.0), ("skipped", None)]:
+        metrics.record_run(status, duration)
+    samples = metric_samples(http_get(port, "/metrics")[2].decode())
+    assert samples['regionsync_sync_runs_total{status="failed"}'] == 2
+    assert samples['regionsync_sync_runs_total{status="skipped"}'] == 1
+    assert samples['regionsync_sync_runs_total{status="succeeded"}'] == 0
+    assert samples["regionsync_consecutive_failures"] == 2  # a skipped run changes nothing
+    assert samples["regionsync_sync_duration_seconds_count"] == 2
+    assert samples['regionsync_sync_duration_seconds_bucket{le="0.25"}'] == 1
+    assert samples['regionsync_sync_duration_seconds_bucket{le="60.0"}'] == 2
+    assert samples["regionsync_last_success_timestamp_seconds"] == 0
+
+    success = clock.now - timedelta(seconds=30)
+    metrics.record_run("succeeded", 1.0)
+    metrics.record_status(report(success, active=7, removed=2))
+    samples = metric_samples(http_get(port, "/metrics")[2].decode())
+    assert samples["regionsync_consecutive_failures"] == 0
+    assert samples["regionsync_last_success_timestamp_seconds"] == success.timestamp()
+    assert samples['regionsync_regions{state="active"}'] == 7
+    assert samples['regionsync_regions{state="removed"}'] == 2
+    assert samples["regionsync_health_max_age_seconds"] == 2700
