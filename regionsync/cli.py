@@ -163,6 +163,22 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
+def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.grants import grant_readonly, readonly_grants
+
+    if args.print:
+        print(";\n".join(readonly_grants(args.role)) + ";")
+        return EXIT_OK
+    engine = _engine(settings)
+    try:
+        statements = grant_readonly(engine, args.role)
+    finally:
+        engine.dispose()
+    for statement in statements:
+        print(f"{statement};")
+    return EXIT_OK
+
+
 def _print_status(report: Any, max_age: timedelta, fresh: bool) -> None:
     age = report.last_success_age
     freshness = "never" if age is None else f"{format_duration(age)} ago"
@@ -316,6 +332,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="how many fire times to print (default 5)",
     )
     schedule.set_defaults(handler=cmd_schedule)
+
+    grant = commands.add_parser(
+        "grant-readonly",
+        help="let a PostgreSQL role read every table and view, and nothing else",
+        description="Grant ROLE read access to every regionsync table and view, including "
+        "ones later migrations add (run it as the user that runs `regionsync migrate`).",
+    )
+    grant.add_argument("role", metavar="ROLE", help="an existing PostgreSQL role")
+    grant.add_argument("--print", action="store_true", help="print the SQL instead of running it")
+    grant.set_defaults(handler=cmd_grant_readonly)
 
     fake = commands.add_parser(
         "fake-api",

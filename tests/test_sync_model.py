@@ -8,6 +8,7 @@ writes nothing.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 import hypothesis.strategies as st
@@ -154,6 +155,30 @@ class SyncMachine(RuleBasedStateMachine):
             replayed[rid] = (as_bool(ce_after), hr_after)
         expected = {rid: v if v is not None else (None, None) for rid, v in self.model.items()}
         assert replayed == expected
+
+    @invariant()
+    def status_intervals_never_overlap_and_end_at_removal(self) -> None:
+        with self.engine.connect() as c:
+            rows = c.execute(
+                sa.text(
+                    "SELECT region_id, carrier_enabled, hosting_region, valid_from, valid_to"
+                    " FROM region_status_intervals ORDER BY region_id, valid_from"
+                )
+            ).all()
+        by_region: dict[str, list[Any]] = {}
+        for row in rows:
+            by_region.setdefault(row[0], []).append(row)
+        for rid, intervals in by_region.items():
+            for earlier, later in pairwise(intervals):
+                assert earlier[4] is not None, f"{rid}: only the last interval may be open"
+                assert earlier[4] <= later[3], f"{rid}: intervals overlap"
+            last = intervals[-1]
+            current = self.model.get(rid)
+            if current is None:
+                assert last[4] is not None, f"{rid}: a removed region has no open interval"
+            else:
+                assert last[4] is None
+                assert (bool(last[1]), last[2]) == current
 
 
 def test_random_snapshot_sequences_keep_history_exact(engine: Engine) -> None:

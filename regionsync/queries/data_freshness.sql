@@ -1,0 +1,4 @@
+-- How fresh is the data, and is syncing failing?
+SELECT last_success_at, last_success_age_seconds, consecutive_failures,
+       last_run_status, last_run_error, active_regions, removed_regions
+FROM sync_health;

@@ -1,0 +1,136 @@
+"""The README's example queries: shipped with the package, shown in the README verbatim,
+and run here against a seeded history with known answers."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from tests.seed import Seeded, seed
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+QUERIES = sorted(p.name for p in files("regionsync.queries").iterdir() if p.name.endswith(".sql"))
+PORTABLE = {
+    "regions_enabled_now.sql",
+    "when_region_lost_carrier_support.sql",
+    "removed_never_restored.sql",
+    "data_freshness.sql",
+}
+
+
+def run(engine: Engine, name: str, **params: Any) -> list[tuple[Any, ...]]:
+    sql = files("regionsync.queries").joinpath(name).read_text()
+    used = {key: value for key, value in params.items() if f":{key}" in sql}
+    with engine.connect() as c:
+        return [tuple(row) for row in c.execute(sa.text(sql), used)]
+
+
+def utc(value: Any) -> datetime:
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)
+
+
+@pytest.fixture
+def seeded_pg(pg_engine: Engine) -> Seeded:
+    return seed(pg_engine, datetime.now(UTC).replace(microsecond=0))
+
+
+def test_there_are_six_to_eight_queries_each_in_the_readme() -> None:
+    assert 6 <= len(QUERIES) <= 8
+    readme = README.read_text()
+    for name in QUERIES:
+        sql = files("regionsync.queries").joinpath(name).read_text().strip()
+        assert sql.startswith("-- "), f"{name} should start with its question"
+        assert sql in readme, f"{name} is not shown verbatim in the README"
+
+
+@pytest.mark.parametrize("name", sorted(PORTABLE))
+def test_portable_queries_run_on_sqlite_too(sqlite_engine: Engine, name: str) -> None:
+    seed(sqlite_engine, datetime.now(UTC).replace(microsecond=0))
+    pg_free = run(sqlite_engine, name, region_id="a")
+    assert pg_free
+
+
+def test_regions_enabled_now(pg_engine: Engine, seeded_pg: Seeded) -> None:
+    rows = run(pg_engine, "regions_enabled_now.sql")
+    assert [(r[0], r[1], r[2], r[3]) for r in rows] == [
+        ("a", "Alpha", "EUROPE", seeded_pg.day(-60)),
+        ("c", "Charlie", "NORTH_AMERICA", seeded_pg.day(-25)),
+    ]
+
+
+def test_changes_in_the_last_30_days(pg_engine: Engine, seeded_pg: Seeded) -> None:
+    rows = run(pg_engine, "changes_last_30_days.sql")
+    assert [(r[1], r[3], r[0]) for r in rows] == [
+        ("a", "changed", seeded_pg.day(-5)),
+        ("b", "removed", seeded_pg.day(-10)),
+        ("a", "changed", seeded_pg.day(-20)),
+        ("c", "restored", seeded_pg.day(-25)),
+    ]
+
+
+def test_when_a_region_lost_carrier_support(pg_engine: Engine, seeded_pg: Seeded) -> None:
+    assert [
+        (r[0], r[1]) for r in run(pg_engine, "when_region_lost_carrier_support.sql", region_id="a")
+    ] == [(seeded_pg.day(-20), "changed")]
+    assert [
+        (r[0], r[1]) for r in run(pg_engine, "when_region_lost_carrier_support.sql", region_id="b")
+    ] == [(seeded_pg.day(-10), "removed")]
+    assert run(pg_engine, "when_region_lost_carrier_support.sql", region_id="c") == []
+
+
+def test_total_time_enabled(pg_engine: Engine, seeded_pg: Seeded) -> None:
+    [(region_id, enabled_for, periods)] = run(pg_engine, "total_time_enabled.sql", region_id="a")
+    assert (region_id, periods) == ("a", 2)
+    assert abs(enabled_for - timedelta(days=45)) < timedelta(minutes=2)  # 40 days + the last 5
+    [(_, c_enabled, _)] = run(pg_engine, "total_time_enabled.sql", region_id="c")
+    assert abs(c_enabled - timedelta(days=25)) < timedelta(minutes=2)
+    [(_, nothing, none)] = run(pg_engine, "total_time_enabled.sql", region_id="zz")
+    assert (nothing, none) == (timedelta(0), 0)
+
+
+def test_enabled_regions_per_hosting_region_per_week(pg_engine: Engine, seeded_pg: Seeded) -> None:
+    rows = run(pg_engine, "enabled_per_hosting_region_per_week.sql")
+    today = seeded_pg.now.date()
+    first = seeded_pg.day(-60).date()
+    week = first - timedelta(days=first.weekday())
+    expected = []
+    while week <= today:
+        last = min(week + timedelta(days=6), today)
+        moment = min(
+            datetime(last.year, last.month, last.day, tzinfo=UTC)
+            + timedelta(days=1, microseconds=-1),
+            seeded_pg.now,
+        )
+        counts: dict[str, int] = {}
+        for value in seeded_pg.state_at(moment).values():
+            if value is not None and value[0]:
+                counts[value[1]] = counts.get(value[1], 0) + 1
+        expected += [(week, hosting, n) for hosting, n in sorted(counts.items())]
+        week += timedelta(days=7)
+    assert rows == expected
+    this_week = today - timedelta(days=today.weekday())
+    assert [r[1:] for r in rows if r[0] == this_week] == [("EUROPE", 1), ("NORTH_AMERICA", 1)]
+
+
+def test_removed_and_never_restored(pg_engine: Engine, seeded_pg: Seeded) -> None:
+    assert run(pg_engine, "removed_never_restored.sql") == [
+        ("b", "Bravo", "NORTH_AMERICA", seeded_pg.day(-10))
+    ]
+
+
+def test_data_freshness(pg_engine: Engine, seeded_pg: Seeded) -> None:
+    [(last_success, age, failures, status, error, active, removed)] = run(
+        pg_engine, "data_freshness.sql"
+    )
+    assert last_success == seeded_pg.day(-5) + timedelta(seconds=2)
+    assert float(age) == pytest.approx(5 * 86400 - 2, abs=120)
+    assert (failures, status, error, active, removed) == (2, "failed", "failed for the test", 2, 1)
