@@ -319,3 +319,11 @@ def test_a_killed_run_is_closed_as_abandoned_by_the_next(
     assert runs[0][0] == "failed"
     assert runs[0][1].startswith("abandoned")
     assert runs[1][0] == "succeeded"
+
+
+def test_grant_readonly_from_the_command_line(pg_url: URL, pg_engine: sa.Engine) -> None:
+    env = url_env(pg_url)
+    assert_one_line_error(cli("grant-readonly", "nobody_here", env=env), 2, "ROLE")
+    printed = cli("grant-readonly", "bi", "--print", env=env)
+    assert printed.returncode == 0
+    assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "bi";' in printed.stdout
