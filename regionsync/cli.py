@@ -10,12 +10,14 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
+from sqlalchemy.engine import Engine
 
 from regionsync import __version__, logs
 from regionsync.durations import format_duration, parse_duration
@@ -64,24 +66,27 @@ def load_settings(env_file: Path | None) -> Settings:
     return Settings.from_env(env)
 
 
-def _engine(settings: Settings) -> Any:
+@contextmanager
+def _database(settings: Settings) -> Iterator[Engine]:
+    """An engine for the configured database, disposed of when the command ends."""
     from regionsync.store import create_engine
 
     if settings.embedded_database:
         structlog.get_logger("regionsync").info(
             "database.embedded", path=settings.database_url.database
         )
-    return create_engine(settings)
+    engine = create_engine(settings)
+    try:
+        yield engine
+    finally:
+        engine.dispose()
 
 
 def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.schema import migrate
 
-    engine = _engine(settings)
-    try:
+    with _database(settings) as engine:
         before, after = migrate(engine)
-    finally:
-        engine.dispose()
     if before == after:
         print(f"database {settings.database_display} is up to date (revision {after})")
     else:
@@ -94,28 +99,27 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     source: Source = FileSource(args.from_file) if args.from_file else ApiSource(settings)
     guard = Guard(settings.max_removal_fraction, allow_mass_removal=args.allow_mass_removal)
-    engine = _engine(settings)
-    try:
+    with _database(settings) as engine:
         if args.dry_run:
             result = preview(engine, source, guard=guard)
             _print_plan(result)
             return EXIT_OK
         result = run_sync(engine, source, trigger="cli", guard=guard)
-    finally:
-        engine.dispose()
-    counts = ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
     if result.status == "skipped":
         print(f"run {result.run_id} skipped: {result.error}")
     else:
-        print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {counts}")
+        print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}")
     return EXIT_OK
+
+
+def _counts(result: Any) -> str:
+    return ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
 
 
 def _print_plan(result: Any) -> None:
     from regionsync.sync import describe
 
-    counts = ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
-    print(f"dry run, nothing written: {counts}")
+    print(f"dry run, nothing written: {_counts(result)}")
     for change in result.changes:
         fields = describe(change)["changes"]
         shown = "; ".join(
@@ -127,11 +131,8 @@ def _print_plan(result: Any) -> None:
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.status import gather
 
-    engine = _engine(settings)
-    try:
+    with _database(settings) as engine:
         report = gather(engine, limit=args.limit)
-    finally:
-        engine.dispose()
     fresh = report.is_fresh(args.max_age)
     if args.json:
         print(
@@ -169,11 +170,8 @@ def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
     if args.print:
         print(";\n".join(readonly_grants(args.role)) + ";")
         return EXIT_OK
-    engine = _engine(settings)
-    try:
+    with _database(settings) as engine:
         statements = grant_readonly(engine, args.role)
-    finally:
-        engine.dispose()
     for statement in statements:
         print(f"{statement};")
     return EXIT_OK
