@@ -216,6 +216,14 @@ class RegionHistory(Base):
 
 
 Index(None, RegionHistory.region_id, RegionHistory.changed_at)
+#: When each region (re)appeared: keeps active_regions.present_since cheap on a long history.
+Index(
+    "ix_region_history_appearances",
+    RegionHistory.region_id,
+    RegionHistory.changed_at,
+    postgresql_where=RegionHistory.change.in_(("added", "restored")),
+    sqlite_where=RegionHistory.change.in_(("added", "restored")),
+)
 
 #: The tables as Core ``Table`` objects, for set-based statements.
 regions_table = cast(Table, Region.__table__)

@@ -21,8 +21,9 @@ from tests.support import create_pg_database, drop_pg_database, settings_for
 FILL = """
 INSERT INTO sync_runs (id, started_at, finished_at, status, trigger, source,
                        fetched, added, changed, unchanged, removed, restored, rejected)
-SELECT n, now() - interval '365 days' + n * interval '1 hour',
-       now() - interval '365 days' + n * interval '1 hour' + interval '5 seconds',
+SELECT n, now() - interval '365 days' + n * interval '1 hour' * 8760 / (:changes * 80 + 1),
+       now() - interval '365 days' + n * interval '1 hour' * 8760 / (:changes * 80 + 1)
+             + interval '5 seconds',
        CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'succeeded' END, 'daemon', 'bench',
        0, 0, 0, 0, 0, 0, 0
 FROM generate_series(1, :changes * 80) AS n;
@@ -30,7 +31,7 @@ FROM generate_series(1, :changes * 80) AS n;
 INSERT INTO regions (id, region_name, display_name, management_type, management_type_value,
                      carrier_enabled, hosting_region, raw, first_seen_at, updated_at, removed_at)
 SELECT 'r' || lpad(i::text, 6, '0'), '/v1/regions/r' || i, 'Region ' || i, 'GOOGLE_MANAGED', 2,
-       (:changes % 2 = 1), CASE WHEN i % 3 = 0 THEN 'EUROPE' ELSE 'NORTH_AMERICA' END,
+       (i % 4 <> 0), CASE WHEN i % 3 = 0 THEN 'EUROPE' ELSE 'NORTH_AMERICA' END,
        jsonb_build_object('id', 'r' || i), now() - interval '365 days', now(),
        CASE WHEN i % 20 = 0 THEN now() - interval '3 days' END
 FROM generate_series(1, :regions) AS i;
@@ -39,7 +40,8 @@ INSERT INTO region_history (region_id, sync_run_id, changed_at, change,
                             carrier_enabled_before, carrier_enabled_after,
                             hosting_region_before, hosting_region_after)
 SELECT 'r' || lpad(i::text, 6, '0'), 1 + (k * 80) + (i % 79),
-       now() - interval '365 days' + (1 + (k * 80) + (i % 79)) * interval '1 hour',
+       now() - interval '365 days'
+             + (1 + (k * 80) + (i % 79)) * interval '1 hour' * 8760 / (:changes * 80 + 1),
        CASE WHEN k = 0 THEN 'added' ELSE 'changed' END,
        CASE WHEN k = 0 THEN NULL ELSE (k % 2 = 0) END, (k % 2 = 1) = false,
        CASE WHEN k = 0 THEN NULL ELSE

@@ -194,8 +194,15 @@ def _quote(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
+APPEARANCES_INDEX = (
+    "CREATE INDEX ix_region_history_appearances ON region_history (region_id, changed_at)"
+    " WHERE change IN ('added', 'restored')"
+)
+
+
 def upgrade() -> None:
     dialect = op.get_bind().dialect.name
+    op.execute(APPEARANCES_INDEX)
     op.execute(ACTIVE_REGIONS)
     op.execute(REGION_CHANGES)
     op.execute(SYNC_HEALTH.format(age=AGE[dialect]))
@@ -213,6 +220,7 @@ def downgrade() -> None:
     dialect = op.get_bind().dialect.name
     for name in reversed(ANALYST_VIEWS):
         op.execute(f"DROP VIEW IF EXISTS {name}")
+    op.execute("DROP INDEX ix_region_history_appearances")
     if dialect == "postgresql":
         op.execute("COMMENT ON TABLE alembic_version IS NULL")
         op.execute("COMMENT ON COLUMN alembic_version.version_num IS NULL")
