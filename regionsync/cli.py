@@ -165,13 +165,10 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
-    from regionsync.grants import grant_readonly, readonly_grants
+    from regionsync.grants import grant_readonly
 
-    if args.print:
-        print(";\n".join(readonly_grants(args.role)) + ";")
-        return EXIT_OK
     with _database(settings) as engine:
-        statements = grant_readonly(engine, args.role)
+        statements = grant_readonly(engine, args.role, execute=not args.print)
     for statement in statements:
         print(f"{statement};")
     return EXIT_OK
@@ -335,10 +332,15 @@ def build_parser() -> argparse.ArgumentParser:
         "grant-readonly",
         help="let a PostgreSQL role read every table and view, and nothing else",
         description="Grant ROLE read access to every regionsync table and view, including "
-        "ones later migrations add (run it as the user that runs `regionsync migrate`).",
+        "ones later migrations add. Connect as the user that runs `regionsync migrate` (it owns "
+        "the tables) or as a superuser.",
     )
     grant.add_argument("role", metavar="ROLE", help="an existing PostgreSQL role")
-    grant.add_argument("--print", action="store_true", help="print the SQL instead of running it")
+    grant.add_argument(
+        "--print",
+        action="store_true",
+        help="print the SQL it would run instead of running it (the role need not exist yet)",
+    )
     grant.set_defaults(handler=cmd_grant_readonly)
 
     fake = commands.add_parser(

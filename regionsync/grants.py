@@ -1,49 +1,91 @@
-"""A read-only PostgreSQL role for analysts and BI tools: read every table and view."""
+"""A read-only PostgreSQL role for analysts and BI tools: read every table and view.
+
+Default privileges (what makes tables of later migrations readable too) belong to the role
+that *creates* the objects, so the grants name the owner of the regionsync tables — the user
+that runs ``regionsync migrate`` — rather than whoever runs the grant.
+"""
 
 from __future__ import annotations
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Engine
 
-from regionsync.errors import ConfigError
+from regionsync.errors import ConfigError, SchemaError
 from regionsync.store import translated_errors
+
+# SQLAlchemy leaves its dialect constructors untyped.
+_preparer = PGDialect().identifier_preparer  # type: ignore[no-untyped-call]
+
+# Where the regionsync tables are, found the way regionsync's own queries find them.
+_TARGET = sa.text(
+    "SELECT current_database(), n.nspname, pg_get_userbyid(c.relowner),"
+    " pg_has_role(current_user, c.relowner, 'MEMBER')"
+    " FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE c.oid = to_regclass('regions')"
+)
 
 
 def quote_identifier(name: str) -> str:
-    """PostgreSQL's quoting of an identifier: always quoted, inner quotes doubled."""
-    if not name or "\x00" in name:
-        raise ConfigError("ROLE", "a role name must be non-empty text")
-    return '"' + name.replace('"', '""') + '"'
+    """A PostgreSQL identifier, always quoted (inner quotes doubled), so any name is safe."""
+    return _preparer.quote_identifier(name)
 
 
-def readonly_grants(role: str, schema: str = "public") -> list[str]:
-    """The statements ``grant-readonly`` runs, with both names safely quoted.
+def readonly_grants(
+    role: str, schema: str = "public", *, owner: str | None = None, database: str | None = None
+) -> list[str]:
+    """The statements that let ``role`` read every table and view in ``schema``, and no more.
 
-    ``ALTER DEFAULT PRIVILEGES`` applies to tables and views created later by the user who
-    runs it, which is the user that runs ``regionsync migrate``: run both as the same user.
+    ``owner`` is the role that creates the tables (``regionsync migrate``'s user); without it,
+    the default privileges are those of whoever runs the statements. ``database`` adds
+    ``GRANT CONNECT``, needed where CONNECT was revoked from PUBLIC.
     """
+    if not role or "\x00" in role:
+        raise ConfigError("ROLE", "a role name must be non-empty text")
     who, where = quote_identifier(role), quote_identifier(schema)
+    creator = "" if owner is None else f" FOR ROLE {quote_identifier(owner)}"
+    connect = (
+        []
+        if database is None
+        else [f"GRANT CONNECT ON DATABASE {quote_identifier(database)} TO {who}"]
+    )
     return [
+        *connect,
         f"GRANT USAGE ON SCHEMA {where} TO {who}",
         f"GRANT SELECT ON ALL TABLES IN SCHEMA {where} TO {who}",
-        f"ALTER DEFAULT PRIVILEGES IN SCHEMA {where} GRANT SELECT ON TABLES TO {who}",
+        f"ALTER DEFAULT PRIVILEGES{creator} IN SCHEMA {where} GRANT SELECT ON TABLES TO {who}",
     ]
 
 
-def grant_readonly(engine: Engine, role: str) -> list[str]:
-    """Grant ``role`` read access to every table and view (and future ones); returns the SQL."""
+def grant_readonly(engine: Engine, role: str, *, execute: bool = True) -> list[str]:
+    """Grant ``role`` read access to every table and view, present and future.
+
+    Returns the statements; with ``execute=False`` only works them out (``--print``), and the
+    role need not exist yet.
+    """
     if engine.dialect.name != "postgresql":
         raise ConfigError(
             "REGIONSYNC_DATABASE_URL", "grant-readonly needs PostgreSQL; SQLite has no roles"
         )
     with translated_errors("granting read access"), engine.begin() as connection:
+        found = connection.execute(_TARGET).first()
+        if found is None:
+            raise SchemaError("the database has no regionsync schema: run `regionsync migrate`")
+        database, schema, owner, may_act_as_owner = found
+        statements = readonly_grants(role, schema, owner=owner, database=database)
+        if not execute:
+            return statements
         exists = connection.execute(
             sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
         ).first()
         if exists is None:
             raise ConfigError("ROLE", f"no PostgreSQL role named {role!r}; CREATE ROLE it first")
-        schema = connection.execute(sa.text("SELECT current_schema()")).scalar_one()
-        statements = readonly_grants(role, schema)
+        if not may_act_as_owner:
+            raise ConfigError(
+                "REGIONSYNC_DATABASE_URL",
+                f"grant-readonly must connect as {owner!r} (the owner of the regionsync "
+                "tables, who runs `regionsync migrate`), a member of it, or a superuser",
+            )
         for statement in statements:
             connection.exec_driver_sql(statement)
     return statements

@@ -215,7 +215,14 @@ class RegionHistory(Base):
     )
 
 
-Index(None, RegionHistory.region_id, RegionHistory.changed_at)
+#: A region's rows in order; on PostgreSQL it covers what the views read (index-only scans).
+Index(
+    None,
+    RegionHistory.region_id,
+    RegionHistory.changed_at,
+    RegionHistory.id,
+    postgresql_include=["change", "carrier_enabled_after", "hosting_region_after"],
+)
 #: When each region (re)appeared: keeps active_regions.present_since cheap on a long history.
 Index(
     "ix_region_history_appearances",

@@ -1,6 +1,8 @@
-"""A hand-made history with known answers, for the views and the example queries.
+"""Hand-made histories with known answers, for the views and the example queries.
 
-Days are counted back from ``now``; the story, per region:
+:func:`write_events` stores any history as a sequence of syncs would have left it (one
+succeeded run per moment, befores equal to the previous afters, ``regions`` holding the
+final state). :func:`seed` stores the story below, days counted back from ``now``:
 
 - ``a`` "Alpha": added day -60 (enabled, EUROPE); disabled day -20; enabled again day -5.
 - ``b`` "Bravo": added day -60 (enabled, NORTH_AMERICA); removed day -10, never back.
@@ -13,6 +15,7 @@ days -2 and -1.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -22,8 +25,12 @@ from sqlalchemy.engine import Engine
 from regionsync.models import history_table, regions_table, runs_table
 from regionsync.runs import Counts
 
+Values = tuple[bool, str | None]
+#: (when, region, change, (carrier_enabled, hosting_region) after; None = absent)
+Event = tuple[datetime, str, str, Values | None]
+
 # day, region, change, (enabled, hosting) after; None = absent
-EVENTS: list[tuple[int, str, str, tuple[bool, str] | None]] = [
+EVENTS: list[tuple[int, str, str, Values | None]] = [
     (-60, "a", "added", (True, "EUROPE")),
     (-60, "b", "added", (True, "NORTH_AMERICA")),
     (-40, "c", "added", (False, "NORTH_AMERICA")),
@@ -43,53 +50,69 @@ class Seeded:
     def day(self, n: int) -> datetime:
         return self.now + timedelta(days=n)
 
-    def state_at(self, moment: datetime) -> dict[str, tuple[bool, str] | None]:
+    def state_at(self, moment: datetime) -> dict[str, Values | None]:
         """Each region's tracked values at ``moment`` (None: absent), from EVENTS."""
-        state: dict[str, tuple[bool, str] | None] = {}
-        for day, region_id, _change, after in EVENTS:
-            if self.day(day) <= moment:
-                state[region_id] = after
-        return state
+        return state_at(self.events(), moment)
+
+    def events(self) -> list[Event]:
+        return [(self.day(day), rid, change, after) for day, rid, change, after in EVENTS]
 
 
-def seed(engine: Engine, now: datetime) -> Seeded:
-    seeded = Seeded(now)
-    days = sorted({day for day, *_ in EVENTS})
-    run_of = {day: number for number, day in enumerate(days, start=1)}
-    final = seeded.state_at(now)
-    first_seen = {rid: min(d for d, r, *_ in EVENTS if r == rid) for rid in NAMES}
-    last_change = {rid: max(d for d, r, *_ in EVENTS if r == rid) for rid in NAMES}
-    previous: dict[str, tuple[bool, str] | None] = {}
+def state_at(events: Sequence[Event], moment: datetime) -> dict[str, Values | None]:
+    """Each region's tracked values at ``moment`` (None: absent): a replay of ``events``."""
+    state: dict[str, Values | None] = {}
+    for at, region_id, _change, after in sorted(events, key=lambda e: e[0]):
+        if at <= moment:
+            state[region_id] = after
+    return state
+
+
+def write_events(
+    engine: Engine,
+    events: Sequence[Event],
+    *,
+    names: dict[str, str] | None = None,
+    first_run: int = 1,
+) -> int:
+    """Store ``events`` as syncs would have: returns the id of the last run written."""
+    ordered = sorted(events, key=lambda e: e[0])
+    moments = sorted({at for at, *_ in ordered})
+    run_of = {at: number for number, at in enumerate(moments, start=first_run)}
+    previous: dict[str, Values | None] = {}
+    first_seen: dict[str, datetime] = {}
+    last_change: dict[str, datetime] = {}
+    last_known: dict[str, Values] = {}
+    for at, rid, _change, after in ordered:
+        first_seen.setdefault(rid, at)
+        last_change[rid] = at
+        if after is not None:
+            last_known[rid] = after
     with engine.begin() as c:
-        for day, number in run_of.items():
-            c.execute(runs_table.insert().values(**_run(number, seeded.day(day), "succeeded")))
-        extra = len(run_of)
-        for offset, (day, status) in enumerate(
-            [(-3, "skipped"), (-2, "failed"), (-1, "failed")], start=1
-        ):
-            c.execute(runs_table.insert().values(**_run(extra + offset, seeded.day(day), status)))
-        for rid, name in NAMES.items():
-            last_known = next(a for d, r, _, a in reversed(EVENTS) if r == rid and a is not None)
+        for at, number in run_of.items():
+            c.execute(runs_table.insert().values(**run_row(number, at, "succeeded")))
+        for rid, first in first_seen.items():
+            final = state_at(ordered, last_change[rid])[rid]
+            enabled, hosting = last_known[rid]
             c.execute(
                 regions_table.insert().values(
                     id=rid,
                     region_name=f"/v1/regions/{rid}",
-                    display_name=name,
-                    carrier_enabled=last_known[0],
-                    hosting_region=last_known[1],
+                    display_name=(names or {}).get(rid, f"Region {rid}"),
+                    carrier_enabled=enabled,
+                    hosting_region=hosting,
                     raw={"id": rid},
-                    first_seen_at=seeded.day(first_seen[rid]),
-                    updated_at=seeded.day(last_change[rid]),
-                    removed_at=None if final[rid] is not None else seeded.day(last_change[rid]),
+                    first_seen_at=first,
+                    updated_at=last_change[rid],
+                    removed_at=None if final is not None else last_change[rid],
                 )
             )
-        for day, rid, change, after in EVENTS:
+        for at, rid, change, after in ordered:
             before = previous.get(rid)
             c.execute(
                 history_table.insert().values(
                     region_id=rid,
-                    sync_run_id=run_of[day],
-                    changed_at=seeded.day(day),
+                    sync_run_id=run_of[at],
+                    changed_at=at,
                     change=change,
                     carrier_enabled_before=None if before is None else before[0],
                     carrier_enabled_after=None if after is None else after[0],
@@ -98,10 +121,21 @@ def seed(engine: Engine, now: datetime) -> Seeded:
                 )
             )
             previous[rid] = after
+    return first_run + len(moments) - 1
+
+
+def seed(engine: Engine, now: datetime) -> Seeded:
+    seeded = Seeded(now)
+    last = write_events(engine, seeded.events(), names=NAMES)
+    with engine.begin() as c:
+        for offset, (day, status) in enumerate(
+            [(-3, "skipped"), (-2, "failed"), (-1, "failed")], start=1
+        ):
+            c.execute(runs_table.insert().values(**run_row(last + offset, seeded.day(day), status)))
     return seeded
 
 
-def _run(number: int, at: datetime, status: str) -> dict[str, Any]:
+def run_row(number: int, at: datetime, status: str) -> dict[str, Any]:
     return {
         "id": number,
         "started_at": at,

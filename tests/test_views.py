@@ -1,20 +1,30 @@
-"""The analysts' views on a hand-made history with known answers, the data dictionary,
-and the read-only role."""
+"""The analysts' views: hand-made histories with known answers, real syncs, a property
+against a replay of the history, the data dictionary, and migrating 0002 down and up.
+
+The read-only role is tested in ``test_grants.py``.
+"""
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import hypothesis.strategies as st
 import pytest
 import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
 from sqlalchemy.engine import URL, Engine
 
-from regionsync.errors import ConfigError
-from regionsync.grants import grant_readonly
-from tests.seed import NAMES, Seeded, seed
+from regionsync import store
+from regionsync.errors import PermanentSourceError
+from regionsync.models import Base
+from regionsync.schema import current_revision, downgrade, migrate
+from regionsync.sync import run_sync
+from tests.seed import NAMES, Event, Seeded, Values, seed, state_at, write_events
+from tests.sources import FailingSource, ListSource, region
+from tests.support import settings_for
 
 VIEWS = ["region_status_intervals", "active_regions", "region_changes", "sync_health"]
 PG_VIEWS = [*VIEWS, "region_status_daily"]
@@ -97,6 +107,7 @@ def test_region_changes_reads_newest_first_with_the_run(engine: Engine, seeded: 
     )
     assert newest["sync_run_id"] == 7
     assert (newest["sync_trigger"], newest["sync_source"]) == ("daemon", "test")
+    assert utc(newest["sync_started_at"]) == seeded.day(-5)
 
 
 def test_status_intervals_at_the_boundaries(engine: Engine, seeded: Seeded) -> None:
@@ -179,60 +190,265 @@ def test_every_table_view_and_column_has_a_comment(pg_engine: Engine) -> None:
     assert described[0]["n"] == 4 + len(PG_VIEWS)  # three tables, alembic_version, the views
 
 
-@pytest.fixture
-def reader(pg_url: URL, pg_engine: Engine) -> Iterator[str]:
-    role = f"regionsync_reader_{uuid.uuid4().hex[:8]}"
-    with pg_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        c.exec_driver_sql(f'CREATE ROLE "{role}" LOGIN')
-    yield role
-    with pg_engine.connect().execution_options(isolation_level="AUTOCOMMIT") as c:
-        c.exec_driver_sql(f'DROP OWNED BY "{role}"')
-        c.exec_driver_sql(f'DROP ROLE "{role}"')
+# --- real syncs ------------------------------------------------------------------------
 
 
-def test_readonly_role_reads_everything_and_writes_nothing(
-    pg_url: URL, pg_engine: Engine, reader: str
+def test_no_region_is_active_before_a_sync_succeeds(engine: Engine) -> None:
+    with pytest.raises(PermanentSourceError):
+        run_sync(engine, FailingSource(PermanentSourceError("RCS601: channel disabled")))
+    assert query(engine, "SELECT * FROM active_regions") == []
+    [health] = query(engine, "SELECT * FROM sync_health")
+    assert (health["last_run_status"], health["last_success_at"]) == ("failed", None)
+    assert health["last_success_age_seconds"] is None
+    assert health["consecutive_failures"] == 1
+
+
+def test_views_follow_real_syncs(engine: Engine) -> None:
+    source = ListSource([region("a"), region("b", enabled=False), region("c")])
+    first = run_sync(engine, source)
+    # b's record is invalid this time: held as it was. c is gone: removed.
+    source.data = [region("a", hosting="EUROPE"), region("b", enabled="yes")]
+    second = run_sync(engine, source)
+    active = query(engine, "SELECT region_id, carrier_enabled FROM active_regions")
+    assert sorted((r["region_id"], bool(r["carrier_enabled"])) for r in active) == [
+        ("a", True),
+        ("b", False),
+    ]
+    changes = query(
+        engine,
+        "SELECT region_id, change, hosting_region_before, hosting_region_after, sync_run_id"
+        " FROM region_changes WHERE sync_run_id = :run ORDER BY region_id",
+        run=second.run_id,
+    )
+    assert [tuple(r.values()) for r in changes] == [
+        ("a", "changed", "NORTH_AMERICA", "EUROPE", second.run_id),
+        ("c", "removed", "NORTH_AMERICA", None, second.run_id),
+    ]
+
+    for _ in range(2):
+        with pytest.raises(PermanentSourceError):
+            run_sync(engine, FailingSource(PermanentSourceError("HTTP 401: bad key")))
+    [health] = query(engine, "SELECT * FROM sync_health")
+    assert health["last_run_status"] == "failed"
+    assert health["last_run_error"] == "HTTP 401: bad key"
+    assert health["consecutive_failures"] == 2
+    assert (health["active_regions"], health["removed_regions"]) == (2, 1)
+    assert 0 <= float(health["last_success_age_seconds"]) < 60
+
+    third = run_sync(engine, source)
+    [health] = query(engine, "SELECT * FROM sync_health")
+    assert health["consecutive_failures"] == 0
+    assert (health["last_run_id"], health["last_run_status"]) == (third.run_id, "succeeded")
+    assert (third.run_id or 0) > (first.run_id or 0) > 0
+
+
+# --- region_status_daily at the edges of a day -------------------------------------------
+
+
+def _midnight(day: date) -> datetime:
+    return datetime(day.year, day.month, day.day, tzinfo=UTC)
+
+
+@pytest.mark.parametrize("session_zone", ["UTC", "Pacific/Kiritimati", "America/Los_Angeles"])
+def test_status_daily_is_the_state_at_the_end_of_each_utc_day(
+    pg_engine: Engine, session_zone: str
 ) -> None:
-    seed(pg_engine, datetime.now(UTC))
-    statements = grant_readonly(pg_engine, reader)
-    assert statements[0] == f'GRANT USAGE ON SCHEMA "public" TO "{reader}"'
-    with pg_engine.begin() as c:  # what a later migration would add
-        c.exec_driver_sql("CREATE VIEW later_view AS SELECT 1 AS one")
-    as_reader = sa.create_engine(pg_url.set(username=reader, password=None))
-    try:
-        with as_reader.connect() as c:
-            for name in [
-                "regions",
-                "region_history",
-                "sync_runs",
-                "alembic_version",
-                *PG_VIEWS,
-                "later_view",
-            ]:
-                c.execute(sa.text(f"SELECT * FROM {name} LIMIT 1")).all()
-        for statement in [
-            "INSERT INTO sync_runs (started_at, status, trigger, source, fetched, added, changed,"
-            " unchanged, removed, restored, rejected) VALUES (now(), 'running', 'cli', 'x',"
-            " 0, 0, 0, 0, 0, 0, 0)",
-            "UPDATE regions SET display_name = 'x'",
-            "DELETE FROM region_history",
-            "TRUNCATE sync_runs",
-            "CREATE TABLE mine (x int)",
-            "DROP VIEW sync_health",
-        ]:
-            with as_reader.connect() as c, pytest.raises(sa.exc.ProgrammingError) as caught:
-                c.exec_driver_sql(statement)
-            assert "permission denied" in str(caught.value) or "must be owner" in str(caught.value)
-    finally:
-        as_reader.dispose()
-        with pg_engine.begin() as c:
-            c.exec_driver_sql("DROP VIEW later_view")
+    today = datetime.now(UTC).date()
+    d0 = _midnight(today - timedelta(days=7))
+
+    def at(day: int, **time: int) -> datetime:
+        return d0 + timedelta(days=day, **time)
+
+    write_events(
+        pg_engine,
+        [
+            (at(0), "m", "added", (True, "EUROPE")),  # exactly midnight: counts for day 0
+            (at(1, hours=10), "m", "changed", (False, "EUROPE")),  # hidden by the next one
+            (at(2, microseconds=-1), "m", "changed", (True, "NORTH_AMERICA")),  # day 1 still
+            (at(2), "m", "removed", None),
+            (at(4, hours=8), "m", "restored", (False, "NORTH_AMERICA")),
+            (at(4, hours=20), "m", "removed", None),  # gone again by the end of day 4
+            (at(5, hours=1), "m", "restored", (True, "EUROPE")),
+            (at(5, hours=2), "m", "removed", None),
+            (at(5, hours=3), "m", "restored", (True, "EUROPE")),
+        ],
+    )
+    with pg_engine.connect() as c:
+        c.exec_driver_sql(f"SET TIME ZONE '{session_zone}'")
+        rows = c.execute(
+            sa.text(
+                "SELECT day, present, carrier_enabled, hosting_region FROM region_status_daily"
+                " WHERE region_id = 'm' ORDER BY day"
+            )
+        ).all()
+    absent = (False, None, None)
+    expected_states = [
+        (True, True, "EUROPE"),
+        (True, True, "NORTH_AMERICA"),
+        absent,
+        absent,
+        absent,
+        (True, True, "EUROPE"),
+        (True, True, "EUROPE"),
+        (True, True, "EUROPE"),  # today
+    ]
+    assert [tuple(r) for r in rows] == [
+        (today - timedelta(days=7 - n), *state) for n, state in enumerate(expected_states)
+    ]
 
 
-def test_grant_readonly_refuses_unknown_roles_and_sqlite(
-    pg_engine: Engine, sqlite_engine: Engine
-) -> None:
-    with pytest.raises(ConfigError, match="no PostgreSQL role named 'nobody_at_all'"):
-        grant_readonly(pg_engine, "nobody_at_all")
-    with pytest.raises(ConfigError, match="needs PostgreSQL"):
-        grant_readonly(sqlite_engine, "anyone")
+# --- a property: the history views agree with a replay of the history --------------------
+
+TIMES_OF_DAY = [
+    timedelta(0),
+    timedelta(microseconds=1),
+    timedelta(hours=12),
+    timedelta(days=1, microseconds=-1),
+]
+STATES = st.one_of(st.none(), st.tuples(st.booleans(), st.sampled_from(["EU", "NA", None])))
+PLANS = st.lists(
+    st.tuples(st.integers(0, 6), st.sampled_from(TIMES_OF_DAY), st.tuples(STATES, STATES)),
+    max_size=10,
+    unique_by=lambda step: step[:2],
+)
+
+
+Plan = list[tuple[int, timedelta, tuple[Values | None, ...]]]
+
+
+def _events(plan: Plan, d0: datetime) -> list[Event]:
+    """What syncs would record for regions p and q taking the planned states in turn."""
+    events: list[Event] = []
+    state: dict[str, Values | None] = {}
+    for day, time, wanted in sorted(plan, key=lambda step: step[:2]):
+        for rid, value in zip("pq", wanted, strict=True):
+            before = state.get(rid)
+            if value == before:
+                continue
+            if value is None:
+                change = "removed"
+            elif before is None:
+                change = "restored" if rid in state else "added"
+            else:
+                change = "changed"
+            events.append((d0 + timedelta(days=day) + time, rid, change, value))
+            state[rid] = value
+    return events
+
+
+def _expected_intervals(events: list[Event]) -> list[tuple[Any, ...]]:
+    rows = []
+    for rid in sorted({e[1] for e in events}):
+        mine = [e for e in events if e[1] == rid]
+        ends: list[datetime | None] = [e[0] for e in mine[1:]]
+        for (at, _, _, after), end in zip(mine, [*ends, None], strict=True):
+            if after is not None:
+                rows.append((rid, after[0], after[1], at, end))
+    return rows
+
+
+def _expected_days(events: list[Event], today: date) -> list[tuple[Any, ...]]:
+    rows = []
+    for rid in sorted({e[1] for e in events}):
+        day = min(e[0] for e in events if e[1] == rid).date()
+        while day <= today:
+            end_of_day = _midnight(day + timedelta(days=1)) - timedelta(microseconds=1)
+            value = state_at(events, end_of_day)[rid]
+            rows.append((day, rid, value is not None, *(value or (None, None))))
+            day += timedelta(days=1)
+    return rows
+
+
+def _clear(engine: Engine) -> None:
+    with engine.begin() as c:
+        for table in ("region_history", "regions", "sync_runs"):
+            c.exec_driver_sql(f"DELETE FROM {table}")
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(plan=PLANS)
+def test_history_views_agree_with_a_replay_of_the_history(engine: Engine, plan: Plan) -> None:
+    today = datetime.now(UTC).date()
+    events = _events(plan, _midnight(today - timedelta(days=7)))
+    _clear(engine)
+    write_events(engine, events)
+    intervals = query(
+        engine,
+        "SELECT region_id, carrier_enabled, hosting_region, valid_from, valid_to"
+        " FROM region_status_intervals ORDER BY region_id, valid_from",
+    )
+    got = [(r["region_id"], bool(r["carrier_enabled"]), r["hosting_region"]) for r in intervals]
+    bounds = [(utc(r["valid_from"]), utc(r["valid_to"])) for r in intervals]
+    assert [(*g, *b) for g, b in zip(got, bounds, strict=True)] == _expected_intervals(events)
+    if engine.dialect.name != "postgresql":
+        return
+    days = query(
+        engine,
+        "SELECT day, region_id, present, carrier_enabled, hosting_region"
+        " FROM region_status_daily ORDER BY region_id, day",
+    )
+    assert [tuple(r.values()) for r in days] == _expected_days(events, today)
+
+
+# --- the schema --------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "postgresql":
+        url: URL = request.getfixturevalue("fresh_pg_url")
+    else:
+        url = URL.create("sqlite", database=str(tmp_path / "fresh.db"))
+    engine = store.create_engine(settings_for(url))
+    yield engine
+    engine.dispose()
+
+
+def _schema(engine: Engine) -> tuple[set[str], set[str]]:
+    inspector = sa.inspect(engine)
+    return set(inspector.get_view_names()), {
+        ix["name"] for ix in inspector.get_indexes("region_history") if ix["name"]
+    }
+
+
+def test_0002_goes_down_to_0001_and_up_again_keeping_the_data(empty_engine: Engine) -> None:
+    migrate(empty_engine)
+    seed(empty_engine, datetime.now(UTC).replace(microsecond=0))
+    views, indexes = _schema(empty_engine)
+    on_pg = empty_engine.dialect.name == "postgresql"
+    expected_views = {*VIEWS, "region_status_daily"} if on_pg else set(VIEWS)
+    assert views == expected_views
+    assert "ix_region_history_region_id_changed_at_id" in indexes
+
+    downgrade(empty_engine, "0001")
+    assert current_revision(empty_engine) == "0001"
+    views, indexes = _schema(empty_engine)
+    assert views == {"region_status_intervals"}
+    assert "ix_region_history_region_id_changed_at" in indexes
+    assert "ix_region_history_region_id_changed_at_id" not in indexes
+    assert "ix_region_history_appearances" not in indexes
+    assert len(query(empty_engine, "SELECT * FROM region_status_intervals")) == 6
+    if on_pg:
+        [row] = query(
+            empty_engine,
+            "SELECT obj_description('alembic_version'::regclass, 'pg_class') AS a,"
+            " obj_description('region_status_intervals'::regclass, 'pg_class') AS v",
+        )
+        assert row == {"a": None, "v": None}
+
+    migrate(empty_engine)
+    assert _schema(empty_engine)[0] == expected_views
+    assert len(query(empty_engine, "SELECT * FROM region_changes")) == 8
+
+
+def test_indexes_include_the_columns_the_model_says(pg_engine: Engine) -> None:
+    """``alembic check`` does not compare INCLUDE columns; this does."""
+    inspector = sa.inspect(pg_engine)
+    for table in Base.metadata.sorted_tables:
+        reflected = {ix["name"]: ix for ix in inspector.get_indexes(table.name)}
+        for index in table.indexes:
+            wanted = list(index.dialect_options["postgresql"]["include"] or [])
+            options = reflected[str(index.name)].get("dialect_options", {})
+            assert options.get("postgresql_include", []) == wanted, index.name
