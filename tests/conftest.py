@@ -70,6 +70,18 @@ def engine(request: pytest.FixtureRequest) -> Engine:
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])
+def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    """An empty, unmigrated database of each kind (for migration tests)."""
+    if request.param == "postgresql":
+        url: URL = request.getfixturevalue("fresh_pg_url")
+    else:
+        url = URL.create("sqlite", database=str(tmp_path / "fresh.db"))
+    engine = store.create_engine(settings_for(url))
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
 def db_url(request: pytest.FixtureRequest) -> URL:
     """The URL of a migrated, empty database of each kind (for subprocess tests)."""
     if request.param == "postgresql":

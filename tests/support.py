@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import uuid
+from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -56,3 +58,13 @@ def drop_pg_database(url: URL) -> None:
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{url.database}" WITH (FORCE)')
     finally:
         engine.dispose()
+
+
+def as_utc(value: Any) -> datetime | None:
+    """A timestamp read through a view: SQLite hands back text, PostgreSQL a datetime."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = datetime.fromisoformat(value)
+    assert isinstance(value, datetime)
+    return value if value.tzinfo else value.replace(tzinfo=UTC)

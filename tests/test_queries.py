@@ -19,6 +19,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.seed import Seeded, seed
+from tests.support import as_utc
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 QUERIES = sorted(p.name for p in files("regionsync.queries").iterdir() if p.name.endswith(".sql"))
@@ -47,19 +48,12 @@ def run(engine: Engine, name: str, **params: Any) -> list[tuple[Any, ...]]:
 
 
 def _read(value: Any) -> Any:
-    return utc(value) if isinstance(value, str) and TIMESTAMP.match(value) else value
+    return as_utc(value) if isinstance(value, str) and TIMESTAMP.match(value) else value
 
 
 def question(sql: str) -> str:
     """The comment lines a query starts with."""
     return "\n".join(takewhile(lambda line: line.startswith("--"), sql.splitlines()))
-
-
-def utc(value: Any) -> datetime:
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @pytest.fixture

@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,12 +14,11 @@ from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL, Engine
 
-from regionsync import store
 from regionsync.errors import SchemaError
 from regionsync.models import Base, history_table, regions_table, runs_table
 from regionsync.runs import Counts
 from regionsync.schema import current_revision, downgrade, head_revision, migrate, require_current
-from tests.support import settings_for
+from tests.support import as_utc
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {"regions", "region_history", "sync_runs"}
@@ -30,17 +28,6 @@ VIEWS = {"region_status_intervals"}
 def _names(engine: Engine) -> tuple[set[str], set[str]]:
     inspector = sa.inspect(engine)
     return set(inspector.get_table_names()), set(inspector.get_view_names())
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        url: URL = request.getfixturevalue("fresh_pg_url")
-    else:
-        url = URL.create("sqlite", database=str(tmp_path / "fresh.db"))
-    engine = store.create_engine(settings_for(url))
-    yield engine
-    engine.dispose()
 
 
 def test_migrate_up_down_up(empty_engine: Engine) -> None:
@@ -144,15 +131,6 @@ def _seed_history(engine: Engine, rows: list[tuple[int, str, bool | None, str | 
             before = (enabled, hosting)
 
 
-def _as_utc(value: object) -> datetime | None:
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    assert isinstance(value, datetime)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
-
-
 def test_status_intervals_view_on_a_hand_made_history(engine: Engine) -> None:
     _seed_history(
         engine,
@@ -168,7 +146,7 @@ def test_status_intervals_view_on_a_hand_made_history(engine: Engine) -> None:
             "SELECT region_id, display_name, carrier_enabled, hosting_region, valid_from, valid_to"
             " FROM region_status_intervals ORDER BY valid_from"
         ).all()
-    got = [(r[0], r[1], bool(r[2]), r[3], _as_utc(r[4]), _as_utc(r[5])) for r in rows]
+    got = [(r[0], r[1], bool(r[2]), r[3], as_utc(r[4]), as_utc(r[5])) for r in rows]
     day = lambda n: T0 + timedelta(days=n)  # noqa: E731
     assert got == [
         ("r1", "Region One", True, "EUROPE", day(0), day(2)),

@@ -6,25 +6,22 @@ The read-only role is tested in ``test_grants.py``.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import hypothesis.strategies as st
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import Engine
 
-from regionsync import store
 from regionsync.errors import PermanentSourceError
 from regionsync.models import Base
 from regionsync.schema import current_revision, downgrade, migrate
 from regionsync.sync import run_sync
 from tests.seed import NAMES, Event, Seeded, Values, seed, state_at, write_events
 from tests.sources import FailingSource, ListSource, region
-from tests.support import settings_for
+from tests.support import as_utc
 
 VIEWS = ["region_status_intervals", "active_regions", "region_changes", "sync_health"]
 PG_VIEWS = [*VIEWS, "region_status_daily"]
@@ -33,15 +30,6 @@ PG_VIEWS = [*VIEWS, "region_status_daily"]
 def query(engine: Engine, sql: str, **params: Any) -> list[dict[str, Any]]:
     with engine.connect() as c:
         return [dict(row) for row in c.execute(sa.text(sql), params).mappings()]
-
-
-def utc(value: Any) -> datetime | None:
-    """A timestamp read through a view: SQLite hands back text, PostgreSQL a datetime."""
-    if value is None:
-        return None
-    if isinstance(value, str):
-        value = datetime.fromisoformat(value)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
 
 
 @pytest.fixture
@@ -72,7 +60,7 @@ def test_sync_health_after_failures(engine: Engine, seeded: Seeded) -> None:
     assert row["last_run_id"] == 10
     assert row["last_run_status"] == "failed"
     assert row["last_run_error"] == "failed for the test"
-    assert utc(row["last_success_at"]) == seeded.day(-5) + timedelta(seconds=2)
+    assert as_utc(row["last_success_at"]) == seeded.day(-5) + timedelta(seconds=2)
     assert row["last_success_age_seconds"] == pytest.approx(5 * 86400 - 2, abs=120)
     assert row["consecutive_failures"] == 2  # the skipped run counts neither way
     assert (row["active_regions"], row["removed_regions"]) == (2, 1)
@@ -84,7 +72,7 @@ def test_active_regions_are_those_present_with_since_when(engine: Engine, seeded
         ("a", "Alpha", True),
         ("c", "Charlie", True),
     ]
-    assert [utc(r["present_since"]) for r in rows] == [seeded.day(-60), seeded.day(-25)]
+    assert [as_utc(r["present_since"]) for r in rows] == [seeded.day(-60), seeded.day(-25)]
 
 
 def test_region_changes_reads_newest_first_with_the_run(engine: Engine, seeded: Seeded) -> None:
@@ -107,7 +95,7 @@ def test_region_changes_reads_newest_first_with_the_run(engine: Engine, seeded: 
     )
     assert newest["sync_run_id"] == 7
     assert (newest["sync_trigger"], newest["sync_source"]) == ("daemon", "test")
-    assert utc(newest["sync_started_at"]) == seeded.day(-5)
+    assert as_utc(newest["sync_started_at"]) == seeded.day(-5)
 
 
 def test_status_intervals_at_the_boundaries(engine: Engine, seeded: Seeded) -> None:
@@ -117,7 +105,7 @@ def test_status_intervals_at_the_boundaries(engine: Engine, seeded: Seeded) -> N
         " FROM region_status_intervals ORDER BY region_id, valid_from",
     )
     got = [
-        (r["region_id"], bool(r["carrier_enabled"]), utc(r["valid_from"]), utc(r["valid_to"]))
+        (r["region_id"], bool(r["carrier_enabled"]), as_utc(r["valid_from"]), as_utc(r["valid_to"]))
         for r in rows
     ]
     d = seeded.day
@@ -380,7 +368,7 @@ def test_history_views_agree_with_a_replay_of_the_history(engine: Engine, plan: 
         " FROM region_status_intervals ORDER BY region_id, valid_from",
     )
     got = [(r["region_id"], bool(r["carrier_enabled"]), r["hosting_region"]) for r in intervals]
-    bounds = [(utc(r["valid_from"]), utc(r["valid_to"])) for r in intervals]
+    bounds = [(as_utc(r["valid_from"]), as_utc(r["valid_to"])) for r in intervals]
     assert [(*g, *b) for g, b in zip(got, bounds, strict=True)] == _expected_intervals(events)
     if engine.dialect.name != "postgresql":
         return
@@ -393,17 +381,6 @@ def test_history_views_agree_with_a_replay_of_the_history(engine: Engine, plan: 
 
 
 # --- the schema --------------------------------------------------------------------------
-
-
-@pytest.fixture(params=["postgresql", "sqlite"])
-def empty_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
-    if request.param == "postgresql":
-        url: URL = request.getfixturevalue("fresh_pg_url")
-    else:
-        url = URL.create("sqlite", database=str(tmp_path / "fresh.db"))
-    engine = store.create_engine(settings_for(url))
-    yield engine
-    engine.dispose()
 
 
 def _schema(engine: Engine) -> tuple[set[str], set[str]]:
