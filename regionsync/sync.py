@@ -142,7 +142,7 @@ def run_sync(
                 with translated_errors("applying the sync"):
                     result = _apply(connection, snapshot, run_id, guard)
             except BaseException as error:
-                _record_failure(engine, connection, run_id, error, log, started)
+                _record_failure(engine, run_id, error, log, started)
                 raise
             result.duration = time.monotonic() - started
             _log_changes(result.changes, log)
@@ -290,23 +290,17 @@ def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executabl
     )
 
 
-def _drop_staging(connection: Connection) -> None:
-    try:
-        with connection.begin():
-            diff.unstage(connection)
-    except sa.exc.SQLAlchemyError:
-        connection.invalidate()
-
-
 def _record_failure(
     engine: Engine,
-    connection: Connection,
     run_id: int,
     error: BaseException,
     log: structlog.typing.FilteringBoundLogger,
     started: float,
 ) -> None:
-    """Close the run as failed, on a fresh connection if the sync's own one died."""
+    """Close the run as failed on a fresh connection, in case the sync's own one died.
+
+    The failed apply's transaction was rolled back, its temporary tables with it.
+    """
     message = _failure_message(error)
     code = getattr(error, "code", None)
     duration = round(time.monotonic() - started, 3)
@@ -314,7 +308,6 @@ def _record_failure(
         log.error("sync.failed", error=message, code=code, duration_s=duration)
     else:
         log.exception("sync.failed", error=message, duration_s=duration)
-    _drop_staging(connection)
     try:
         with engine.begin() as fresh:
             runs.finish_run(fresh, run_id, status="failed", error=message)
