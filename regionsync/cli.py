@@ -95,16 +95,23 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.outbox import OutboxPolicy
     from regionsync.sync import ApiSource, FileSource, Guard, Source, preview, run_sync
 
     source: Source = FileSource(args.from_file) if args.from_file else ApiSource(settings)
     guard = Guard(settings.max_removal_fraction, allow_mass_removal=args.allow_mass_removal)
+    notify = OutboxPolicy.from_settings(settings.notifications)
     with _database(settings) as engine:
         if args.dry_run:
             result = preview(engine, source, guard=guard)
             _print_plan(result)
             return EXIT_OK
-        result = run_sync(engine, source, trigger="cli", guard=guard)
+        try:
+            result = run_sync(engine, source, trigger="cli", guard=guard, notify=notify)
+        except RegionSyncError:
+            _deliver_notifications(engine, settings)  # earlier runs' deliveries still go out
+            raise
+        _deliver_notifications(engine, settings)
     if result.status == "skipped":
         print(f"run {result.run_id} skipped: {result.error}")
     else:
@@ -180,6 +187,7 @@ def _print_status(report: Any, max_age: timedelta, fresh: bool) -> None:
     verdict = "fresh" if fresh else f"STALE (older than {format_duration(max_age)})"
     print(f"last success: {freshness} - {verdict}")
     print(f"regions: {report.active_regions} active, {report.removed_regions} removed")
+    _print_backlog(report)
     if not report.recent_runs:
         print("no runs yet")
         return
@@ -350,7 +358,93 @@ def build_parser() -> argparse.ArgumentParser:
         description="Serve a fake Kaleyra API; `regionsync fake-api --help` lists its options.",
     )
     fake.add_argument("fake_args", nargs=argparse.REMAINDER)
+    add_notifications_command(commands)
     return parser
+
+
+# Notifications (see README, *Notifications*) ---------------------------------------------
+
+
+def _deliver_notifications(engine: Engine, settings: Settings) -> None:
+    """After a run: deliver what is pending, within its deadline; never fails the run."""
+    from regionsync.delivery import Notifier
+
+    notifier = Notifier.from_settings(engine, settings.notifications)
+    if notifier is None:
+        return
+    report = notifier.deliver_pending()
+    counts = {k: v for k, v in report.summary().items() if v}
+    if counts:
+        print("notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+
+
+def _print_backlog(report: Any) -> None:
+    backlog = getattr(report, "deliveries", None)
+    if backlog is None:
+        return
+    oldest = backlog.oldest_pending_at
+    age = "" if oldest is None else f", oldest {format_duration(report.checked_at - oldest)} old"
+    print(f"notifications: {backlog.pending} pending{age}, {backlog.failed} failed")
+
+
+def cmd_notifications(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.delivery import Notifier
+    from regionsync.errors import ConfigError
+    from regionsync.outbox import undelivered
+    from regionsync.schema import require_current
+    from regionsync.store import translated_errors
+
+    with _database(settings) as engine:
+        require_current(engine)
+        if args.retry is not None:
+            notifier = Notifier.from_settings(engine, settings.notifications)
+            if notifier is None:
+                raise ConfigError("REGIONSYNC_WEBHOOK_URL", "is required to retry a delivery")
+            before, report = notifier.retry(args.retry)
+            if before is None:
+                raise ConfigError("--retry", f"no delivery with id {args.retry!r}")
+            if before == "delivered":
+                raise ConfigError("--retry", f"{args.retry} was delivered already")
+            if args.retry in report.delivered:
+                print(f"{args.retry} delivered")
+                return EXIT_OK
+            print(f"{args.retry} not delivered; see `regionsync notifications`", file=sys.stderr)
+            return EXIT_FAILED
+        with translated_errors("reading the notifications"), engine.connect() as connection:
+            rows = undelivered(connection, limit=args.limit)
+    if args.json:
+        shown = [
+            {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
+            for row in rows
+        ]
+        print(json.dumps(shown, indent=2))
+        return EXIT_OK
+    if not rows:
+        print("no pending or failed deliveries")
+    for row in rows:
+        when = row["created_at"].strftime("%Y-%m-%d %H:%M:%S")
+        part = f" part {row['part']}/{row['parts']}" if row["parts"] > 1 else ""
+        print(
+            f"{row['id']}  {row['status']:<7}  run {row['sync_run_id']}{part}  {when}  "
+            f"{row['changes']} changes  {row['attempts']} attempts  {row['last_error'] or ''}"
+        )
+    return EXIT_OK
+
+
+def add_notifications_command(commands: Any) -> None:
+    notifications = commands.add_parser(
+        "notifications",
+        help="list pending and failed webhook deliveries; --retry ID retries one",
+        description="List the webhook deliveries not yet accepted by the receiver (pending, "
+        "or failed: given up). --retry ID delivers a failed one again now (exit 0 when "
+        "delivered, 1 when not).",
+    )
+    notifications.add_argument("--json", action="store_true", help="print JSON")
+    notifications.add_argument(
+        "--limit", type=_positive, default=100, metavar="N", help="show at most N (default 100)"
+    )
+    notifications.add_argument("--retry", metavar="ID", help="deliver this one again now")
+    notifications.set_defaults(handler=cmd_notifications)
 
 
 __all__ = ["main"]

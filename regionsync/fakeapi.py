@@ -29,6 +29,7 @@ from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
+from regionsync import fakehook
 from regionsync.settings import is_loopback_host
 
 REGIONS_PATHS = ("/v1/{sid}/rcs/agent/agent_regions", "/v1/{sid}/rcs/agent_regions")
@@ -183,6 +184,7 @@ class FakeKaleyra:
         self._stopping = threading.Event()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
+        self.webhooks = fakehook.WebhookReceiver()  # a webhook receiver too: see fakehook
 
     def __repr__(self) -> str:
         where = self.url if self._server is not None else "not started"
@@ -331,7 +333,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _dispatch(self) -> None:
         path = self.path.split("?", 1)[0]
         try:
-            if path.startswith("/_fake/"):
+            if path.startswith(fakehook.PATH):
+                self.fake.webhooks.handle(self, path)
+            elif path.startswith("/_fake/"):
                 self._admin(path)
             else:
                 self._read_body()  # unread, it could reset the connection before the answer
@@ -521,6 +525,11 @@ def _build_parser() -> argparse.ArgumentParser:
         "--fault-times", type=int, metavar="N", help="fail only the next N requests (default: all)"
     )
     parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    parser.add_argument(
+        "--webhook-secret",
+        metavar="WHSEC",
+        help=f"verify the signatures of webhooks POSTed to {fakehook.PATH} with this secret",
+    )
     return parser
 
 
@@ -561,6 +570,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     if regions is None:
         fake.set_body(body)
+    if args.webhook_secret:
+        try:
+            fake.webhooks = fakehook.WebhookReceiver(secret=args.webhook_secret)
+        except ValueError as error:
+            parser.error(f"--webhook-secret: {error}")
     if args.fault:
         try:
             fake.fail(args.fault, times=args.fault_times)
@@ -584,6 +598,9 @@ def main(argv: list[str] | None = None) -> int:
             f"point regionsync at it with: KALEYRA_BASE_URL={fake.url} "
             f"KALEYRA_SID={args.sid} KALEYRA_API_KEY={args.api_key}",
             flush=True,
+        )
+        print(
+            f"Webhook receiver at {fake.url}{fakehook.PATH} (GET it to see what came)", flush=True
         )
         while not stop.wait(0.2):
             pass

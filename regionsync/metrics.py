@@ -25,6 +25,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from regionsync.outbox import Backlog
 from regionsync.status import StatusReport
 
 RUN_STATUSES = ("succeeded", "failed", "skipped")
@@ -89,6 +90,7 @@ class DaemonMetrics:
             registry=self.registry,
         )
         self._max_age.set(max_age.total_seconds())
+        self.notifications = NotificationMetrics(self.registry, clock)
 
     def record_run(self, status: str, duration: float | None) -> None:
         """Count one attempt; ``duration`` is None for a skipped one (nothing was synced)."""
@@ -110,6 +112,7 @@ class DaemonMetrics:
                 self._last_success.set(report.last_success_at.timestamp())
             self._regions.labels(state="active").set(report.active_regions)
             self._regions.labels(state="removed").set(report.removed_regions)
+        self.notifications.record_backlog(report.deliveries)
 
     @property
     def consecutive_failures(self) -> int:
@@ -130,6 +133,7 @@ class DaemonMetrics:
             "max_age_seconds": self.max_age.total_seconds(),
             "consecutive_failures": failures,
             "checked_at": now.isoformat(),
+            **self.notifications.health(now),
         }
         return fresh, body
 
@@ -198,4 +202,70 @@ class MetricsServer:
         self._thread.join(timeout=5)
 
 
-__all__ = ["DaemonMetrics", "MetricsServer"]
+# Notifications (see README, *Notifications*) ---------------------------------------------
+
+DELIVERY_OUTCOMES = ("delivered", "retried", "failed")
+
+
+class NotificationMetrics:
+    """Webhook deliveries: this process's attempts by outcome, and the outbox's backlog.
+
+    The backlog comes from the database (read after every run, like the region counts); the
+    oldest pending delivery's age is computed at each scrape.
+    """
+
+    def __init__(self, registry: CollectorRegistry, clock: Clock = _utcnow) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._backlog: Backlog | None = None
+        self._deliveries = Counter(
+            "regionsync_notification_deliveries",
+            "Webhook delivery attempts by this process, by outcome: delivered, retried (failed, "
+            "to be tried again) or failed (given up: refused by the receiver, or too old).",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in DELIVERY_OUTCOMES:
+            self._deliveries.labels(outcome=outcome)
+        self._pending = Gauge(
+            "regionsync_notifications_pending",
+            "Webhook deliveries written but not yet accepted by the receiver.",
+            registry=registry,
+        )
+        self._pending.set_function(self._pending_count)
+        self._oldest = Gauge(
+            "regionsync_notifications_oldest_pending_age_seconds",
+            "Age of the oldest pending webhook delivery; 0 when none is pending.",
+            registry=registry,
+        )
+        self._oldest.set_function(self._oldest_age)
+
+    def _read(self) -> Backlog | None:
+        with self._lock:
+            return self._backlog
+
+    def _pending_count(self) -> float:
+        backlog = self._read()
+        return 0.0 if backlog is None else float(backlog.pending)
+
+    def _oldest_age(self) -> float:
+        backlog = self._read()
+        age = None if backlog is None else backlog.oldest_pending_age(self._clock())
+        return age or 0.0
+
+    def record_pass(self, *, delivered: int, retried: int, failed: int) -> None:
+        for outcome, count in (("delivered", delivered), ("retried", retried), ("failed", failed)):
+            if count:
+                self._deliveries.labels(outcome=outcome).inc(count)
+
+    def record_backlog(self, backlog: Backlog | None) -> None:
+        with self._lock:
+            self._backlog = backlog
+
+    def health(self, now: datetime) -> dict[str, Any]:
+        """The outbox fields of ``/healthz`` (they do not change its status code)."""
+        backlog = self._read()
+        return {} if backlog is None else backlog.as_json(now)
+
+
+__all__ = ["DaemonMetrics", "MetricsServer", "NotificationMetrics"]

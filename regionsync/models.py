@@ -41,6 +41,7 @@ NAMING_CONVENTION = {
 CHANGE_KINDS = ("added", "changed", "removed", "restored")
 RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
 RUN_TRIGGERS = ("cli", "daemon")
+DELIVERY_STATUSES = ("pending", "delivered", "failed")
 
 
 def canonical_json(value: Any) -> str:
@@ -215,6 +216,63 @@ class RegionHistory(Base):
     )
 
 
+class NotificationDelivery(Base):
+    """The notification outbox (see README, *Notifications*)."""
+
+    __tablename__ = "notification_deliveries"
+    __table_args__ = (
+        UniqueConstraint("sync_run_id", "part"),
+        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        Index(None, "status", "next_attempt_at"),
+        {
+            "comment": "The notification outbox: one row per webhook delivery of a sync's "
+            "changes, written in the sync's transaction and delivered after it commits."
+        },
+    )
+
+    id: Mapped[str] = mapped_column(
+        Text,
+        primary_key=True,
+        comment="The delivery's stable id, sent as webhook-id on every attempt (msg_...).",
+    )
+    sync_run_id: Mapped[int] = mapped_column(
+        BigId,
+        ForeignKey("sync_runs.id"),
+        comment="The sync whose changes this delivery reports (sync_runs.id).",
+    )
+    part: Mapped[int] = mapped_column(
+        Integer,
+        comment="Which part of the run's changes, from 1; a run is split only past a size limit.",
+    )
+    parts: Mapped[int] = mapped_column(
+        Integer, comment="How many deliveries the run's changes were split into (usually 1)."
+    )
+    created_at: Mapped[datetime] = mapped_column(
+        UTCDateTime, comment="When the sync's transaction wrote it (UTC)."
+    )
+    status: Mapped[str] = mapped_column(
+        Text,
+        comment="pending (not yet accepted by the receiver), delivered, or failed (given up).",
+    )
+    attempts: Mapped[int] = mapped_column(Integer, comment="HTTP attempts made so far.")
+    next_attempt_at: Mapped[datetime] = mapped_column(
+        UTCDateTime,
+        comment="While pending: not retried before this time (UTC; backoff or Retry-After).",
+    )
+    last_attempt_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, comment="When the latest attempt was made (UTC); NULL before any."
+    )
+    last_error: Mapped[str | None] = mapped_column(
+        Text, comment="Why the latest attempt failed, one line; never a secret."
+    )
+    delivered_at: Mapped[datetime | None] = mapped_column(
+        UTCDateTime, comment="When the receiver accepted it (UTC); NULL unless delivered."
+    )
+    payload: Mapped[Any] = mapped_column(
+        RawJSON, comment="The notification: run id, time, counts and the changes it reports."
+    )
+
+
 #: A region's rows in order; on PostgreSQL it covers what the views read (index-only scans).
 Index(
     None,
@@ -236,3 +294,4 @@ Index(
 regions_table = cast(Table, Region.__table__)
 history_table = cast(Table, RegionHistory.__table__)
 runs_table = cast(Table, SyncRun.__table__)
+deliveries_table = cast(Table, NotificationDelivery.__table__)

@@ -36,8 +36,10 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
 from regionsync import schedule as schedules
+from regionsync.delivery import Notifier
 from regionsync.errors import ConfigError, RegionSyncError, StoreError
 from regionsync.metrics import DaemonMetrics, MetricsServer
+from regionsync.outbox import OutboxPolicy
 from regionsync.schema import require_current
 from regionsync.settings import Settings
 from regionsync.status import gather
@@ -72,6 +74,8 @@ def run_daemon(settings: Settings) -> int:
                 guard=Guard(settings.max_removal_fraction),
                 metrics=metrics,
                 period=period,
+                notifier=Notifier.from_settings(engine, settings.notifications),
+                notify=OutboxPolicy.from_settings(settings.notifications),
             )
             if reachable:
                 daemon.refresh_status()
@@ -131,8 +135,12 @@ class Daemon:
         guard: Guard,
         metrics: DaemonMetrics,
         period: timedelta,
+        notifier: Notifier | None = None,
+        notify: OutboxPolicy | None = None,
     ) -> None:
         self.engine = engine
+        self.notifier = notifier
+        self.notify = notify
         self.source = source
         self.schedule = schedule
         self.guard = guard
@@ -169,7 +177,9 @@ class Daemon:
         started = time.monotonic()
         database_down = False
         try:
-            result = run_sync(self.engine, self.source, trigger="daemon", guard=self.guard)
+            result = run_sync(
+                self.engine, self.source, trigger="daemon", guard=self.guard, notify=self.notify
+            )
         except RegionSyncError as error:
             database_down = isinstance(error, StoreError)
             self.metrics.record_run("failed", time.monotonic() - started)
@@ -189,8 +199,20 @@ class Daemon:
             skipped = result.status == "skipped"
             self.metrics.record_run(result.status, None if skipped else result.duration)
         if not database_down:  # no second wait for a database that just failed to answer
+            self.deliver_notifications()
             self.refresh_status()
         self._log_next_run()
+
+    def deliver_notifications(self) -> None:
+        """Deliver the outbox after the run (this one's and any left pending), bounded."""
+        if self.notifier is None:
+            return
+        report = self.notifier.deliver_pending()
+        self.metrics.notifications.record_pass(
+            delivered=len(report.delivered),
+            retried=report.retried_attempts,
+            failed=len(report.failed) + len(report.expired),
+        )
 
     def refresh_status(self) -> None:
         """Update the health and region gauges from the database, if it answers."""

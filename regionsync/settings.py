@@ -7,12 +7,15 @@ Secrets are held in :class:`Secret` and the database URL's password is masked, s
 
 from __future__ import annotations
 
+import base64
+import binascii
 import ipaddress
 import math
 import os
 import zoneinfo
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
@@ -20,6 +23,7 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
+from regionsync.durations import parse_duration
 from regionsync.errors import ConfigError
 
 POD_BASE_URLS = {
@@ -122,6 +126,7 @@ class Settings:
     log_level: str = "INFO"
     max_removal_fraction: float = DEFAULT_MAX_REMOVAL_FRACTION
     metrics_port: int | None = None
+    notifications: NotificationSettings = field(default_factory=lambda: NotificationSettings())
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -145,6 +150,7 @@ class Settings:
             found.append(self.kaleyra_api_key.reveal())
         if self.database_url.password:
             found.append(str(self.database_url.password))
+        found.extend(self.notifications.secrets)
         return tuple(s for s in found if s)
 
     @property
@@ -258,6 +264,134 @@ class Settings:
             log_level=log_level,
             max_removal_fraction=fraction,
             metrics_port=metrics_port,
+            notifications=NotificationSettings.from_env(get),
+        )
+
+
+# Notifications (see README, *Notifications*) ---------------------------------------------
+
+WebhookFormat = Literal["json", "slack"]
+#: What ``REGIONSYNC_NOTIFY_ON`` may name: kinds of change, or a tracked field that flipped.
+NOTIFY_ON_CHOICES = ("added", "removed", "restored", "carrier_enabled", "hosting_region")
+NOTIFY_ON_ALIASES = {"all": NOTIFY_ON_CHOICES, "changed": ("carrier_enabled", "hosting_region")}
+DEFAULT_WEBHOOK_MAX_AGE = timedelta(hours=24)
+#: Standard Webhooks: secrets of 24 to 64 random bytes.
+WEBHOOK_SECRET_BYTES = (24, 64)
+#: A webhook URL path this long may be a credential (Slack's is): it is scrubbed from logs.
+TOKEN_PATH_CHARS = 16
+WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of a secret, not a secret
+
+
+def check_webhook_url(raw: str) -> str:
+    """https, or http to a loopback host only, as for ``KALEYRA_BASE_URL``; kept as given."""
+    parts = urlsplit(raw.strip())
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError("REGIONSYNC_WEBHOOK_URL", "must be an https:// URL with a host")
+    if parts.username or parts.password or parts.fragment:
+        raise ConfigError("REGIONSYNC_WEBHOOK_URL", "must not carry credentials or a fragment")
+    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
+        raise ConfigError(
+            "REGIONSYNC_WEBHOOK_URL",
+            "plain http:// is only allowed for loopback hosts; use https://",
+        )
+    return raw.strip()
+
+
+def decode_webhook_secret(raw: str) -> bytes:
+    """The key of a ``whsec_<base64>`` secret; the message never quotes the value."""
+    body = raw.strip().removeprefix(WEBHOOK_SECRET_PREFIX)
+    try:
+        key = base64.b64decode(body + "=" * (-len(body) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        key = b""
+    low, high = WEBHOOK_SECRET_BYTES
+    if not raw.strip().startswith(WEBHOOK_SECRET_PREFIX) or not low <= len(key) <= high:
+        raise ConfigError(
+            "REGIONSYNC_WEBHOOK_SECRET",
+            f"must be whsec_ followed by {low} to {high} random bytes in base64, e.g. "
+            "whsec_$(openssl rand -base64 32)",
+        )
+    return key
+
+
+def parse_notify_on(raw: str | None) -> frozenset[str]:
+    if raw is None:
+        return frozenset(NOTIFY_ON_CHOICES)
+    chosen: set[str] = set()
+    for word in (w.strip().lower() for w in raw.split(",")):
+        if word in NOTIFY_ON_ALIASES:
+            chosen.update(NOTIFY_ON_ALIASES[word])
+        elif word in NOTIFY_ON_CHOICES:
+            chosen.add(word)
+        else:
+            choices = ", ".join((*NOTIFY_ON_CHOICES, *NOTIFY_ON_ALIASES))
+            raise ConfigError("REGIONSYNC_NOTIFY_ON", f"unknown {word!r}; a list of: {choices}")
+    return frozenset(chosen)
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    """Where and what to notify; the URL (Slack's holds a token) and the secret are hidden."""
+
+    webhook_url: Secret | None = None
+    webhook_secret: Secret | None = None
+    webhook_format: WebhookFormat = "json"
+    notify_on: frozenset[str] = frozenset(NOTIFY_ON_CHOICES)
+    webhook_max_age: timedelta = DEFAULT_WEBHOOK_MAX_AGE
+
+    @property
+    def enabled(self) -> bool:
+        return self.webhook_url is not None
+
+    @property
+    def webhook_display(self) -> str | None:
+        """Scheme and host only: a Slack webhook's path is its credential."""
+        if self.webhook_url is None:
+            return None
+        parts = urlsplit(self.webhook_url.reveal())
+        return f"{parts.scheme}://{parts.netloc}/…"
+
+    @property
+    def secrets(self) -> tuple[str, ...]:
+        found = (self.webhook_url, self.webhook_secret)
+        hidden = [s.reveal() for s in found if s is not None]
+        if self.webhook_url is not None:
+            path = urlsplit(self.webhook_url.reveal()).path
+            if len(path) >= TOKEN_PATH_CHARS:  # Slack's /services/T…/B…/token, echoed in errors
+                hidden.append(path)
+        return tuple(s for s in hidden if s)
+
+    @classmethod
+    def from_env(cls, get: Callable[[str], str | None]) -> NotificationSettings:
+        raw_url = get("REGIONSYNC_WEBHOOK_URL")
+        url = check_webhook_url(raw_url) if raw_url else None
+        raw_secret = get("REGIONSYNC_WEBHOOK_SECRET")
+        if raw_secret is not None:
+            decode_webhook_secret(raw_secret)
+        fmt = (get("REGIONSYNC_WEBHOOK_FORMAT") or "json").lower()
+        if fmt not in ("json", "slack"):
+            raise ConfigError("REGIONSYNC_WEBHOOK_FORMAT", "must be json or slack")
+        if url is not None and fmt == "json" and raw_secret is None:
+            raise ConfigError(
+                "REGIONSYNC_WEBHOOK_SECRET",
+                "is required to sign webhooks (REGIONSYNC_WEBHOOK_FORMAT=json); generate one "
+                "with: echo whsec_$(openssl rand -base64 32)",
+            )
+        max_age = DEFAULT_WEBHOOK_MAX_AGE
+        raw_age = get("REGIONSYNC_WEBHOOK_MAX_AGE")
+        if raw_age is not None:
+            parsed = parse_duration(raw_age)
+            if parsed is None:
+                raise ConfigError(
+                    "REGIONSYNC_WEBHOOK_MAX_AGE", "must be a duration like 30m, 24h or 7d"
+                )
+            max_age = parsed
+        return cls(
+            webhook_url=Secret(url) if url else None,
+            webhook_secret=Secret(raw_secret) if raw_secret else None,
+            webhook_format=fmt,  # type: ignore[arg-type]
+            notify_on=parse_notify_on(get("REGIONSYNC_NOTIFY_ON")),
+            webhook_max_age=max_age,
         )
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from regionsync import runs
+from regionsync import outbox, runs
 from regionsync.models import regions_table
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
@@ -24,6 +24,7 @@ class StatusReport:
     removed_regions: int
     last_success_at: datetime | None
     checked_at: datetime
+    deliveries: outbox.Backlog | None = None
 
     @property
     def last_success_age(self) -> timedelta | None:
@@ -43,6 +44,7 @@ class StatusReport:
             "last_success_age_seconds": round(age.total_seconds(), 3) if age else None,
             "active_regions": self.active_regions,
             "removed_regions": self.removed_regions,
+            **(self.deliveries.as_json(self.checked_at) if self.deliveries else {}),
             "recent_runs": [
                 {k: v.isoformat() if isinstance(v, datetime) else v for k, v in run.items()}
                 for run in self.recent_runs
@@ -63,10 +65,12 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
         last_success = connection.execute(
             sa.select(sa.func.max(runs.runs.c.finished_at)).where(runs.runs.c.status == "succeeded")
         ).scalar_one()
+        deliveries = outbox.backlog(connection)
     return StatusReport(
         recent_runs=recent,
         active_regions=active,
         removed_regions=removed,
         last_success_at=last_success,
         checked_at=runs.now(),
+        deliveries=deliveries,
     )

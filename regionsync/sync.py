@@ -18,7 +18,7 @@ import structlog
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync import diff, runs
+from regionsync import diff, outbox, runs
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
 from regionsync.models import BigId, UTCDateTime, history_table
@@ -116,9 +116,17 @@ class Guard:
 
 
 def run_sync(
-    engine: Engine, source: Source, *, trigger: str = "cli", guard: Guard | None = None
+    engine: Engine,
+    source: Source,
+    *,
+    trigger: str = "cli",
+    guard: Guard | None = None,
+    notify: outbox.OutboxPolicy | None = None,
 ) -> SyncResult:
-    """Sync once under the lock; see the module docstring for how it ends."""
+    """Sync once under the lock; see the module docstring for how it ends.
+
+    ``notify`` says which changes to queue for the webhook (None: none, only ``NOTIFY``).
+    """
     guard = guard or Guard()
     started = time.monotonic()
     require_current(engine)
@@ -140,7 +148,7 @@ def run_sync(
             try:
                 snapshot = _fetch(source, log)
                 with translated_errors("applying the sync"):
-                    result = _apply(connection, snapshot, run_id, guard)
+                    result = _apply(connection, snapshot, run_id, guard, notify)
             except BaseException as error:
                 _record_failure(engine, run_id, error, log, started)
                 raise
@@ -207,13 +215,22 @@ def _plan(connection: Connection, snapshot: Snapshot, guard: Guard) -> tuple[Cou
     return counts, planned
 
 
-def _apply(connection: Connection, snapshot: Snapshot, run_id: int, guard: Guard) -> SyncResult:
+def _apply(
+    connection: Connection,
+    snapshot: Snapshot,
+    run_id: int,
+    guard: Guard,
+    notify: outbox.OutboxPolicy | None = None,
+) -> SyncResult:
     with connection.begin():
         counts, planned = _plan(connection, snapshot, guard)
         if planned.changes:
             _write(connection, run_id, snapshot.received_at)
         diff.unstage(connection)
         runs.finish_run(connection, run_id, status="succeeded", counts=counts)
+
+        # Notifications: after the history and counts, in the same transaction.
+        outbox.enqueue(connection, run_id=run_id, policy=notify)
     return SyncResult("succeeded", run_id, counts=counts, changes=planned.changes)
 
 
