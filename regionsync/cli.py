@@ -109,13 +109,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             result = run_sync(engine, source, trigger="cli", guard=guard, notify=notify)
         except RegionSyncError:
-            _deliver_notifications(engine, settings)  # earlier runs' deliveries still go out
+            _print_if(_deliver_notifications(engine, settings))  # earlier runs' still go out
             raise
-        _deliver_notifications(engine, settings)
+        delivered = _deliver_notifications(engine, settings)
     if result.status == "skipped":
         print(f"run {result.run_id} skipped: {result.error}")
     else:
         print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}")
+    _print_if(delivered)
     return EXIT_OK
 
 
@@ -365,17 +366,20 @@ def build_parser() -> argparse.ArgumentParser:
 # Notifications (see README, *Notifications*) ---------------------------------------------
 
 
-def _deliver_notifications(engine: Engine, settings: Settings) -> None:
+def _deliver_notifications(engine: Engine, settings: Settings) -> str | None:
     """After a run: deliver what is pending, within its deadline; never fails the run."""
     from regionsync.delivery import Notifier
 
     notifier = Notifier.from_settings(engine, settings.notifications)
     if notifier is None:
-        return
-    report = notifier.deliver_pending()
-    counts = {k: v for k, v in report.summary().items() if v}
-    if counts:
-        print("notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
+        return None
+    counts = {k: v for k, v in notifier.deliver_pending().summary().items() if v}
+    return "notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else None
+
+
+def _print_if(line: str | None) -> None:
+    if line is not None:
+        print(line)
 
 
 def _print_backlog(report: Any) -> None:
