@@ -25,8 +25,9 @@ from regionsync.settings import NOTIFY_ON_CHOICES, NotificationSettings
 deliveries = deliveries_table
 CHANNEL = "regionsync_changes"
 EVENT_TYPE = "regions.changed"
-#: A run with more changes than this is split into several deliveries (about 250 KB each).
+#: A run's changes are split into several deliveries past either limit.
 MAX_CHANGES_PER_DELIVERY = 1000
+MAX_DELIVERY_BYTES = 256 * 1024
 COUNTED = ("fetched", "added", "changed", "unchanged", "removed", "restored", "rejected")
 CHANGED = ("added", "changed", "removed", "restored")
 
@@ -37,6 +38,7 @@ class OutboxPolicy:
 
     notify_on: frozenset[str] = field(default_factory=lambda: frozenset(NOTIFY_ON_CHOICES))
     max_changes: int = MAX_CHANGES_PER_DELIVERY
+    max_bytes: int = MAX_DELIVERY_BYTES
 
     @classmethod
     def from_settings(cls, settings: NotificationSettings) -> OutboxPolicy | None:
@@ -66,8 +68,7 @@ def enqueue(connection: Connection, *, run_id: int, policy: OutboxPolicy | None)
     changes, changed_at = _changes(connection, run_id, policy.notify_on)
     if not changes:
         return 0
-    size = max(1, policy.max_changes)
-    chunks = [changes[i : i + size] for i in range(0, len(changes), size)]
+    chunks = _split(changes, max_changes=policy.max_changes, max_bytes=policy.max_bytes)
     rows = []
     for part, chunk in enumerate(chunks, start=1):
         payload = {
@@ -100,6 +101,22 @@ def enqueue(connection: Connection, *, run_id: int, policy: OutboxPolicy | None)
         [{**row, "created_at": moment, "next_attempt_at": moment} for row in rows],
     )
     return len(rows)
+
+
+def _split(
+    changes: list[dict[str, Any]], *, max_changes: int, max_bytes: int
+) -> list[list[dict[str, Any]]]:
+    """Consecutive parts of at most ``max_changes`` changes and about ``max_bytes`` of JSON."""
+    chunks: list[list[dict[str, Any]]] = []
+    size = 0
+    for change in changes:
+        cost = len(json.dumps(change, ensure_ascii=False).encode())
+        if not chunks or len(chunks[-1]) >= max_changes or size + cost > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(change)
+        size += cost
+    return chunks
 
 
 def _notify_listeners(connection: Connection, run_id: int, counts: dict[str, int]) -> None:

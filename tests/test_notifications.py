@@ -328,6 +328,14 @@ def test_a_large_run_is_split_into_parts_with_distinct_ids(sqlite_engine: Engine
     assert sorted(ids) == [f"r{i}" for i in range(5)]
 
 
+def test_a_run_is_split_by_size_too(sqlite_engine: Engine) -> None:
+    long_names = [region(f"r{i}", name="x" * 3000) for i in range(4)]
+    sync(sqlite_engine, ListSource(long_names), max_bytes=7000)
+    rows = deliveries(sqlite_engine)
+    assert [len(r["payload"]["data"]["changes"]) for r in rows] == [2, 2]
+    assert all(len(json.dumps(r["payload"])) < 7000 + 1000 for r in rows)
+
+
 def slack_problems(message: Any) -> list[str]:
     """Check a message against what Slack's chat/incoming-webhook API requires."""
     problems = []
