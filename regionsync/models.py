@@ -248,7 +248,8 @@ class NotificationDelivery(Base):
         Integer, comment="How many deliveries the run's changes were split into (usually 1)."
     )
     created_at: Mapped[datetime] = mapped_column(
-        UTCDateTime, comment="When the sync's transaction wrote it (UTC)."
+        UTCDateTime,
+        comment="When the sync's transaction wrote it, or an operator last retried it (UTC).",
     )
     status: Mapped[str] = mapped_column(
         Text,

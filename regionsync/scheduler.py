@@ -88,6 +88,7 @@ def run_daemon(settings: Settings) -> int:
                 metrics_port=server.port if server else None,
                 database=settings.database_display,
                 source=source.description,
+                webhook=settings.notifications.webhook_display,
                 pid=os.getpid(),
             )
             return daemon.run()

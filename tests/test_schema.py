@@ -21,7 +21,7 @@ from regionsync.schema import current_revision, downgrade, head_revision, migrat
 from tests.support import as_utc
 
 REPO = Path(__file__).resolve().parents[1]
-TABLES = {"regions", "region_history", "sync_runs"}
+TABLES = {"regions", "region_history", "sync_runs", "notification_deliveries"}
 VIEWS = {"region_status_intervals"}
 
 

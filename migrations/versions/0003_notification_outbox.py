@@ -56,7 +56,7 @@ def upgrade() -> None:
             "created_at",
             TIMESTAMP,
             nullable=False,
-            comment="When the sync's transaction wrote it (UTC).",
+            comment="When the sync's transaction wrote it, or an operator last retried it (UTC).",
         ),
         sa.Column(
             "status",
