@@ -634,3 +634,51 @@ def test_fake_api_serves_a_webhook_receiver_that_can_fail() -> None:
         assert requests.delete(url, timeout=5).json() == {"ok": True}
         assert requests.get(url, timeout=5).json()["received"] == []
         assert requests.get(fake.url + "/_fake/requests", timeout=5).json() == {"count": 0}
+
+
+def test_one_delivery_pass_at_a_time_across_processes(
+    engine: Engine, receiver: WebhookServer
+) -> None:
+    from regionsync.delivery import delivery_lock
+
+    sync(engine, ListSource([region("a")]))
+    sender = notifier(engine, receiver.url)
+    with delivery_lock(engine) as held:
+        assert held is not None
+        report = sender.deliver_pending()
+    assert report.skipped
+    assert receiver.receiver.received == []
+    assert sender.deliver_pending().delivered == [deliveries(engine)[0]["id"]]
+
+
+def test_a_redirect_is_not_followed_and_fails_the_delivery(
+    sqlite_engine: Engine, receiver: WebhookServer
+) -> None:
+    sync(sqlite_engine, ListSource([region("a")]))
+    receiver.receiver.fail(307, times=None)
+    report = notifier(sqlite_engine, receiver.url).deliver_pending()
+    [row] = deliveries(sqlite_engine)
+    assert report.failed == [row["id"]]
+    assert "redirects are not followed" in row["last_error"]
+    assert len(receiver.receiver.received) == 1
+
+
+def test_the_fake_receiver_verifies_what_standard_webhooks_libraries_sign() -> None:
+    from datetime import UTC, datetime
+
+    from regionsync.fakehook import hmac_verifier
+
+    body = '{"type": "regions.changed"}'
+    now = datetime.now(UTC)
+    signature = Webhook(SECRET).sign("msg_1", now, body)
+    headers = {
+        "webhook-id": "msg_1",
+        "webhook-timestamp": str(int(now.timestamp())),
+        "webhook-signature": f"v1,bogus= {signature}",
+    }
+    verify = hmac_verifier(SECRET)
+    assert verify(body.encode(), headers)
+    assert not verify(body.encode() + b" ", headers)
+    assert not verify(body.encode(), {**headers, "webhook-id": "msg_2"})
+    stale = {**headers, "webhook-timestamp": str(int(now.timestamp()) - 3600)}
+    assert not verify(body.encode(), stale)
