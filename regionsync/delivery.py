@@ -30,6 +30,7 @@ import structlog
 from sqlalchemy.engine import Connection, Engine
 
 from regionsync import outbox, slack
+from regionsync.durations import format_duration
 from regionsync.errors import RegionSyncError
 from regionsync.runs import now as utcnow
 from regionsync.settings import NotificationSettings
@@ -168,7 +169,9 @@ class Notifier:
                 logger.error(
                     "notify.failed",
                     delivery_id=expired,
-                    reason=f"undelivered after {self.settings.webhook_max_age}",
+                    reason="undelivered after "
+                    + format_duration(self.settings.webhook_max_age)
+                    + " (REGIONSYNC_WEBHOOK_MAX_AGE)",
                 )
             with connection.begin():
                 rows = outbox.due(connection, now=now, only=only)
