@@ -154,6 +154,12 @@ def drop_database(name: str) -> None:
         )
 
 
+def server_version() -> str:
+    with psycopg.connect(admin_url(), autocommit=True, connect_timeout=10) as connection:
+        row = connection.execute("SHOW server_version").fetchone()
+    return str(row[0]) if row else "unknown"
+
+
 OTHER_CLIENTS = """
 SELECT count(*) FROM pg_stat_activity
 WHERE datname = current_database() AND pid <> pg_backend_pid() AND backend_type = 'client backend'

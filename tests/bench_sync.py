@@ -55,6 +55,7 @@ from tests.bench_measure import (
     python_command,
     run_timed,
     schema_delta,
+    server_version,
     tuples_written,
 )
 
@@ -574,6 +575,11 @@ def _main(args: argparse.Namespace) -> int:
     }
     with tempfile.TemporaryDirectory(prefix="regionsync-bench-") as workdir:
         bench = Bench(args, Path(workdir))
+        try:
+            info["postgresql"] = server_version()
+        except psycopg.Error as error:
+            print(f"bench_sync: error: PostgreSQL: {error}", file=sys.stderr)
+            return 1
         if not args.no_dlt:
             if importlib.util.find_spec("dlt") is None:
                 print(
