@@ -8,8 +8,9 @@ the tests do), serves N synthetic regions from the fake Kaleyra server on loopba
 complete processes, spawn to exit: the initial load, a run with nothing changed, a run with
 1 % of the regions' ``carrier_enabled`` flipped and one with 1 % of them removed; each step but
 the first is repeated ``--repeat`` times (the flips flip back, each removal takes another 1 %)
-and the fastest is reported. Each regionsync run is paired with a dlt run of the same snapshot
-(``tests/bench_dlt.py``) into its own dataset of the same database, in alternating order.
+and the fastest is reported (the floors too). Each regionsync run is paired with a dlt run
+of the same snapshot (``tests/bench_dlt.py``) into its own dataset of the same database, in
+alternating order.
 
 Floors, measured in the same run: ``copy`` is a psycopg ``COPY FROM STDIN`` of the same N rows
 into a fresh table shaped like ``regions`` (``LIKE regions INCLUDING ALL``: its primary key and
