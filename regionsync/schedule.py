@@ -24,16 +24,20 @@ import bisect
 import calendar
 import itertools
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
+import structlog
 from apscheduler.triggers.base import BaseTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from regionsync.durations import parse_duration
 from regionsync.errors import ConfigError
 from regionsync.settings import Settings
+
+logger = structlog.get_logger("regionsync.schedule")
 
 SETTING = "REGIONSYNC_SCHEDULE"
 FIELDS = "minute hour day-of-month month day-of-week"
@@ -51,10 +55,23 @@ ALIASES = {
 MONTH_NAMES = {name.lower(): number for number, name in enumerate(calendar.month_abbr) if name}
 DAY_NAMES = {"sun": 0, "mon": 1, "tue": 2, "wed": 3, "thu": 4, "fri": 5, "sat": 6}
 
-#: How far ahead a crontab's days are searched: 28 years are a whole cycle of weekdays and
-#: leap days (1901-2099); one more covers the edges. A schedule that never fires within it
-#: is refused when parsed.
+#: How far ahead the next fire time is searched: the Gregorian calendar repeats every 400
+#: years (146,097 days, a whole number of weeks), so a day pattern that occurs at all occurs
+#: within one cycle; a year more covers the edges. (28 years, the cycle of 1901-2099, is not
+#: enough: 2100 is no leap year, so Sunday 29 February skips from 2088 to 2128.)
+SEARCH_DAYS = 146_097 + 366
+SEARCH_YEARS = 400
+#: How far ahead :meth:`CronSpec.longest_gap` looks to size the daemon's period: the near
+#: future a running daemon lives in, 28 years and a margin.
 HORIZON_DAYS = 29 * 366
+
+#: Extensions of Quartz, Spring and other crons that cron(8) does not have.
+_EXTENSIONS = (
+    (re.compile(r"\?"), "?", "no specific value"),
+    (re.compile(r"#"), "#", "the n-th weekday of the month"),
+    (re.compile(r"^(\d*l|lw)$", re.IGNORECASE), "L", "the last day"),
+    (re.compile(r"^(\d+w|lw)$", re.IGNORECASE), "W", "the nearest weekday"),
+)
 
 _ELEMENT = re.compile(r"^(?P<start>\*|[a-z0-9]+)(?:-(?P<end>[a-z0-9]+))?(?:/(?P<step>[0-9]+))?$")
 _MINUTE = timedelta(minutes=1)
@@ -107,15 +124,39 @@ class CronSpec:
         in_weekdays = day.isoweekday() % 7 in self.weekdays
         return in_days or in_weekdays if self.either_day else in_days and in_weekdays
 
+    def matching_days(self, start: date, count: int) -> Iterator[date]:
+        """The days it fires on among the ``count`` days from ``start``, in order.
+
+        Month by month, over the days the fields allow, so that a sparse schedule
+        (29 February on a Sunday) is found centuries ahead in a few thousand steps.
+        """
+        end = start + timedelta(days=count)
+        candidates = range(1, 32) if self.either_day else sorted(self.days)
+        year, month = start.year, start.month
+        while date(year, month, 1) < end:
+            if month in self.months:
+                first_weekday, length = calendar.monthrange(year, month)
+                for number in candidates:
+                    if number > length:
+                        break
+                    day = date(year, month, number)
+                    # monthrange gives the 1st's weekday with Monday = 0; cron counts Sunday = 0.
+                    weekday = (first_weekday + number) % 7
+                    if start <= day < end and self._day_rule(number, weekday):
+                        yield day
+            year, month = (year + 1, 1) if month == 12 else (year, month + 1)
+
+    def _day_rule(self, number: int, weekday: int) -> bool:
+        """Day ``number`` of a month in :attr:`months`, falling on ``weekday``: does it fire?"""
+        if self.either_day:
+            return number in self.days or weekday in self.weekdays
+        return number in self.days and weekday in self.weekdays
+
     def longest_gap(self, start: date) -> timedelta:
         """The longest wall-clock time between consecutive fire times from ``start`` on."""
         times = self.times_of_day
         within_day = max((b - a for a, b in itertools.pairwise(times)), default=0)
-        firing = [
-            start + timedelta(days=n)
-            for n in range(HORIZON_DAYS)
-            if self.matches_day(start + timedelta(days=n))
-        ]
+        firing = list(self.matching_days(start, HORIZON_DAYS))
         if len(firing) < 2:
             return timedelta(days=HORIZON_DAYS)
         widest_days = max((b - a).days for a, b in itertools.pairwise(firing))
@@ -143,10 +184,21 @@ class CrontabTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler ships no
     ) -> datetime | None:
         """The first fire time after the previous one, or at or after ``now`` at first."""
         if previous_fire_time is not None:
-            return self.first_at_or_after(
-                previous_fire_time.astimezone(UTC) + timedelta(microseconds=1)
+            moment = previous_fire_time.astimezone(UTC) + timedelta(microseconds=1)
+        else:
+            moment = now
+        found = self.first_at_or_after(moment)
+        if found is None:
+            # APScheduler drops a job whose trigger returns None: never silently.
+            logger.error(
+                "schedule.exhausted",
+                schedule=self.expression,
+                after=moment.isoformat(),
+                searched_years=SEARCH_YEARS,
+                hint=f"{SETTING} never fires again; the daemon will not sync until restarted "
+                "with another schedule",
             )
-        return self.first_at_or_after(now)
+        return found
 
     def first_at_or_after(self, moment: datetime) -> datetime | None:
         """The first fire time at or after ``moment``, in UTC.
@@ -158,10 +210,7 @@ class CrontabTrigger(BaseTrigger):  # type: ignore[misc]  # APScheduler ships no
         local = moment.astimezone(self.timezone)
         # A day before, in case the clock fell back across midnight.
         first_day = local.date() - timedelta(days=1)
-        for n in range(HORIZON_DAYS):
-            day = first_day + timedelta(days=n)
-            if not self.spec.matches_day(day):
-                continue
+        for day in self.spec.matching_days(first_day, SEARCH_DAYS):
             if self._clock_changes(day):
                 found = [t for t in self._instants_on(day) if t >= moment]
                 if found:
@@ -283,18 +332,37 @@ def parse_schedule(expression: str, timezone: str = "UTC") -> Schedule:
                 SETTING, f"{text!r} is not an interval: use a positive number with s, m, h or d"
             )
         return Schedule(text, zone, interval=interval)
+    if re.fullmatch(r"[0-9]*[.,][0-9]+ ?[a-zA-Z]+", text):
+        raise ConfigError(SETTING, f"{text!r} is not an interval: {_whole_hint(text)}")
     return Schedule(text, zone, cron=parse_crontab(text))
 
 
+def _whole_hint(text: str) -> str:
+    """What to write instead of a fractional interval such as ``1.5h``."""
+    match = re.fullmatch(r"([0-9]*)[.,]([0-9]+) ?([smhd])", text, re.IGNORECASE)
+    advice = "use a whole number of s, m, h or d"
+    if match is None:
+        return advice
+    number = float(f"{match.group(1) or 0}.{match.group(2)}")
+    seconds = number * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match.group(3).lower()]
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size and (seconds / size).is_integer():
+            return f"{advice}, e.g. {int(seconds / size)}{unit}"
+    return advice
+
+
 def parse_crontab(expression: str) -> CronSpec:
-    """Expand a 5-field crontab expression (or an ``@daily``-style alias) as cron(8) does."""
+    """Expand a 5-field crontab expression (or an ``@daily``-style alias) as cron(8) does.
+
+    Messages echo the expression as written; only name lookups ignore case.
+    """
     shown = expression.strip()
-    text = shown.lower()
+    text = shown
     if text.startswith("@"):
-        if text not in ALIASES:
+        if text.lower() not in ALIASES:
             known = ", ".join(ALIASES)
             raise ConfigError(SETTING, f"unknown alias {shown!r}; use one of {known}")
-        text = ALIASES[text]
+        text = ALIASES[text.lower()]
     parts = text.split()
     if len(parts) != 5:
         raise ConfigError(
@@ -323,7 +391,8 @@ def parse_crontab(expression: str) -> CronSpec:
 def _expand(text: str, field: _Field) -> frozenset[int]:
     values: set[int] = set()
     for element in text.split(","):
-        match = _ELEMENT.match(element)
+        _refuse_extensions(element, field, text)
+        match = _ELEMENT.match(element.lower())
         if not match:
             raise _field_error(field, text, f"cannot read {element!r}")
         start_text, end_text, step_text = match.group("start", "end", "step")
@@ -332,15 +401,15 @@ def _expand(text: str, field: _Field) -> frozenset[int]:
                 raise _field_error(field, text, f"{element!r}: '*' cannot start a range")
             start, end = field.low, field.high
         else:
-            start = _number(start_text, field, text)
+            start = _number(start_text, field, text, element)
             if end_text is None and step_text is not None:
                 raise _field_error(
                     field,
                     text,
                     f"{element!r}: a step needs '*' or a range, "
-                    f"e.g. {start_text}-{field.high}/{step_text}",
+                    f"e.g. {element.split('/')[0]}-{field.high}/{step_text}",
                 )
-            end = start if end_text is None else _number(end_text, field, text)
+            end = start if end_text is None else _number(end_text, field, text, element)
         if start > end:
             raise _field_error(field, text, f"{element!r}: the range runs backwards")
         step = 1 if step_text is None else int(step_text)
@@ -350,14 +419,27 @@ def _expand(text: str, field: _Field) -> frozenset[int]:
     return frozenset(values)
 
 
-def _number(token: str, field: _Field, text: str) -> int:
+def _refuse_extensions(element: str, field: _Field, text: str) -> None:
+    for pattern, name, meaning in _EXTENSIONS:
+        if pattern.search(element):
+            raise _field_error(
+                field,
+                text,
+                f"{element!r} uses '{name}' ({meaning}), an extension of other crons "
+                "that cron(8) lacks",
+            )
+
+
+def _number(token: str, field: _Field, text: str, element: str) -> int:
+    """``token`` is lower-cased; the message shows it as written in ``element``."""
     if token.isdigit():
         value = int(token)
     elif field.names is not None and token in field.names:
         value = field.names[token]
     else:
+        written = element[element.lower().index(token) :][: len(token)]
         allowed = "a number" if field.names is None else "a number or a 3-letter name"
-        raise _field_error(field, text, f"{token!r} is not {allowed}")
+        raise _field_error(field, text, f"{written!r} is not {allowed}")
     if not field.low <= value <= field.high:
         raise _field_error(field, text, f"{value} is outside {field.low}-{field.high}")
     return value

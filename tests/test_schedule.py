@@ -6,16 +6,17 @@ import itertools
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from structlog.testing import capture_logs
 
 from regionsync.errors import ConfigError
-from regionsync.schedule import next_fire_times, parse_schedule
+from regionsync.schedule import CrontabTrigger, next_fire_times, parse_schedule
 from tests.support import settings_for
 
 #: A Friday, noon UTC.
@@ -256,9 +257,18 @@ def test_the_period_is_the_longest_gap_between_fire_times(
         ("mon * * * *", "'mon' is not a number"),
         ("0 0 * * funday", "'funday' is not a number or a 3-letter name"),
         ("0 0 * * monday", "'monday' is not a number or a 3-letter name"),
-        ("0 0 L * *", "'l' is not a number"),
-        ("0 0 ? * *", "cannot read '?'"),
-        ("0 0 * * 1#2", "cannot read '1#2'"),
+        ("0 0 L * *", "'L' uses 'L' (the last day), an extension of other crons that cron(8)"),
+        ("0 0 5L * *", "day-of-month field '5L': '5L' uses 'L'"),
+        ("0 0 * * 5l", "day-of-week field '5l': '5l' uses 'L'"),
+        ("0 0 15W * *", "'15W' uses 'W' (the nearest weekday)"),
+        ("0 0 LW * *", "'LW' uses 'L'"),
+        ("0 0 ? * *", "'?' uses '?' (no specific value), an extension"),
+        ("0 0 * * 1#2", "'1#2' uses '#' (the n-th weekday of the month)"),
+        ("0 0 * JUL-Xyz *", "month field 'JUL-Xyz': 'Xyz' is not a number or a 3-letter name"),
+        ("0 0 * * MON/2", "e.g. MON-7/2"),
+        ("1.5h", "'1.5h' is not an interval: use a whole number of s, m, h or d, e.g. 90m"),
+        ("0.5d", "e.g. 12h"),
+        ("2,5m", "e.g. 150s"),
         ("0 0 1,,2 * *", "cannot read ''"),
         ("0 0 30 2 *", "never fires"),
         ("0 0 31 4,6,9,11 *", "never fires"),
@@ -273,6 +283,34 @@ def test_invalid_schedules_name_the_setting_and_the_reason(expression: str, prob
     assert caught.value.setting == "REGIONSYNC_SCHEDULE"
     assert problem in caught.value.problem
     assert str(caught.value).startswith("REGIONSYNC_SCHEDULE: ")
+
+
+def test_no_leap_year_in_2100_does_not_end_a_sparse_schedule() -> None:
+    # Sunday 29 February: the 28-year cycle breaks at 2100, which is no leap year.
+    assert fires("0 0 29 2 */7", 5) == days(
+        "2032-02-29", "2060-02-29", "2088-02-29", "2128-02-29", "2156-02-29"
+    )
+    assert fires("0 0 29 2 */7", 1, now=datetime(2089, 1, 1, tzinfo=UTC)) == days("2128-02-29")
+
+
+def test_a_trigger_with_no_next_fire_time_says_so() -> None:
+    schedule = parse_schedule("0 0 29 2 *")
+    # A spec that never fires: parsing refuses one, so build it by hand.
+    never = replace(schedule.cron, days=frozenset({30}))
+    trigger = CrontabTrigger(never, ZoneInfo("UTC"), "0 0 30 2 *")
+    with capture_logs() as logs:
+        assert trigger.get_next_fire_time(None, NOW) is None
+    assert logs == [
+        {
+            "event": "schedule.exhausted",
+            "log_level": "error",
+            "schedule": "0 0 30 2 *",
+            "after": NOW.isoformat(),
+            "searched_years": 400,
+            "hint": "REGIONSYNC_SCHEDULE never fires again; the daemon will not sync until "
+            "restarted with another schedule",
+        }
+    ]
 
 
 def test_a_day_that_exists_only_on_one_weekday_rule_still_fires() -> None:
