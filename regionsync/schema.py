@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 from importlib.resources import files
+from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
@@ -14,10 +16,33 @@ from regionsync.errors import SchemaError
 from regionsync.store import translated_errors
 
 
+def migrations_directory() -> Path:
+    """Where the Alembic scripts are, however regionsync was imported.
+
+    Installed (plain or editable), they are the package ``regionsync.migrations``. Imported
+    from a checkout's source tree (``python -m regionsync`` at the repository's root, which
+    shadows an installed copy), that package does not exist: the scripts are the
+    repository's ``migrations/``, beside the ``regionsync/`` folder.
+    """
+    try:
+        found = importlib.util.find_spec("regionsync.migrations") is not None
+    except ModuleNotFoundError:
+        found = False
+    if found:
+        return Path(str(files("regionsync.migrations")))
+    checkout = Path(__file__).resolve().parent.parent / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise SchemaError(
+        f"regionsync's migrations are missing: neither the package regionsync.migrations nor "
+        f"{checkout} exists; reinstall regionsync"
+    )
+
+
 def alembic_config() -> Config:
-    """An Alembic config pointing at the migrations inside the installed package."""
+    """An Alembic config pointing at the migrations (see :func:`migrations_directory`)."""
     config = Config()
-    config.set_main_option("script_location", str(files("regionsync.migrations")))
+    config.set_main_option("script_location", str(migrations_directory()))
     config.set_main_option("path_separator", "os")
     return config
 
