@@ -7,21 +7,22 @@ Exit codes: 0 success (or skipped: another sync holds the lock), 1 the sync fail
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import structlog
 from sqlalchemy.engine import Engine
 
-from regionsync import __version__, logs
+from regionsync import __version__, logs, terminal
 from regionsync.durations import format_duration, parse_duration
-from regionsync.errors import RegionSyncError
+from regionsync.errors import ConfigError, RegionSyncError
 from regionsync.settings import Settings, read_env_file
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -37,11 +38,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return fakeapi.main(arguments[1:])
     args = build_parser().parse_args(arguments)
+    if args.quiet and args.verbose:
+        print("regionsync: error: -q and -v cannot be used together", file=sys.stderr)
+        return EXIT_USAGE
     secrets: tuple[str, ...] = ()
     try:
         settings = load_settings(args.env_file)
         secrets = settings.secrets
-        logs.configure(level=settings.log_level, fmt=settings.log_format, secrets=secrets)
+        logs.configure(level=_log_level(args, settings), fmt=settings.log_format, secrets=secrets)
         handler: Handler = args.handler
         return handler(args, settings)
     except RegionSyncError as error:
@@ -55,6 +59,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         message = logs.redact(f"{type(error).__name__}: {error}", secrets)
         print(f"regionsync: internal error: {message} (details in the log)", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _log_level(args: argparse.Namespace, settings: Settings) -> str:
+    """``-q`` shows warnings and errors only, ``-v`` adds DEBUG; else the setting."""
+    if args.quiet:
+        return "WARNING"
+    if args.verbose:
+        return "DEBUG"
+    return settings.log_level
 
 
 def load_settings(env_file: Path | None) -> Settings:
@@ -98,6 +111,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.outbox import OutboxPolicy
     from regionsync.sync import ApiSource, FileSource, Guard, Source, preview, run_sync
 
+    if args.from_file:
+        _require_readable(args.from_file)
     source: Source = FileSource(args.from_file) if args.from_file else ApiSource(settings)
     guard = Guard(settings.max_removal_fraction, allow_mass_removal=args.allow_mass_removal)
     notify = OutboxPolicy.from_settings(settings.notifications)
@@ -105,7 +120,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         if args.dry_run:
             result = preview(engine, source, guard=guard)
             _print_plan(result)
-            return EXIT_OK
+            return _rejects_verdict(args, result.counts.rejected)
         try:
             result = run_sync(engine, source, trigger="cli", guard=guard, notify=notify)
         except RegionSyncError:
@@ -114,9 +129,29 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         delivered = _deliver_notifications(engine, settings)
     if result.status == "skipped":
         print(f"run {result.run_id} skipped: {result.error}")
-    else:
-        print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}")
+        _print_if(delivered)
+        return EXIT_OK
+    print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}")
     _print_if(delivered)
+    return _rejects_verdict(args, result.counts.rejected)
+
+
+def _require_readable(path: Path) -> None:
+    """A usage error, found before a run starts (so no run row): exit 2."""
+    try:
+        with path.open("rb"):
+            pass
+    except OSError as error:
+        reason = error.strerror or type(error).__name__
+        raise ConfigError("--from-file", f"cannot read {path}: {reason}") from None
+
+
+def _rejects_verdict(args: argparse.Namespace, rejected: int) -> int:
+    """``--fail-on-reject``: the rest was applied, but monitoring should see bad data."""
+    if args.fail_on_reject and rejected:
+        noun = "record was" if rejected == 1 else "records were"
+        print(f"regionsync: error: {rejected} {noun} rejected (--fail-on-reject)", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 
@@ -154,8 +189,114 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
             )
         )
     else:
-        _print_status(report, args.max_age, fresh)
+        _print_status(report, args.max_age, fresh, brief=args.quiet)
     return EXIT_OK if fresh else EXIT_FAILED
+
+
+def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.check import run_checks
+
+    failed = total = 0
+    for outcome in run_checks(settings):
+        total += 1
+        failed += not outcome.ok
+        if not (args.quiet and outcome.ok):
+            mark = "✓" if outcome.ok else "✗"
+            print(f"{mark} {outcome.name}: {terminal.clean(outcome.detail, limit=None)}")
+    if failed:
+        print(f"{failed} of {total} checks failed")
+        return EXIT_FAILED
+    print(f"all {total} checks passed")
+    return EXIT_OK
+
+
+def cmd_regions(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.browse import REGION_COLUMNS, regions
+
+    with _database(settings) as engine:
+        page = regions(
+            engine, state=args.state, hosting_region=args.hosting_region, limit=args.limit
+        )
+    shown: tuple[str, ...] = (
+        "id",
+        "display_name",
+        "carrier_enabled",
+        "hosting_region",
+        "updated_at",
+    )
+    if args.state in ("removed", "all"):
+        shown += ("removed_at",)
+    _print_page(args, page, REGION_COLUMNS, shown, noun="regions")
+    return EXIT_OK
+
+
+def cmd_changes(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.browse import CHANGE_COLUMNS, changes
+
+    with _database(settings) as engine:
+        page = changes(engine, since=args.since, region_id=args.region, limit=args.limit)
+    rows = [
+        {
+            **row,
+            "carrier_enabled": _transition(
+                row["carrier_enabled_before"], row["carrier_enabled_after"]
+            ),
+            "hosting_region": _transition(
+                row["hosting_region_before"], row["hosting_region_after"]
+            ),
+        }
+        for row in page.rows
+    ]
+    shown = (
+        "changed_at",
+        "change",
+        "region_id",
+        "display_name",
+        "carrier_enabled",
+        "hosting_region",
+        "sync_run_id",
+    )
+    _print_page(args, type(page)(rows, page.total), CHANGE_COLUMNS, shown, noun="changes")
+    return EXIT_OK
+
+
+def _transition(before: Any, after: Any) -> str:
+    text = [terminal.cell(before, limit=40) or "-", terminal.cell(after, limit=40) or "-"]
+    return text[1] if before == after else " -> ".join(text)
+
+
+def _print_page(
+    args: argparse.Namespace,
+    page: Any,
+    columns: Sequence[str],
+    shown: Sequence[str],
+    *,
+    noun: str,
+) -> None:
+    """A page of rows as a table, JSON or CSV; a cut list is reported on stderr."""
+    if args.json:
+        records = [{name: _json_value(row[name]) for name in columns} for row in page.rows]
+        print(json.dumps(records, indent=2))
+    elif getattr(args, "csv", False):
+        writer = csv.writer(sys.stdout, lineterminator="\n")
+        writer.writerow(columns)
+        for row in page.rows:
+            writer.writerow([terminal.csv_cell(row[name]) for name in columns])
+    elif not page.rows:
+        print(f"no {noun}")
+    else:
+        cells = [[terminal.cell(row[name]) for name in shown] for row in page.rows]
+        for line in terminal.table(shown, cells):
+            print(line)
+    if page.truncated:
+        print(
+            f"regionsync: showing {len(page.rows)} of {page.total} {noun}; use --limit for more",
+            file=sys.stderr,
+        )
+
+
+def _json_value(value: Any) -> Any:
+    return value.isoformat() if isinstance(value, datetime) else value
 
 
 def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
@@ -165,10 +306,17 @@ def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
-    from regionsync.schedule import next_fire_times
+    from regionsync.schedule import SEARCH_YEARS, next_fire_times
 
-    for moment in next_fire_times(settings, args.count):
+    moments = next_fire_times(settings, args.count)
+    for moment in moments:
         print(moment.isoformat())
+    if len(moments) < args.count:
+        print(
+            f"regionsync: only {len(moments)} fire time(s) of {settings.schedule!r} in the next "
+            f"{SEARCH_YEARS} years (a whole calendar cycle): it never fires after that",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
@@ -182,12 +330,18 @@ def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _print_status(report: Any, max_age: timedelta, fresh: bool) -> None:
+def _print_status(report: Any, max_age: timedelta, fresh: bool, *, brief: bool = False) -> None:
     age = report.last_success_age
     freshness = "never" if age is None else f"{format_duration(age)} ago"
     verdict = "fresh" if fresh else f"STALE (older than {format_duration(max_age)})"
     print(f"last success: {freshness} - {verdict}")
-    print(f"regions: {report.active_regions} active, {report.removed_regions} removed")
+    if brief:
+        return
+    failures = report.consecutive_failures
+    print(
+        f"regions: {report.active_regions} active, {report.removed_regions} removed"
+        + (f"; {failures} failed run(s) since the last success" if failures else "")
+    )
     _print_backlog(report)
     if not report.recent_runs:
         print("no runs yet")
@@ -242,6 +396,51 @@ def _positive(text: str) -> int:
     return int(text)
 
 
+def _since(text: str) -> datetime:
+    """``24h`` (that long ago) or an ISO 8601 time (UTC when it names no offset)."""
+    delta = parse_duration(text)
+    if delta is not None:
+        return datetime.now(UTC) - delta
+    try:
+        moment = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is neither a duration like 90m, 24h or 7d nor an ISO time "
+            "like 2026-11-27T06:00"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    """The options every command takes, before or after its name.
+
+    After the name they default to SUPPRESS, so that they do not undo what was given
+    before it (argparse's subparser defaults would overwrite it).
+    """
+    default: Any = {} if top else {"default": argparse.SUPPRESS}
+    parser.add_argument(
+        "--env-file",
+        type=Path,
+        metavar="PATH",
+        help="read settings from this .env-style file too (the environment wins)",
+        **({"default": None} if top else default),
+    )
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="print only the result and errors (log level WARNING)",
+        **({"default": False} if top else default),
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="log DEBUG lines too",
+        **({"default": False} if top else default),
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="regionsync",
@@ -250,13 +449,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Exit codes: 0 ok or skipped, 1 sync failed, 2 bad configuration or usage.",
     )
     parser.add_argument("--version", action="version", version=f"regionsync {__version__}")
-    parser.add_argument(
-        "--env-file",
-        type=Path,
-        metavar="PATH",
-        help="read settings from this .env-style file too (the environment wins)",
-    )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    _global_options(parser, top=True)
+    commands = _Commands(parser.add_subparsers(dest="command", required=True, metavar="COMMAND"))
 
     run = commands.add_parser(
         "run",
@@ -280,7 +474,64 @@ def build_parser() -> argparse.ArgumentParser:
         help="apply even if more than REGIONSYNC_MAX_REMOVAL_FRACTION of the active regions "
         "would be removed",
     )
+    run.add_argument(
+        "--fail-on-reject",
+        action="store_true",
+        help="exit 1 when any record was rejected (after applying the rest), for cron and "
+        "monitoring built on exit codes",
+    )
     run.set_defaults(handler=cmd_run)
+
+    check = commands.add_parser(
+        "check",
+        help="check the settings, database, schema, Kaleyra and metrics port; writes nothing",
+        description="Check that this deployment is ready: the settings and the schedule, the "
+        "database (and whether `regionsync migrate` is needed), Kaleyra with the configured "
+        "key (one GET), and the metrics port and webhook when set. One line per check; exit 0 "
+        "when all pass, 1 when any fails, 2 when a setting cannot be read. Writes nothing, "
+        "and never creates the embedded SQLite file.",
+    )
+    check.set_defaults(handler=cmd_check)
+
+    regions = commands.add_parser(
+        "regions",
+        help="the current regions as a table, JSON or CSV",
+        description="List the regions in the database, by display name: the present ones "
+        "unless a filter says otherwise. Control characters in names are shown escaped.",
+    )
+    states = regions.add_mutually_exclusive_group()
+    for state, text in (
+        ("enabled", "present regions with carrier_enabled"),
+        ("disabled", "present regions without carrier_enabled"),
+        ("removed", "regions absent from the API since their removed_at"),
+        ("all", "every region ever seen, present or removed"),
+    ):
+        states.add_argument(
+            f"--{state}", dest="state", action="store_const", const=state, help=text
+        )
+    regions.set_defaults(state="active")
+    regions.add_argument(
+        "--hosting-region", metavar="NAME", help="only regions hosted in NAME (exact match)"
+    )
+    _output_options(regions, csv_too=True, limit=1000)
+    regions.set_defaults(handler=cmd_regions)
+
+    changes = commands.add_parser(
+        "changes",
+        help="the history of changes, newest first",
+        description="List region_history rows, newest first, with each region's current "
+        "display name: added, changed (carrier_enabled or hosting_region), removed, restored.",
+    )
+    changes.add_argument(
+        "--since",
+        type=_since,
+        metavar="WHEN",
+        help="only changes since then: a duration back from now (90m, 24h, 7d) or an ISO "
+        "time (2026-11-27T06:00, UTC unless it gives an offset)",
+    )
+    changes.add_argument("--region", metavar="ID", help="only this region's changes")
+    _output_options(changes, csv_too=False, limit=100)
+    changes.set_defaults(handler=cmd_changes)
 
     migrate = commands.add_parser(
         "migrate",
@@ -449,6 +700,33 @@ def add_notifications_command(commands: Any) -> None:
     )
     notifications.add_argument("--retry", metavar="ID", help="deliver this one again now")
     notifications.set_defaults(handler=cmd_notifications)
+
+
+class _Commands:
+    """``add_subparsers()``, giving every command the global options too."""
+
+    def __init__(self, action: Any) -> None:
+        self._action = action
+
+    def add_parser(self, name: str, **options: Any) -> argparse.ArgumentParser:
+        parser: argparse.ArgumentParser = self._action.add_parser(name, **options)
+        if options.get("add_help", True):
+            _global_options(parser, top=False)
+        return parser
+
+
+def _output_options(parser: argparse.ArgumentParser, *, csv_too: bool, limit: int) -> None:
+    formats = parser.add_mutually_exclusive_group()
+    formats.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    if csv_too:
+        formats.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+    parser.add_argument(
+        "--limit",
+        type=_positive,
+        default=limit,
+        metavar="N",
+        help=f"show at most N rows (default {limit}); stderr says when there were more",
+    )
 
 
 __all__ = ["main"]

@@ -51,6 +51,7 @@ class DaemonMetrics:
         self._lock = threading.Lock()
         self._last_success_at: datetime | None = None
         self._failures = 0
+        self._report: StatusReport | None = None
         self.registry = CollectorRegistry()
         self._runs = Counter(
             "regionsync_sync_runs",
@@ -107,6 +108,7 @@ class DaemonMetrics:
     def record_status(self, report: StatusReport) -> None:
         """Take the region counts and the last success from what the database says."""
         with self._lock:
+            self._report = report
             self._last_success_at = report.last_success_at
             if report.last_success_at is not None:
                 self._last_success.set(report.last_success_at.timestamp())
@@ -120,18 +122,24 @@ class DaemonMetrics:
             return self._failures
 
     def health(self) -> tuple[bool, dict[str, Any]]:
-        """Whether the data is fresh, and the JSON body ``/healthz`` answers with."""
+        """Whether the data is fresh, and the JSON body ``/healthz`` answers with.
+
+        The database's facts carry the names of the ``sync_health`` view and of
+        ``regionsync status --json``, as of the last time the database answered.
+        """
         now = self._clock()
         with self._lock:
-            last, failures = self._last_success_at, self._failures
+            last, report = self._last_success_at, self._report
         age = None if last is None else (now - last).total_seconds()
         fresh = age is not None and age < self.max_age.total_seconds()
         body = {
             "status": "ok" if fresh else "stale",
             "last_success_at": None if last is None else last.isoformat(),
-            "age_seconds": None if age is None else round(age, 3),
+            "last_success_age_seconds": None if age is None else round(age, 3),
             "max_age_seconds": self.max_age.total_seconds(),
-            "consecutive_failures": failures,
+            "consecutive_failures": report.consecutive_failures if report else 0,
+            "active_regions": report.active_regions if report else None,
+            "removed_regions": report.removed_regions if report else None,
             "checked_at": now.isoformat(),
             **self.notifications.health(now),
         }

@@ -1,4 +1,7 @@
-"""What ``regionsync status`` reports: recent runs, region counts, and data freshness."""
+"""What ``regionsync status`` reports: recent runs, region counts, and data freshness.
+
+The JSON names are those of the ``sync_health`` view (and ``/healthz``), for the same facts.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +28,9 @@ class StatusReport:
     last_success_at: datetime | None
     checked_at: datetime
     deliveries: outbox.Backlog | None = None
+    #: Failed runs since the last success (all of them when none), as ``sync_health``
+    #: counts them: skipped runs count neither way.
+    consecutive_failures: int = 0
 
     @property
     def last_success_age(self) -> timedelta | None:
@@ -45,6 +51,7 @@ class StatusReport:
             "active_regions": self.active_regions,
             "removed_regions": self.removed_regions,
             **(self.deliveries.as_json(self.checked_at) if self.deliveries else {}),
+            "consecutive_failures": self.consecutive_failures,
             "recent_runs": [
                 {k: v.isoformat() if isinstance(v, datetime) else v for k, v in run.items()}
                 for run in self.recent_runs
@@ -66,6 +73,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
             sa.select(sa.func.max(runs.runs.c.finished_at)).where(runs.runs.c.status == "succeeded")
         ).scalar_one()
         deliveries = outbox.backlog(connection)
+        failures = connection.execute(_consecutive_failures()).scalar_one()
     return StatusReport(
         recent_runs=recent,
         active_regions=active,
@@ -73,4 +81,19 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
         last_success_at=last_success,
         checked_at=runs.now(),
         deliveries=deliveries,
+        consecutive_failures=failures,
+    )
+
+
+def _consecutive_failures() -> sa.Select[Any]:
+    table = runs.runs
+    last_success = (
+        sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0))
+        .where(table.c.status == "succeeded")
+        .scalar_subquery()
+    )
+    return (
+        sa.select(sa.func.count())
+        .select_from(table)
+        .where(table.c.status == "failed", table.c.id > last_success)
     )

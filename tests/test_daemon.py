@@ -289,7 +289,7 @@ def test_daemon_syncs_on_schedule_serves_health_and_metrics_and_stops_on_sigterm
     status, health = daemon.health()
     assert status == 200, health
     assert health["status"] == "ok"
-    assert 0 <= health["age_seconds"] < health["max_age_seconds"] == 3.0
+    assert 0 <= health["last_success_age_seconds"] < health["max_age_seconds"] == 3.0
     assert health["consecutive_failures"] == 0
     last_success = datetime.fromisoformat(health["last_success_at"])
     assert last_success in {r["finished_at"] for r in runs(pg_engine)}
@@ -325,7 +325,7 @@ def test_daemon_keeps_going_through_an_api_outage_and_picks_up_changes(
     daemon.wait_until(lambda: daemon.health()[0] == 503, "/healthz to go stale", timeout=10)
     health = daemon.health()[1]
     assert health["status"] == "stale"
-    assert health["age_seconds"] >= health["max_age_seconds"] == 3.0
+    assert health["last_success_age_seconds"] >= health["max_age_seconds"] == 3.0
     assert health["consecutive_failures"] >= 2
     metrics = daemon.metrics()
     assert metrics["regionsync_consecutive_failures"] >= 2
@@ -515,13 +515,16 @@ class Clock:
         return self.now
 
 
-def report(last_success_at: datetime | None, *, active: int = 7, removed: int = 2) -> StatusReport:
+def report(
+    last_success_at: datetime | None, *, active: int = 7, removed: int = 2, failures: int = 0
+) -> StatusReport:
     return StatusReport(
         recent_runs=[],
         active_regions=active,
         removed_regions=removed,
         last_success_at=last_success_at,
         checked_at=last_success_at or datetime.now(UTC),
+        consecutive_failures=failures,
     )
 
 
@@ -549,18 +552,21 @@ def test_healthz_is_503_before_any_success_then_200_while_fresh_then_503(
     assert json.loads(body) == {
         "status": "ok",
         "last_success_at": "2024-03-01T11:50:00+00:00",
-        "age_seconds": 600.0,
+        "last_success_age_seconds": 600.0,
         "max_age_seconds": 2700.0,
         "consecutive_failures": 0,
+        "active_regions": 7,
+        "removed_regions": 2,
         "checked_at": "2024-03-01T12:00:00+00:00",
     }
 
     metrics.record_run("failed", 0.5)
+    metrics.record_status(report(clock.now - timedelta(minutes=10), failures=1))
     clock.now += timedelta(minutes=35)
     status, _, body = http_get(port, "/healthz")
     assert status == 503
     assert json.loads(body)["status"] == "stale"
-    assert json.loads(body)["age_seconds"] == 2700.0
+    assert json.loads(body)["last_success_age_seconds"] == 2700.0
     assert json.loads(body)["consecutive_failures"] == 1
 
 
