@@ -1,33 +1,80 @@
-"""The command line as users meet it: exit codes, one-line messages, no tracebacks, no secrets."""
+"""The command line as users meet it: exit codes, one-line messages, no tracebacks, no secrets.
+
+Most tests call ``cli.main(argv)`` in-process and read what it printed; subprocesses are
+kept for ``python -m regionsync`` itself, locks, kills and concurrency.
+"""
 
 from __future__ import annotations
 
 import fcntl
+import itertools
 import json
+import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
+import structlog
 from sqlalchemy.engine import URL
 
+from regionsync import cli
 from regionsync.fakeapi import FakeKaleyra
 from tests.sources import body, region
 
 SAMPLE = Path(__file__).resolve().parents[1] / "regionsync" / "samples" / "regions.json"
 KEY = "live-key-0c9f3b8497f58a94e84b"
 PASSWORD = "db-pass-w0rd-77"
+SCRUBBED = ("KALEYRA_", "REGIONSYNC_")
 
 
-def cli(
+@dataclass
+class Done:
+    """What one command did: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+Invoke = Callable[..., Done]
+
+
+@pytest.fixture
+def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Invoke]:
+    """``invoke(*args, env={...})``: ``regionsync ARGS`` in-process, in a clean environment."""
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+
+    def run(*args: str, env: dict[str, str] | None = None) -> Done:
+        for name in list(os.environ):
+            if name.startswith(SCRUBBED) or name == "DATABASE_URL":
+                monkeypatch.delenv(name)
+        for name, value in {"REGIONSYNC_LOG_FORMAT": "json", **(env or {})}.items():
+            monkeypatch.setenv(name, value)
+        capsys.readouterr()
+        try:
+            code = cli.main(list(args))
+        except SystemExit as exit_:  # argparse's usage errors
+            code = int(exit_.code or 0)
+        out, err = capsys.readouterr()
+        return Done(code, out, err)
+
+    yield run
+    root.handlers[:], root.level = handlers, level
+    structlog.reset_defaults()
+
+
+def subprocess_cli(
     *args: str, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
     base.pop("DATABASE_URL", None)
     return subprocess.run(
         [sys.executable, "-m", "regionsync", *args],
@@ -40,7 +87,7 @@ def cli(
     )
 
 
-def assert_one_line_error(done: subprocess.CompletedProcess[str], code: int, *needles: str) -> None:
+def assert_one_line_error(done: Any, code: int, *needles: str) -> None:
     assert done.returncode == code, (done.stdout, done.stderr)
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("regionsync: error:")]
@@ -63,135 +110,21 @@ def url_env(url: URL) -> dict[str, str]:
     return {"REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False)}
 
 
-def test_quick_start_on_the_embedded_database(home: dict[str, str], tmp_path: Path) -> None:
-    done = cli("migrate", env=home, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert "migrated: empty ->" in done.stdout
-    assert "is up to date" in cli("migrate", env=home).stdout
-    done = cli("run", "--from-file", str(SAMPLE), env=home, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr
-    assert done.stdout.startswith("run 1 succeeded")
-    events = log_events(done.stderr)
-    names = [e["event"] for e in events]
-    assert names[0] == "database.embedded"
-    assert events[0]["path"] == str(tmp_path / "data" / "regionsync" / "regionsync.db")
-    assert {"sync.started", "fetch.finished", "region.added", "sync.finished"} <= set(names)
-    assert all(e["run_id"] == 1 for e in events if e["event"] != "database.embedded")
-    finished = next(e for e in events if e["event"] == "sync.finished")
-    assert finished["added"] == finished["fetched"] - finished["rejected"] > 0
-    assert (tmp_path / "data" / "regionsync" / "regionsync.db").is_file()
-
-    status = cli("status", "--json", env=home)
-    assert status.returncode == 0, status.stderr
-    report = json.loads(status.stdout)
-    assert report["fresh"] is True
-    assert report["active_regions"] == finished["added"]
-    assert report["recent_runs"][0]["status"] == "succeeded"
-
-
-def test_unmigrated_database_is_refused(home: dict[str, str]) -> None:
-    for args in (("run", "--from-file", str(SAMPLE)), ("status",)):
-        assert_one_line_error(cli(*args, env=home), 2, "run `regionsync migrate`")
-
-
-@pytest.mark.parametrize(
-    ("env", "setting"),
-    [
-        ({"REGIONSYNC_MAX_REMOVAL_FRACTION": "lots"}, "REGIONSYNC_MAX_REMOVAL_FRACTION"),
-        ({"KALEYRA_BASE_URL": "http://kaleyra.example.com"}, "KALEYRA_BASE_URL"),
-        ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
-    ],
-)
-def test_bad_setting_exits_2_naming_it(
-    home: dict[str, str], env: dict[str, str], setting: str
-) -> None:
-    assert_one_line_error(cli("run", env={**home, **env}), 2, setting)
-
-
-def test_api_run_without_kaleyra_settings_names_the_missing_one(home: dict[str, str]) -> None:
-    cli("migrate", env=home)
-    assert_one_line_error(cli("run", env=home), 2, "KALEYRA_SID")
-
-
-def test_usage_error_exits_2(home: dict[str, str]) -> None:
-    done = cli("status", "--max-age", "soon", env=home)
-    assert done.returncode == 2
-    assert "Traceback" not in done.stderr
-
-
-def test_bad_file_fails_with_one_line(home: dict[str, str], tmp_path: Path) -> None:
-    cli("migrate", env=home)
-    broken = tmp_path / "broken.json"
-    broken.write_text('{"code": "RCS902", "data": [')
-    assert_one_line_error(cli("run", "--from-file", str(broken), env=home), 1)
-    missing = tmp_path / "missing.json"
-    assert_one_line_error(cli("run", "--from-file", str(missing), env=home), 1, "missing.json")
+def table_counts(url: URL) -> dict[str, int]:
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            return {
+                name: c.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one()
+                for name in ("regions", "region_history", "sync_runs")
+            }
+    finally:
+        engine.dispose()
 
 
 def _write(path: Path, records: list[Any]) -> Path:
     path.write_text(json.dumps(body(records)))
     return path
-
-
-def test_mass_removal_exits_1_and_the_flag_overrides(db_url: URL, tmp_path: Path) -> None:
-    env = url_env(db_url)
-    assert (
-        cli(
-            "run",
-            "--from-file",
-            str(_write(tmp_path / "a.json", [region(x) for x in "abc"])),
-            env=env,
-        ).returncode
-        == 0
-    )
-    smaller = _write(tmp_path / "b.json", [region("a")])
-    assert_one_line_error(
-        cli("run", "--from-file", str(smaller), env=env), 1, "--allow-mass-removal"
-    )
-    done = cli("run", "--from-file", str(smaller), "--allow-mass-removal", env=env)
-    assert done.returncode == 0, done.stderr
-    assert "removed 2" in done.stdout
-
-
-def test_dry_run_prints_changes_and_writes_nothing(db_url: URL, tmp_path: Path) -> None:
-    env = url_env(db_url)
-    cli("run", "--from-file", str(_write(tmp_path / "a.json", [region("a"), region("b")])), env=env)
-    changed = _write(tmp_path / "b.json", [region("a", enabled=False), region("b"), region("c")])
-    engine = sa.create_engine(db_url)
-    count = "SELECT (SELECT count(*) FROM sync_runs), (SELECT count(*) FROM region_history)"
-    with engine.connect() as c:
-        before = c.execute(sa.text(count)).one()
-    done = cli("run", "--dry-run", "--from-file", str(changed), env=env)
-    assert done.returncode == 0, done.stderr
-    assert "dry run, nothing written" in done.stdout
-    assert "changed  a  carrier_enabled: True -> False" in done.stdout
-    assert "added    c" in done.stdout
-    with engine.connect() as c:
-        assert c.execute(sa.text(count)).one() == before
-    engine.dispose()
-
-
-def test_status_exit_code_follows_freshness(db_url: URL, tmp_path: Path) -> None:
-    env = url_env(db_url)
-    assert cli("status", env=env).returncode == 1  # never succeeded
-    cli("run", "--from-file", str(SAMPLE), env=env)
-    done = cli("status", env=env)
-    assert done.returncode == 0, done.stderr
-    assert "fresh" in done.stdout
-    assert "succeeded" in done.stdout
-    shift = (
-        "UPDATE sync_runs SET finished_at = finished_at - interval '4 hours'"
-        if db_url.get_backend_name() == "postgresql"
-        else "UPDATE sync_runs SET finished_at = datetime(finished_at, '-4 hours')"
-    )
-    engine = sa.create_engine(db_url)
-    with engine.begin() as c:
-        c.execute(sa.text(shift))
-    engine.dispose()
-    stale = cli("status", env=env)
-    assert stale.returncode == 1
-    assert "STALE" in stale.stdout
-    assert cli("status", "--max-age", "5h", env=env).returncode == 0
 
 
 @pytest.fixture
@@ -204,18 +137,197 @@ def kaleyra_env(fake: FakeKaleyra, key: str = KEY) -> dict[str, str]:
     return {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": "ACME42", "KALEYRA_API_KEY": key}
 
 
+# python -m regionsync, as a new user runs it ---------------------------------------------
+
+
+def test_quick_start_on_the_embedded_database(home: dict[str, str], tmp_path: Path) -> None:
+    done = subprocess_cli("migrate", env=home, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "migrated: empty ->" in done.stdout
+    assert "is up to date" in subprocess_cli("migrate", env=home).stdout
+    done = subprocess_cli("run", "--from-file", str(SAMPLE), env=home, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("run 1 succeeded")
+    events = log_events(done.stderr)
+    names = [e["event"] for e in events]
+    assert names[0] == "database.embedded"
+    assert events[0]["path"] == str(tmp_path / "data" / "regionsync" / "regionsync.db")
+    assert {"sync.started", "fetch.finished", "region.added", "sync.finished"} <= set(names)
+    assert all(e["run_id"] == 1 for e in events if e["event"] != "database.embedded")
+    finished = next(e for e in events if e["event"] == "sync.finished")
+    assert finished["added"] == finished["fetched"] - finished["rejected"] > 0
+    assert (tmp_path / "data" / "regionsync" / "regionsync.db").is_file()
+
+    status = subprocess_cli("status", "--json", env=home)
+    assert status.returncode == 0, status.stderr
+    report = json.loads(status.stdout)
+    assert report["fresh"] is True
+    assert report["active_regions"] == finished["added"]
+    assert report["recent_runs"][0]["status"] == "succeeded"
+
+
+# Usage and configuration errors ------------------------------------------------------------
+
+
+def test_unmigrated_database_is_refused(invoke: Invoke, home: dict[str, str]) -> None:
+    for args in (("run", "--from-file", str(SAMPLE)), ("status",), ("regions",), ("changes",)):
+        assert_one_line_error(invoke(*args, env=home), 2, "run `regionsync migrate`")
+
+
+@pytest.mark.parametrize(
+    ("env", "setting"),
+    [
+        ({"REGIONSYNC_MAX_REMOVAL_FRACTION": "lots"}, "REGIONSYNC_MAX_REMOVAL_FRACTION"),
+        ({"KALEYRA_BASE_URL": "http://kaleyra.example.com"}, "KALEYRA_BASE_URL"),
+        ({"DATABASE_URL": "mysql://x@y/z"}, "DATABASE_URL"),
+    ],
+)
+def test_bad_setting_exits_2_naming_it(
+    invoke: Invoke, home: dict[str, str], env: dict[str, str], setting: str
+) -> None:
+    assert_one_line_error(invoke("run", env={**home, **env}), 2, setting)
+    assert_one_line_error(invoke("check", env={**home, **env}), 2, setting)
+
+
+def test_api_run_without_kaleyra_settings_names_the_missing_one(
+    invoke: Invoke, home: dict[str, str]
+) -> None:
+    invoke("migrate", env=home)
+    assert_one_line_error(invoke("run", env=home), 2, "KALEYRA_SID")
+
+
+def test_usage_error_exits_2(invoke: Invoke, home: dict[str, str]) -> None:
+    for args in (
+        ("status", "--max-age", "soon"),
+        ("changes", "--since", "yesterday"),
+        ("regions", "--enabled", "--removed"),
+        ("regions", "--json", "--csv"),
+        ("-q", "status", "-v"),
+    ):
+        done = invoke(*args, env=home)
+        assert done.returncode == 2, args
+        assert "Traceback" not in done.stderr
+
+
+def test_env_file_is_read_before_or_after_the_command(
+    invoke: Invoke, tmp_path: Path, home: dict[str, str]
+) -> None:
+    env_file = tmp_path / "regionsync.env"
+    env_file.write_text("REGIONSYNC_SCHEDULE=0 6 * * 7\nREGIONSYNC_TIMEZONE=Europe/Berlin\n")
+    before = invoke("--env-file", str(env_file), "schedule", "--count", "2", env=home)
+    after = invoke("schedule", "--count", "2", "--env-file", str(env_file), env=home)
+    assert before.returncode == after.returncode == 0, (before.stderr, after.stderr)
+    assert before.stdout == after.stdout
+    assert [line[10:] for line in after.stdout.splitlines()] == ["T06:00:00+01:00"] * 2
+    missing = invoke("status", "--env-file", str(tmp_path / "nope.env"), env=home)
+    assert_one_line_error(missing, 2, "--env-file", "nope.env")
+
+
+def test_missing_from_file_is_a_usage_error_with_no_run_row(
+    invoke: Invoke, db_url: URL, tmp_path: Path
+) -> None:
+    env = url_env(db_url)
+    for path in (tmp_path / "missing.json", tmp_path):
+        for extra in ((), ("--dry-run",)):
+            done = invoke("run", *extra, "--from-file", str(path), env=env)
+            assert_one_line_error(done, 2, "--from-file", str(path))
+    assert table_counts(db_url)["sync_runs"] == 0
+
+
+def test_bad_file_fails_with_one_line(invoke: Invoke, home: dict[str, str], tmp_path: Path) -> None:
+    invoke("migrate", env=home)
+    broken = tmp_path / "broken.json"
+    broken.write_text('{"code": "RCS902", "data": [')
+    assert_one_line_error(invoke("run", "--from-file", str(broken), env=home), 1, "broken.json")
+
+
+# run ------------------------------------------------------------------------------------
+
+
+def test_mass_removal_exits_1_and_the_flag_overrides(
+    invoke: Invoke, db_url: URL, tmp_path: Path
+) -> None:
+    env = url_env(db_url)
+    first = _write(tmp_path / "a.json", [region(x) for x in "abc"])
+    assert invoke("run", "--from-file", str(first), env=env).returncode == 0
+    smaller = _write(tmp_path / "b.json", [region("a")])
+    assert_one_line_error(
+        invoke("run", "--from-file", str(smaller), env=env), 1, "--allow-mass-removal"
+    )
+    done = invoke("run", "--from-file", str(smaller), "--allow-mass-removal", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "removed 2" in done.stdout
+
+
+def test_dry_run_prints_changes_and_writes_nothing(
+    invoke: Invoke, db_url: URL, tmp_path: Path
+) -> None:
+    env = url_env(db_url)
+    invoke(
+        "run", "--from-file", str(_write(tmp_path / "a.json", [region("a"), region("b")])), env=env
+    )
+    changed = _write(tmp_path / "b.json", [region("a", enabled=False), region("b"), region("c")])
+    before = table_counts(db_url)
+    done = invoke("run", "--dry-run", "--from-file", str(changed), env=env)
+    assert done.returncode == 0, done.stderr
+    assert "dry run, nothing written" in done.stdout
+    assert "changed  a  carrier_enabled: True -> False" in done.stdout
+    assert "added    c" in done.stdout
+    assert table_counts(db_url) == before
+
+
+def test_fail_on_reject_exits_1_after_applying_the_rest(
+    invoke: Invoke, db_url: URL, tmp_path: Path
+) -> None:
+    env = url_env(db_url)
+    mixed = _write(
+        tmp_path / "m.json", [region("a"), region("b"), region("c", carrier_enabled="y")]
+    )
+    lenient = invoke("run", "--dry-run", "--from-file", str(mixed), env=env)
+    assert lenient.returncode == 0, lenient.stderr
+    dry = invoke("run", "--dry-run", "--fail-on-reject", "--from-file", str(mixed), env=env)
+    assert_one_line_error(dry, 1, "1 record was rejected (--fail-on-reject)")
+    done = invoke("run", "--fail-on-reject", "--from-file", str(mixed), env=env)
+    assert_one_line_error(done, 1, "1 record was rejected (--fail-on-reject)")
+    assert "succeeded" in done.stdout
+    assert "added 2" in done.stdout
+    assert table_counts(db_url)["regions"] == 2
+    clean = _write(tmp_path / "c.json", [region("a"), region("b")])
+    assert invoke("run", "--fail-on-reject", "--from-file", str(clean), env=env).returncode == 0
+
+
+def test_quiet_prints_only_the_result_and_verbose_adds_debug(
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+) -> None:
+    env = {**url_env(pg_url), **kaleyra_env(fake)}
+    quiet = invoke("-q", "run", env=env)
+    assert quiet.returncode == 0, quiet.stderr
+    assert quiet.stdout.startswith("run 1 succeeded")
+    assert quiet.stderr == ""
+    assert invoke("run", "--quiet", env=env).stderr == ""
+    normal = invoke("run", env=env)
+    levels = {e["level"] for e in log_events(normal.stderr)}
+    assert "info" in levels
+    assert "debug" not in levels
+    verbose = invoke("run", "-v", env=env)
+    assert "fetch.attempt" in [e["event"] for e in log_events(verbose.stderr)]
+    status = invoke("status", "-q", env=env)
+    assert status.stdout.splitlines() == [status.stdout.splitlines()[0]]
+    assert status.stdout.startswith("last success: ")
+
+
 def test_api_run_and_secrets_stay_secret(
-    pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
 ) -> None:
     url = pg_url.set(password=PASSWORD)
     env = {**url_env(url), **kaleyra_env(fake)}
-    done = cli("run", env=env)
+    done = invoke("run", env=env)
     assert done.returncode == 0, done.stderr
     assert fake.requests[-1].headers["api-key"] == KEY
-    bad = cli("run", env={**env, "KALEYRA_API_KEY": KEY + "-wrong"})
+    bad = invoke("run", env={**env, "KALEYRA_API_KEY": KEY + "-wrong"})
     assert_one_line_error(bad, 1, "401")
     fake.fail("rcs601")
-    assert_one_line_error(cli("run", env=env), 1, "RCS601")
+    assert_one_line_error(invoke("run", env=env), 1, "RCS601")
     for output in (done.stdout, done.stderr, bad.stdout, bad.stderr):
         assert KEY not in output
         assert PASSWORD not in output
@@ -230,12 +342,12 @@ def test_api_run_and_secrets_stay_secret(
 
 
 def test_run_finding_the_lock_held_exits_0_as_skipped(home: dict[str, str], tmp_path: Path) -> None:
-    cli("migrate", env=home)
+    subprocess_cli("migrate", env=home)
     lock_file = tmp_path / "data" / "regionsync" / "regionsync.db.lock"
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
-        done = cli("run", "--from-file", str(SAMPLE), env=home)
+        done = subprocess_cli("run", "--from-file", str(SAMPLE), env=home)
     finally:
         os.close(fd)
     assert done.returncode == 0, done.stderr
@@ -246,12 +358,12 @@ def test_run_finding_the_lock_held_exits_0_as_skipped(home: dict[str, str], tmp_
 def test_concurrent_runs_apply_once(pg_url: URL, pg_engine: sa.Engine, tmp_path: Path) -> None:
     env = url_env(pg_url)
     first = _write(tmp_path / "1.json", [region(f"r{i}") for i in range(200)])
-    assert cli("run", "--from-file", str(first), env=env).returncode == 0
+    assert subprocess_cli("run", "--from-file", str(first), env=env).returncode == 0
     changed = _write(
         tmp_path / "2.json",
         [region(f"r{i}", enabled=i % 2 == 0) for i in range(150)] + [region("new")],
     )
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "regionsync", "run", "--from-file", str(changed)],
@@ -292,11 +404,11 @@ def test_concurrent_runs_apply_once(pg_url: URL, pg_engine: sa.Engine, tmp_path:
 
 
 def test_a_killed_run_is_closed_as_abandoned_by_the_next(
-    pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
 ) -> None:
     env = {**url_env(pg_url), **kaleyra_env(fake)}
     fake.fail("slow:30", times=1)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
     victim = subprocess.Popen(
         [sys.executable, "-m", "regionsync", "run"],
         env={**base, **env},
@@ -312,7 +424,7 @@ def test_a_killed_run_is_closed_as_abandoned_by_the_next(
         victim.kill()
         victim.wait()
     fake.clear_faults()
-    done = cli("run", env=env)
+    done = invoke("run", env=env)
     assert done.returncode == 0, done.stderr
     with pg_engine.connect() as c:
         runs = c.execute(sa.text("SELECT status, error FROM sync_runs ORDER BY id")).all()
@@ -321,9 +433,72 @@ def test_a_killed_run_is_closed_as_abandoned_by_the_next(
     assert runs[1][0] == "succeeded"
 
 
-def test_grant_readonly_from_the_command_line(pg_url: URL, pg_engine: sa.Engine) -> None:
+# status, schedule, grant-readonly --------------------------------------------------------
+
+
+def test_status_exit_code_follows_freshness(invoke: Invoke, db_url: URL) -> None:
+    env = url_env(db_url)
+    assert invoke("status", env=env).returncode == 1  # never succeeded
+    invoke("run", "--from-file", str(SAMPLE), env=env)
+    done = invoke("status", env=env)
+    assert done.returncode == 0, done.stderr
+    assert "fresh" in done.stdout
+    assert "succeeded" in done.stdout
+    shift = (
+        "UPDATE sync_runs SET finished_at = finished_at - interval '4 hours'"
+        if db_url.get_backend_name() == "postgresql"
+        else "UPDATE sync_runs SET finished_at = datetime(finished_at, '-4 hours')"
+    )
+    engine = sa.create_engine(db_url)
+    with engine.begin() as c:
+        c.execute(sa.text(shift))
+    engine.dispose()
+    stale = invoke("status", env=env)
+    assert stale.returncode == 1
+    assert "STALE" in stale.stdout
+    assert invoke("status", "--max-age", "5h", env=env).returncode == 0
+
+
+def test_status_json_counts_consecutive_failures(
+    invoke: Invoke, db_url: URL, tmp_path: Path
+) -> None:
+    env = url_env(db_url)
+    good = _write(tmp_path / "good.json", [region("a")])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    assert json.loads(invoke("status", "--json", env=env).stdout)["consecutive_failures"] == 0
+    for source in (broken, good, broken, broken):
+        invoke("run", "--from-file", str(source), env=env)
+    report = json.loads(invoke("status", "--json", env=env).stdout)
+    assert report["consecutive_failures"] == 2
+    assert "2 failed run(s) since the last success" in invoke("status", env=env).stdout
+
+
+def test_schedule_prints_as_many_times_as_asked_past_2100(invoke: Invoke) -> None:
+    done = invoke("schedule", "--count", "5", env={"REGIONSYNC_SCHEDULE": "0 0 29 2 */7"})
+    assert done.returncode == 0, done.stderr
+    years = [int(line[:4]) for line in done.stdout.splitlines()]
+    assert len(years) == 5
+    assert 40 in {b - a for a, b in itertools.pairwise(years)}  # 2088 to 2128, past 2100
+
+
+def test_schedule_says_why_it_prints_fewer_times(
+    invoke: Invoke, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from regionsync import schedule
+
+    monkeypatch.setattr(schedule, "SEARCH_DAYS", 366 * 20)  # less than 2032 to 2060
+    done = invoke("schedule", "--count", "5", env={"REGIONSYNC_SCHEDULE": "0 0 29 2 */7"})
+    assert done.returncode == 0
+    assert 0 < len(done.stdout.splitlines()) < 5
+    assert "fire time(s) of '0 0 29 2 */7' in the next 400 years" in done.stderr
+
+
+def test_grant_readonly_from_the_command_line(
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine
+) -> None:
     env = url_env(pg_url)
-    assert_one_line_error(cli("grant-readonly", "nobody_here", env=env), 2, "ROLE")
-    printed = cli("grant-readonly", "bi", "--print", env=env)
+    assert_one_line_error(invoke("grant-readonly", "nobody_here", env=env), 2, "ROLE")
+    printed = invoke("grant-readonly", "bi", "--print", env=env)
     assert printed.returncode == 0
     assert 'GRANT SELECT ON ALL TABLES IN SCHEMA "public" TO "bi";' in printed.stdout
