@@ -126,9 +126,14 @@ def _read_only(settings: Settings) -> Iterator[sa.Connection]:
 
 
 def _sqlite_read_only(path: Path) -> Any:
+    """Read only, creating no file: a reader of a WAL database makes ``-wal`` and ``-shm``
+    files unless they exist. Without them every commit is in the main file, which is then
+    safe to read as ``immutable``."""
     import sqlite3
 
-    return sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True, check_same_thread=False)
+    in_use = path.with_name(path.name + "-wal").exists()
+    query = "mode=ro" if in_use else "mode=ro&immutable=1"
+    return sqlite3.connect(f"{path.as_uri()}?{query}", uri=True, check_same_thread=False)
 
 
 def _server_version(connection: sa.Connection) -> str:
@@ -165,6 +170,7 @@ def _metrics(settings: Settings) -> Outcome:
     try:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the daemon binds
             probe.bind((host, port))
     except OSError as error:
         reason = error.strerror or str(error)

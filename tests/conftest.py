@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
 from regionsync.schema import migrate
+from tests.cli_support import invoke as invoke  # the in-process CLI fixture
 from tests.support import TABLES, create_pg_database, drop_pg_database, settings_for
 
 

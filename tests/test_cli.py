@@ -9,66 +9,31 @@ from __future__ import annotations
 import fcntl
 import itertools
 import json
-import logging
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL
 
-from regionsync import cli
 from regionsync.fakeapi import FakeKaleyra
+from tests.cli_support import (
+    SCRUBBED,
+    Invoke,
+    assert_one_line_error,
+    table_counts,
+    url_env,
+)
 from tests.sources import body, region
 
 SAMPLE = Path(__file__).resolve().parents[1] / "regionsync" / "samples" / "regions.json"
 KEY = "live-key-0c9f3b8497f58a94e84b"
 PASSWORD = "db-pass-w0rd-77"
-SCRUBBED = ("KALEYRA_", "REGIONSYNC_")
-
-
-@dataclass
-class Done:
-    """What one command did: its exit code and what it printed."""
-
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-Invoke = Callable[..., Done]
-
-
-@pytest.fixture
-def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Invoke]:
-    """``invoke(*args, env={...})``: ``regionsync ARGS`` in-process, in a clean environment."""
-    root = logging.getLogger()
-    handlers, level = root.handlers[:], root.level
-
-    def run(*args: str, env: dict[str, str] | None = None) -> Done:
-        for name in list(os.environ):
-            if name.startswith(SCRUBBED) or name == "DATABASE_URL":
-                monkeypatch.delenv(name)
-        for name, value in {"REGIONSYNC_LOG_FORMAT": "json", **(env or {})}.items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exit_:  # argparse's usage errors
-            code = int(exit_.code or 0)
-        out, err = capsys.readouterr()
-        return Done(code, out, err)
-
-    yield run
-    root.handlers[:], root.level = handlers, level
-    structlog.reset_defaults()
 
 
 def subprocess_cli(
@@ -87,15 +52,6 @@ def subprocess_cli(
     )
 
 
-def assert_one_line_error(done: Any, code: int, *needles: str) -> None:
-    assert done.returncode == code, (done.stdout, done.stderr)
-    assert "Traceback" not in done.stderr
-    errors = [line for line in done.stderr.splitlines() if line.startswith("regionsync: error:")]
-    assert len(errors) == 1, done.stderr
-    for needle in needles:
-        assert needle in errors[0]
-
-
 def log_events(stderr: str) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
@@ -104,22 +60,6 @@ def log_events(stderr: str) -> list[dict[str, Any]]:
 def home(tmp_path: Path) -> dict[str, str]:
     """No database configured: the embedded SQLite file under a private XDG_DATA_HOME."""
     return {"XDG_DATA_HOME": str(tmp_path / "data")}
-
-
-def url_env(url: URL) -> dict[str, str]:
-    return {"REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False)}
-
-
-def table_counts(url: URL) -> dict[str, int]:
-    engine = sa.create_engine(url)
-    try:
-        with engine.connect() as c:
-            return {
-                name: c.execute(sa.text(f"SELECT count(*) FROM {name}")).scalar_one()
-                for name in ("regions", "region_history", "sync_runs")
-            }
-    finally:
-        engine.dispose()
 
 
 def _write(path: Path, records: list[Any]) -> Path:
