@@ -42,6 +42,8 @@ class Outcome:
 
 def run_checks(settings: Settings) -> Iterator[Outcome]:
     """Each check in turn; the database checks stop at the first that fails."""
+    source = "embedded SQLite" if settings.embedded_database else settings.database_display
+    yield Outcome("settings", True, f"all valid (database: {source})")
     yield _schedule(settings)
     yield from _database(settings)
     yield _kaleyra(settings)

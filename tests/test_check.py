@@ -10,9 +10,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from regionsync.check import run_checks
 from regionsync.fakeapi import FakeKaleyra
+from regionsync.settings import Settings
 from tests.cli_support import Invoke, table_counts, url_env
 from tests.sources import region
+from tests.support import settings_for
 
 KEY = "check-key-5d1e0a7b93"
 
@@ -54,6 +57,7 @@ def test_everything_passes_on_a_ready_deployment_and_nothing_is_written(
     done = invoke("check", env=env)
     assert done.returncode == 0, (done.stdout, done.stderr)
     assert marks(done.stdout) == {
+        "settings": "✓",
         "schedule": "✓",
         "database": "✓",
         "schema": "✓",
@@ -63,7 +67,7 @@ def test_everything_passes_on_a_ready_deployment_and_nothing_is_written(
     assert "PostgreSQL" in done.stdout
     assert "the latest" in done.stdout
     assert "2 regions, 1 rejected" in done.stdout
-    assert done.stdout.splitlines()[-1] == "all 5 checks passed"
+    assert done.stdout.splitlines()[-1] == "all 6 checks passed"
     assert [r.method for r in fake.requests] == ["GET"]
     assert table_counts(pg_url) == before == {"regions": 0, "region_history": 0, "sync_runs": 0}
     assert KEY not in done.stdout + done.stderr
@@ -86,6 +90,7 @@ def test_failures_are_named_one_line_each_and_exit_1(
         quiet = invoke("check", "-q", env=env)
     assert done.returncode == 1
     assert marks(done.stdout) == {
+        "settings": "✓",
         "schedule": "✓",
         "database": "✓",
         "schema": "✓",
@@ -98,7 +103,7 @@ def test_failures_are_named_one_line_each_and_exit_1(
     assert any(
         line.startswith("✗ metrics: cannot listen on ") and f":{port}: " in line for line in lines
     )
-    assert lines[-1] == "2 of 5 checks failed"
+    assert lines[-1] == "2 of 6 checks failed"
     assert "wrong-key" not in done.stdout + done.stderr
     assert [line[:1] for line in quiet.stdout.splitlines()] == ["✗", "✗", "2"]
 
@@ -122,7 +127,12 @@ def test_an_unreachable_database_and_no_kaleyra_settings(invoke: Invoke) -> None
         "check", env={"REGIONSYNC_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/none"}
     )
     assert done.returncode == 1
-    assert marks(done.stdout) == {"schedule": "✓", "database": "✗", "kaleyra": "✗"}
+    assert marks(done.stdout) == {
+        "settings": "✓",
+        "schedule": "✓",
+        "database": "✗",
+        "kaleyra": "✗",
+    }
     assert "KALEYRA_SID: is required" in done.stdout
 
 
@@ -152,3 +162,18 @@ def test_a_bad_schedule_fails_its_check(invoke: Invoke, tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "✗ schedule: REGIONSYNC_SCHEDULE: day-of-month field '5L'" in done.stdout
+
+
+def test_webhook_settings_are_reported_when_the_settings_have_them() -> None:
+    # The webhook settings come from another module's work; check reads them when present.
+    class WithWebhook(Settings):
+        webhook_url = "https://hooks.example.com/T000/secret-path"
+        webhook_secret = "whsec_c2VjcmV0"
+        webhook_format = "slack"
+
+    base = settings_for("sqlite:////nonexistent/regionsync.db")
+    webhook = [o for o in run_checks(WithWebhook(**vars(base))) if o.name == "webhook"]
+    assert [(o.ok, o.detail) for o in webhook] == [
+        (True, "slack to https://hooks.example.com, signed")
+    ]
+    assert all(o.name != "webhook" for o in run_checks(base))
