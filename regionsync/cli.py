@@ -49,7 +49,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         handler: Handler = args.handler
         return handler(args, settings)
     except RegionSyncError as error:
-        print(f"regionsync: error: {logs.redact(str(error), secrets)}", file=sys.stderr)
+        message = terminal.clean(logs.redact(str(error), secrets), limit=None)
+        print(f"regionsync: error: {message}", file=sys.stderr)
         return error.exit_code
     except KeyboardInterrupt:
         print("regionsync: interrupted", file=sys.stderr)
@@ -371,7 +372,7 @@ def _print_status(report: Any, max_age: timedelta, fresh: bool, *, brief: bool =
                     str(run[k])
                     for k in ("fetched", "added", "changed", "removed", "restored", "rejected")
                 ),
-                run["error"] or "",
+                terminal.clean(run["error"] or "", limit=None),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]

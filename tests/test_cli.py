@@ -181,6 +181,21 @@ def test_bad_file_fails_with_one_line(invoke: Invoke, home: dict[str, str], tmp_
     assert_one_line_error(invoke("run", "--from-file", str(broken), env=home), 1, "broken.json")
 
 
+def test_control_characters_in_errors_are_escaped(
+    invoke: Invoke, home: dict[str, str], tmp_path: Path
+) -> None:
+    invoke("migrate", env=home)
+    hostile = tmp_path / "bad\x1b[2J\x07.json"
+    hostile.write_text("{")
+    done = invoke("run", "--from-file", str(hostile), env=home)
+    assert_one_line_error(done, 1, "bad\\x1b[2J\\x07.json")
+    status = invoke("status", env=home)
+    assert "bad\\x1b[2J\\x07.json" in status.stdout
+    for output in (done.stderr, status.stdout):
+        assert "\x1b" not in output.replace("\\x1b", "")
+        assert "\x07" not in output
+
+
 # run ------------------------------------------------------------------------------------
 
 
