@@ -232,7 +232,7 @@ def cmd_regions(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_changes(args: argparse.Namespace, settings: Settings) -> int:
-    from regionsync.browse import CHANGE_COLUMNS, changes
+    from regionsync.browse import CHANGE_COLUMNS, Page, changes
 
     with _database(settings) as engine:
         page = changes(engine, since=args.since, region_id=args.region, limit=args.limit)
@@ -257,7 +257,7 @@ def cmd_changes(args: argparse.Namespace, settings: Settings) -> int:
         "hosting_region",
         "sync_run_id",
     )
-    _print_page(args, type(page)(rows, page.total), CHANGE_COLUMNS, shown, noun="changes")
+    _print_page(args, Page(rows, page.total), CHANGE_COLUMNS, shown, noun="changes")
     return EXIT_OK
 
 
