@@ -4,6 +4,7 @@ checkout's source tree (``python -m regionsync`` at the repository root)."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -49,19 +50,17 @@ def _python(
 def test_migrate_works_installed_and_from_the_source_tree(tmp_path: Path) -> None:
     dependencies = Path(sysconfig.get_paths()["purelib"])
     site = tmp_path / "site"
+    # From a copy, so that pip's in-tree build leaves nothing in the checkout.
+    source = tmp_path / "source"
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".*", "build", "dist", "*.egg-info", "__pycache__", "*.db"),
+    )
+    install = ["install", "--quiet", "--no-deps", "--target", str(site), "."]
     built = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "install",
-            "--quiet",
-            "--no-deps",
-            "--target",
-            str(site),
-            ".",
-        ],
-        cwd=ROOT,
+        [sys.executable, "-m", "pip", *install],
+        cwd=source,
         capture_output=True,
         text=True,
         timeout=300,
