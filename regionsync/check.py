@@ -49,7 +49,7 @@ def run_checks(settings: Settings) -> Iterator[Outcome]:
     yield _kaleyra(settings)
     if settings.metrics_port is not None:
         yield _metrics(settings)
-    if getattr(settings, "webhook_url", None):
+    if settings.notifications.enabled:
         yield _webhook(settings)
 
 
@@ -182,16 +182,16 @@ def _metrics(settings: Settings) -> Outcome:
 
 
 def _webhook(settings: Settings) -> Outcome:
-    """The webhook's settings were validated when they were read; say what will be sent."""
-    from urllib.parse import urlsplit
-
-    url = str(getattr(settings, "webhook_url", ""))
-    parts = urlsplit(url)
-    fmt = getattr(settings, "webhook_format", None) or "json"
-    signed = "signed" if getattr(settings, "webhook_secret", None) else "unsigned"
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return Outcome("webhook", False, "REGIONSYNC_WEBHOOK_URL is not an http(s) URL")
-    return Outcome("webhook", True, f"{fmt} to {parts.scheme}://{parts.hostname}, {signed}")
+    """The webhook settings were validated when read: say what will be sent, and where
+    (scheme and host only, a Slack URL's path being its token). Nothing is posted."""
+    notifications = settings.notifications
+    signed = "signed" if notifications.webhook_secret is not None else "unsigned"
+    on = ", ".join(sorted(notifications.notify_on))
+    return Outcome(
+        "webhook",
+        True,
+        f"{notifications.webhook_format} to {notifications.webhook_display}, {signed}, on {on}",
+    )
 
 
 __all__ = ["Outcome", "run_checks"]

@@ -10,12 +10,9 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from regionsync.check import run_checks
 from regionsync.fakeapi import FakeKaleyra
-from regionsync.settings import Settings
 from tests.cli_support import Invoke, table_counts, url_env
 from tests.sources import region
-from tests.support import settings_for
 
 KEY = "check-key-5d1e0a7b93"
 
@@ -164,16 +161,19 @@ def test_a_bad_schedule_fails_its_check(invoke: Invoke, tmp_path: Path) -> None:
     assert "✗ schedule: REGIONSYNC_SCHEDULE: day-of-month field '5L'" in done.stdout
 
 
-def test_webhook_settings_are_reported_when_the_settings_have_them() -> None:
-    # The webhook settings come from another module's work; check reads them when present.
-    class WithWebhook(Settings):
-        webhook_url = "https://hooks.example.com/T000/secret-path"
-        webhook_secret = "whsec_c2VjcmV0"
-        webhook_format = "slack"
-
-    base = settings_for("sqlite:////nonexistent/regionsync.db")
-    webhook = [o for o in run_checks(WithWebhook(**vars(base))) if o.name == "webhook"]
-    assert [(o.ok, o.detail) for o in webhook] == [
-        (True, "slack to https://hooks.example.com, signed")
-    ]
-    assert all(o.name != "webhook" for o in run_checks(base))
+def test_webhook_settings_are_reported_without_posting_or_showing_the_url_path(
+    invoke: Invoke, tmp_path: Path
+) -> None:
+    env = {
+        "XDG_DATA_HOME": str(tmp_path),
+        "REGIONSYNC_WEBHOOK_URL": "https://hooks.example.com/services/T000/B000/tokentokentoken",
+        "REGIONSYNC_WEBHOOK_FORMAT": "slack",
+        "REGIONSYNC_NOTIFY_ON": "removed,carrier_enabled",
+    }
+    done = invoke("check", env=env)
+    assert (
+        "✓ webhook: slack to https://hooks.example.com/…, unsigned, on carrier_enabled, removed"
+        in (done.stdout)
+    )
+    assert "tokentoken" not in done.stdout + done.stderr
+    assert "✓ webhook" not in invoke("check", env={"XDG_DATA_HOME": str(tmp_path)}).stdout
