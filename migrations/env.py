@@ -8,23 +8,43 @@ regionsync runs a migration itself it passes its open connection in
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from regionsync.models import Base
+from regionsync.store import connection_schema
 
 config = context.config
 target_metadata = Base.metadata
 
 
 def run_on(connection: Connection) -> None:
+    schema = create_schema(connection)
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
         compare_type=True,
+        # Spelled out only where it is not the default schema anyway (the search_path is the
+        # schema alone): autogenerate reflects default-schema tables unqualified.
+        version_table_schema=None if schema == connection.dialect.default_schema_name else schema,
     )
     with context.begin_transaction():
         context.run_migrations()
+
+
+def create_schema(connection: Connection) -> str | None:
+    """Create the account's schema if missing (see README, *Several accounts in one
+    database*). Checked first: ``IF NOT EXISTS`` still needs CREATE on the database."""
+    schema = connection_schema(connection)
+    if schema is None:
+        return None
+    found = connection.execute(
+        text("SELECT 1 FROM pg_namespace WHERE nspname = :schema"), {"schema": schema}
+    ).first()
+    if found is None:
+        connection.exec_driver_sql(f'CREATE SCHEMA "{schema}"')
+    return schema
 
 
 def run_online() -> None:
@@ -40,7 +60,7 @@ def run_online() -> None:
     logs.configure(level=settings.log_level, fmt="console", secrets=settings.secrets)
     engine = store.create_engine(settings)
     try:
-        with engine.connect() as connection:
+        with engine.begin() as connection:
             run_on(connection)
     finally:
         engine.dispose()

@@ -32,9 +32,10 @@ from sqlalchemy.engine import Connection, Engine
 from regionsync import outbox, slack
 from regionsync.durations import format_duration
 from regionsync.errors import RegionSyncError
+from regionsync.lock import advisory_lock_key
 from regionsync.runs import now as utcnow
 from regionsync.settings import NotificationSettings
-from regionsync.store import describe_db_error, sqlite_path
+from regionsync.store import connection_schema, describe_db_error, sqlite_path
 from regionsync.webhooks import WebhookClient
 
 logger = structlog.get_logger("regionsync.notify")
@@ -273,7 +274,7 @@ def delivery_lock(engine: Engine) -> Iterator[Connection | None]:
             os.close(fd)  # closing the descriptor releases the lock
         return
     with engine.connect() as connection:
-        key = {"key": DELIVERY_LOCK_KEY}
+        key = {"key": advisory_lock_key(connection_schema(connection), DELIVERY_LOCK_KEY)}
         acquired = connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar()
         connection.commit()
         if not acquired:

@@ -9,6 +9,7 @@ run spans several).
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -17,7 +18,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from regionsync.store import sqlite_path, translated_errors
+from regionsync.store import connection_schema, sqlite_path, translated_errors
 
 #: The advisory lock key: "regionsy" as a 64-bit integer, so other apps are unlikely to clash.
 ADVISORY_LOCK_KEY = int.from_bytes(b"regionsy", "big", signed=True)
@@ -41,10 +42,11 @@ def sync_lock(engine: Engine) -> Iterator[Connection | None]:
 
     with translated_errors("connecting to the database"):
         connection = engine.connect()
+    key = advisory_lock_key(connection_schema(connection))
     try:
         with translated_errors("taking the sync lock"):
             acquired = connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": ADVISORY_LOCK_KEY}
+                text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
             ).scalar_one()
             connection.commit()
         if not acquired:
@@ -53,17 +55,17 @@ def sync_lock(engine: Engine) -> Iterator[Connection | None]:
         try:
             yield connection
         finally:
-            _release_advisory(connection)
+            _release_advisory(connection, key)
     finally:
         connection.close()
 
 
-def _release_advisory(connection: Connection) -> None:
+def _release_advisory(connection: Connection, key: int) -> None:
     if connection.closed or connection.invalidated:
         return
     try:
         connection.rollback()
-        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": ADVISORY_LOCK_KEY})
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         connection.commit()
     except SQLAlchemyError:
         # A dead connection has released its session's lock already; drop it from the pool.
@@ -85,3 +87,14 @@ def _file_lock(path: os.PathLike[str]) -> Iterator[bool]:
             fcntl.flock(fd, fcntl.LOCK_UN)
     finally:
         os.close(fd)
+
+
+def advisory_lock_key(schema: str | None, base: int = ADVISORY_LOCK_KEY) -> int:
+    """``base``, made one lock per schema so that two accounts in one database never wait on
+    each other (see README, *Several accounts in one database*); ``public`` keeps ``base``,
+    the key older versions take, so an upgrade in place still excludes them."""
+    if schema is None or schema == "public":
+        return base
+    seed = base.to_bytes(8, "big", signed=True) + schema.encode()
+    digest = hashlib.blake2b(seed, digest_size=8, person=b"regionsync").digest()
+    return int.from_bytes(digest, "big", signed=True)

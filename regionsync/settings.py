@@ -12,12 +12,13 @@ import binascii
 import ipaddress
 import math
 import os
+import re
 import zoneinfo
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
@@ -127,6 +128,10 @@ class Settings:
     max_removal_fraction: float = DEFAULT_MAX_REMOVAL_FRACTION
     metrics_port: int | None = None
     notifications: NotificationSettings = field(default_factory=lambda: NotificationSettings())
+    #: The PostgreSQL schema of this account (see README, *Several accounts in one database*).
+    db_schema: str = "public"
+    #: ``REGIONSYNC_DB_SCHEMA`` was set, but SQLite has no schemas: warned about, then ignored.
+    db_schema_ignored: bool = False
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -265,7 +270,33 @@ class Settings:
             max_removal_fraction=fraction,
             metrics_port=metrics_port,
             notifications=NotificationSettings.from_env(get),
+            **db_schema_settings(get, sqlite=database_url.get_backend_name() == "sqlite"),
         )
+
+
+# Several accounts in one database (see README, *Several accounts in one database*) ------
+
+DEFAULT_DB_SCHEMA = "public"
+#: Names that need no quoting in an analyst's SQL; PostgreSQL keeps names to 63 bytes.
+DB_SCHEMA_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+
+
+def check_db_schema(raw: str) -> str:
+    """A schema name safe to put in SQL and to type unquoted; ``pg_*`` is PostgreSQL's own."""
+    if not DB_SCHEMA_PATTERN.fullmatch(raw) or raw.startswith("pg_"):
+        raise ConfigError(
+            "REGIONSYNC_DB_SCHEMA",
+            "must be 1 to 63 lowercase letters, digits or underscores, not starting with a "
+            f"digit or pg_ (got {raw[:70]!r})",
+        )
+    return raw
+
+
+def db_schema_settings(get: Callable[[str], str | None], *, sqlite: bool) -> dict[str, Any]:
+    """``db_schema`` and ``db_schema_ignored``: validated even for SQLite, which ignores it."""
+    raw = get("REGIONSYNC_DB_SCHEMA")
+    schema = DEFAULT_DB_SCHEMA if raw is None else check_db_schema(raw)
+    return {"db_schema": schema, "db_schema_ignored": sqlite and raw is not None}
 
 
 # Notifications (see README, *Notifications*) ---------------------------------------------

@@ -11,8 +11,9 @@ from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import structlog
 from sqlalchemy import event, exc
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import Connection, Engine
 
 from regionsync.errors import StoreError
 from regionsync.models import canonical_json
@@ -23,16 +24,18 @@ SQLITE_BUSY_TIMEOUT_MS = 30_000
 
 def create_engine(settings: Settings) -> Engine:
     """An engine for the configured database (the embedded SQLite file by default)."""
+    _warn_if_schema_ignored(settings)
     url = settings.database_url
     if url.get_backend_name() == "sqlite":
         return _sqlite_engine(url)
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_pre_ping=True,
         pool_size=2,
         json_serializer=canonical_json,
         connect_args={"connect_timeout": 10, "application_name": "regionsync"},
     )
+    return _in_schema(engine, settings.db_schema)
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
@@ -81,3 +84,43 @@ def translated_errors(action: str) -> Iterator[None]:
         yield
     except exc.SQLAlchemyError as error:
         raise StoreError(f"{action}: {describe_db_error(error)}") from None
+
+
+# Several accounts in one database (see README, *Several accounts in one database*) ------
+
+_SCHEMA_INFO = "regionsync_schema"
+
+
+def _in_schema(engine: Engine, schema: str) -> Engine:
+    """Every connection works in ``schema`` alone: the models, the frozen migrations, the views
+    and the example queries name their objects unqualified, so they all land and look there.
+
+    SQLAlchemy's recipe for an alternate search path: set on connect, before the dialect's own
+    first-connect queries (``insert=True``), in autocommit so no transaction is left open.
+    """
+
+    @event.listens_for(engine, "connect", insert=True)
+    def _set_search_path(dbapi_connection: Any, record: Any) -> None:
+        autocommit = dbapi_connection.autocommit
+        dbapi_connection.autocommit = True
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute(f'SET search_path TO "{schema}"')  # a checked name: see settings
+        dbapi_connection.autocommit = autocommit
+        record.info[_SCHEMA_INFO] = schema
+
+    return engine
+
+
+def _warn_if_schema_ignored(settings: Settings) -> None:
+    """SQLite has no schemas: one account per file. A warning, not a refusal, so that a
+    ``.env`` shared with PostgreSQL deployments still works for a local trial."""
+    if settings.db_schema_ignored:
+        structlog.get_logger("regionsync").warning(
+            "settings.db_schema_ignored", setting="REGIONSYNC_DB_SCHEMA", database="sqlite"
+        )
+
+
+def connection_schema(connection: Connection) -> str | None:
+    """The PostgreSQL schema a connection works in; None on SQLite."""
+    schema: str | None = connection.info.get(_SCHEMA_INFO)
+    return schema
