@@ -101,10 +101,13 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
     with _database(settings) as engine:
         before, after = migrate(engine)
+    where = settings.database_display
+    if settings.database_url.get_backend_name() != "sqlite":
+        where += f" schema {settings.db_schema}"  # one account per schema: say which
     if before == after:
-        print(f"database {settings.database_display} is up to date (revision {after})")
+        print(f"database {where} is up to date (revision {after})")
     else:
-        print(f"database {settings.database_display} migrated: {before or 'empty'} -> {after}")
+        print(f"database {where} migrated: {before or 'empty'} -> {after}")
     return EXIT_OK
 
 

@@ -108,7 +108,7 @@ def migrate_both(url: URL, fakes: dict[str, FakeKaleyra], monkeypatch: Any, caps
     for schema, fake in fakes.items():
         code, out, err = in_process(monkeypatch, capsys, account_env(url, fake, schema), "migrate")
         assert code == 0, err
-        assert f"-> {head_revision()}" in out
+        assert f" schema {schema} migrated: empty -> {head_revision()}" in out
 
 
 def test_two_accounts_migrate_and_sync_into_their_own_schemas(
