@@ -1,14 +1,15 @@
 """What a "Get an Agent's Regions" body means: typed region records, rejects, or a failure.
 
-The rules are DESIGN.md §1 and §5. Records that break them are rejected one by one (the
-caller logs them); a body that is not the documented success shape is a
-:class:`SourceError`, never "zero regions". The error-body classifier lives here so that a
-saved response (``--from-file``) is judged exactly as a live one.
+The rules are the README's (*Reliability* has the bounds). Records that break them are
+rejected one by one (the caller logs them); a body that is not the documented success
+shape is a :class:`SourceError`, never "zero regions". The error-body classifier lives
+here so that a saved response (``--from-file``) is judged exactly as a live one.
 
-Speed and memory matter at 100,000 records: bodies are decoded by msgspec (the stdlib
-``json`` only explains what msgspec refuses), each record is validated by a few type checks
-and turned into canonical JSON text once, and nothing walks a record unless a cheap test
-on that text says it may break a bound (see README, *Reliability*).
+Speed and memory matter at 100,000 records: msgspec decodes bodies (the stdlib ``json``
+only explains what msgspec refuses), and validates documented records on the way
+(:mod:`regionsync.typed_body`); any other record costs a few type checks and one encoding
+to canonical JSON, and is walked (iteratively, with limits) only when that text says it
+may break a bound.
 """
 
 from __future__ import annotations
@@ -642,13 +643,18 @@ def inspect_value(value: object) -> tuple[str | None, bool]:
         elif isinstance(current, dict | list):
             if depth > MAX_DEPTH:
                 return f"the record is nested deeper than {MAX_DEPTH} levels", has_float
+            budget -= len(current)  # a comma each, at least: never stack more than fits
+            if budget < 0:
+                break
             if isinstance(current, dict):
                 stack.extend((key, depth) for key in current)
                 stack.extend((item, depth + 1) for item in current.values())
             else:
                 stack.extend((item, depth + 1) for item in current)
         if budget < 0:
-            return f"the record's JSON is larger than {MAX_RECORD_BYTES // 1024} KiB", has_float
+            break
+    if budget < 0:
+        return f"the record's JSON is larger than {MAX_RECORD_BYTES // 1024} KiB", has_float
     return None, has_float
 
 

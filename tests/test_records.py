@@ -623,6 +623,13 @@ def test_record_larger_than_the_limit_is_rejected() -> None:
     )
 
 
+@pytest.mark.parametrize("huge", [[0] * 1_000_000, {str(i): i for i in range(100_000)}])
+def test_a_huge_value_is_rejected_as_too_large(huge: Any) -> None:
+    assert rejection(parse([region("huge", extra=huge)])) == Rejection(
+        "huge", f"the record's JSON is larger than {MAX_RECORD_BYTES // 1024} KiB"
+    )
+
+
 def test_record_nested_to_the_limit_is_kept() -> None:
     record = only(parse([region("deep", extra=nested(MAX_DEPTH - 1))]))
     assert json.loads(record.raw)["extra"] == nested(MAX_DEPTH - 1)
