@@ -111,6 +111,10 @@ class Snapshot:
         return frozenset(r.region_id for r in self.rejected if r.region_id is not None)
 
 
+class DecodedBody(dict[str, Any]):
+    """A body :func:`decode_body` decoded: :func:`parse_body` may release its records."""
+
+
 class TooManyRejectedError(PermanentSourceError):
     """More of the records were rejected than the caller allows; nothing may be applied.
 
@@ -244,8 +248,9 @@ def parse_body(
     :class:`TooManyRejectedError` when every record, or more than that share of them, is
     rejected, and stops validating as soon as the share is passed.
 
-    ``body["data"]`` is emptied (set to ``None`` item by item) as records are made, so a
-    large body's decoded records and the snapshot's records are not all held at once.
+    Records decoded by :func:`decode_body` are released one by one as they are validated,
+    so a large body's decoded records and the snapshot's records are not all held at once;
+    a list the caller built is left as it is.
     """
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
@@ -269,8 +274,10 @@ def parse_body(
     differing: set[str] = set()
     rejected: list[Rejection] = []
     unlisted = anonymous = 0
+    release = type(body) is DecodedBody
     for position, item in enumerate(data, start=1):
-        data[position - 1] = None  # release each decoded record as its RegionRecord is made
+        if release:
+            data[position - 1] = None
         kind = type(item)
         if kind is TypedRecord or kind is dict:
             outcome = (
@@ -692,8 +699,9 @@ def decode_body(content: bytes) -> object:
     """
     from regionsync import typed_body
 
-    body = typed_body.decode(content)
-    return decode_json(content) if body is None else body
+    typed = typed_body.decode(content)
+    body = decode_json(content) if typed is None else typed
+    return DecodedBody(body) if type(body) is dict else body
 
 
 def load_file(

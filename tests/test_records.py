@@ -740,6 +740,17 @@ def test_raw_is_the_canonical_json_of_the_record_as_received(extra: dict[str, An
     assert only(parse([dict(received)])).raw == canonical_json(received)
 
 
+def test_decoded_records_are_released_and_a_callers_list_is_left_alone() -> None:
+    data = [region("a"), {"id": "b", "carrier_enabled": True, "x": [1]}]
+    parse_body(success(data), source="t", received_at=NOW)
+    assert data == [region("a"), {"id": "b", "carrier_enabled": True, "x": [1]}]
+    for records in ([region("a")], [region("b", x=[1])]):
+        decoded = decode_body(json.dumps(success(records)).encode())
+        assert isinstance(decoded, dict)
+        parse_body(decoded, source="t", received_at=NOW)
+        assert decoded["data"] == [None]
+
+
 def test_documented_records_take_the_typed_path_and_others_do_not() -> None:
     typed = decode_body(
         json.dumps(success([region("a"), {"id": "b", "carrier_enabled": True}])).encode()
