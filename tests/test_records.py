@@ -623,8 +623,9 @@ def test_record_larger_than_the_limit_is_rejected() -> None:
     )
 
 
-@pytest.mark.parametrize("huge", [[0] * 1_000_000, {str(i): i for i in range(100_000)}])
-def test_a_huge_value_is_rejected_as_too_large(huge: Any) -> None:
+@pytest.mark.parametrize("kind", [list, dict])
+def test_a_huge_value_is_rejected_as_too_large(kind: type) -> None:
+    huge = [0] * 100_000 if kind is list else {str(i): i for i in range(20_000)}
     assert rejection(parse([region("huge", extra=huge)])) == Rejection(
         "huge", f"the record's JSON is larger than {MAX_RECORD_BYTES // 1024} KiB"
     )
@@ -813,7 +814,7 @@ def test_load_file_applies_the_rejection_limit(tmp_path: Path) -> None:
 
 
 def test_millions_of_junk_records_are_cheap(tmp_path: Path) -> None:
-    count = 2_000_000
+    count = 500_000
     path = write(tmp_path, b'{"data": [' + b"0," * (count - 1) + b"0]}")
     started = time.monotonic()
     snapshot = load_file(path)
