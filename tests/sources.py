@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import copy
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from regionsync.records import Snapshot, parse_body
+from regionsync.records import Snapshot, decode_body, parse_body
 
 
 def region(
@@ -36,7 +36,11 @@ def body(data: list[Any]) -> dict[str, Any]:
 
 
 class ListSource:
-    """Serves a list of records (changeable between runs); can run a hook inside fetch."""
+    """Serves a list of records (changeable between runs); can run a hook inside fetch.
+
+    The records go through JSON bytes, as an API response does, so the parser takes the
+    same path as in a real sync (and ``data`` is never consumed by the parser).
+    """
 
     description = "test:list"
 
@@ -49,8 +53,9 @@ class ListSource:
         self.fetches += 1
         if self.during_fetch is not None:
             self.during_fetch()
+        content = json.dumps(body(self.data)).encode()
         return parse_body(
-            copy.deepcopy(body(self.data)), source=self.description, received_at=datetime.now(UTC)
+            decode_body(content), source=self.description, received_at=datetime.now(UTC)
         )
 
 

@@ -1,9 +1,15 @@
-"""The body contract of DESIGN.md §1: what is a record, a reject, a duplicate, a bad body."""
+"""The body contract: what is a record, a reject, a duplicate, a bad body (README, *Reliability*).
+
+Every body given to ``parse`` goes both ways a body can go — as JSON bytes through
+``decode_body`` (msgspec's typed fast path when it fits) and as already-decoded objects —
+and the two snapshots must be equal.
+"""
 
 from __future__ import annotations
 
 import itertools
 import json
+import time
 from datetime import UTC, datetime, timedelta, timezone
 from importlib import resources
 from pathlib import Path
@@ -14,12 +20,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
+from regionsync.models import canonical_json
 from regionsync.records import (
+    LISTED_ANONYMOUS_REJECTIONS,
+    MAX_DEPTH,
+    MAX_ID_CHARS,
+    MAX_RECORD_BYTES,
+    MAX_STRING_CHARS,
+    OPTIONAL_FIELDS,
+    STRING_FIELDS,
     RegionRecord,
     Rejection,
     Snapshot,
+    TooManyRejectedError,
     classify_failure,
-    json_equal,
+    decode_body,
+    decode_json,
     load_file,
     parse_body,
     validate_record,
@@ -47,7 +63,12 @@ def success(data: Any) -> dict[str, Any]:
 
 
 def parse(data: list[Any]) -> Snapshot:
-    return parse_body(success(data), source="test", received_at=NOW)
+    """The snapshot of a body of these records, the same from bytes and from objects."""
+    content = json.dumps(success(data)).encode()
+    from_objects = parse_body(success(data), source="test", received_at=NOW)
+    from_bytes = parse_body(decode_body(content), source="test", received_at=NOW)
+    assert from_bytes == from_objects
+    return from_objects
 
 
 def only(snapshot: Snapshot) -> RegionRecord:
@@ -102,7 +123,7 @@ def test_naive_receipt_time_is_a_programming_error() -> None:
 
 def test_valid_record_is_typed_and_keeps_raw_as_received() -> None:
     raw = region("a", extra={"nested": [1, None]}, future_field="kept")
-    record = only(parse([raw]))
+    record = only(parse([dict(raw)]))
     assert record == RegionRecord(
         id="a",
         region_name="/v1/regions/a",
@@ -111,7 +132,7 @@ def test_valid_record_is_typed_and_keeps_raw_as_received() -> None:
         management_type_value=2,
         carrier_enabled=True,
         hosting_region="NORTH_AMERICA",
-        raw=raw,
+        raw=canonical_json(raw),
     )
 
 
@@ -246,7 +267,7 @@ def test_id_that_cannot_be_stored_is_not_reported_as_held() -> None:
 
 def test_unknown_extra_fields_never_reject() -> None:
     record = only(parse([region(surprise=[{"a": None}], carrier_enabled_v2="yes")]))
-    assert record.raw["surprise"] == [{"a": None}]
+    assert json.loads(record.raw)["surprise"] == [{"a": None}]
 
 
 def test_rejects_are_reported_not_raised_and_others_still_parse() -> None:
@@ -277,7 +298,7 @@ def test_differing_copies_last_wins_and_are_reported() -> None:
 
 def test_true_and_one_are_different_json_values() -> None:
     snapshot = parse([region("d", extra=True), region("d", extra=1)])
-    assert only(snapshot).raw["extra"] == 1
+    assert json.loads(only(snapshot).raw)["extra"] == 1
     assert snapshot.duplicates == ("d",)
 
 
@@ -515,6 +536,295 @@ def test_load_file_has_a_size_cap(tmp_path: Path) -> None:
     assert caught.value.code == "too-large"
 
 
+# Bounds ----------------------------------------------------------------------------------
+
+
+def nested(levels: int, leaf: Any = 0) -> Any:
+    """``levels`` arrays and objects, alternating, around ``leaf``; built without recursion."""
+    value = leaf
+    for level in range(levels):
+        value = [value] if level % 2 else {"k": value}
+    return value
+
+
+def padded(size: int) -> dict[str, Any]:
+    """A valid record whose canonical JSON is exactly ``size`` bytes."""
+    record = region("big")
+    room = size - len(canonical_json(record).encode())
+    chunk = MAX_STRING_CHARS
+    index = 0
+    while room > 0:
+        overhead = len(f',"p{index:03d}":""')
+        take = min(chunk, room - overhead)
+        if take < 0:  # too little room for another field: lengthen the previous one
+            record[f"p{index - 1:03d}"] = record[f"p{index - 1:03d}"][: take + overhead - 1]
+            overhead, take = 0, 0
+        record[f"p{index:03d}"] = "x" * take
+        room = size - len(canonical_json(record).encode())
+        index += 1
+    assert len(canonical_json(record).encode()) == size
+    return record
+
+
+def test_id_of_the_longest_length_is_kept() -> None:
+    assert only(parse([region("i" * MAX_ID_CHARS)])).id == "i" * MAX_ID_CHARS
+
+
+def test_id_too_long_for_an_index_is_rejected_and_holds_nothing() -> None:
+    snapshot = parse([region("i" * (MAX_ID_CHARS + 1)), region("ok")])
+    assert [r.id for r in snapshot.records] == ["ok"]
+    assert snapshot.rejected == (
+        Rejection(None, f"record #1: id is longer than {MAX_ID_CHARS} characters"),
+    )
+    assert snapshot.held_ids == frozenset()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"display_name": "é" * MAX_STRING_CHARS},
+        {"hosting_region": "h" * MAX_STRING_CHARS},
+        {"extra": ["s" * MAX_STRING_CHARS]},
+        {"k" * MAX_STRING_CHARS: True},
+    ],
+)
+def test_strings_of_the_longest_length_are_kept(fields: dict[str, Any]) -> None:
+    record = only(parse([region("long", **fields)]))
+    assert json.loads(record.raw) == region("long", **fields)
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"display_name": "é" * (MAX_STRING_CHARS + 1)},
+        {"region_name": "r" * (MAX_STRING_CHARS + 1)},
+        {"extra": {"deep": ["s" * (MAX_STRING_CHARS + 1)]}},
+        {"k" * (MAX_STRING_CHARS + 1): True},
+    ],
+)
+def test_a_string_too_long_rejects_the_record_and_holds_its_region(
+    fields: dict[str, Any],
+) -> None:
+    snapshot = parse([region("long", **fields)])
+    assert rejection(snapshot) == Rejection(
+        "long", f"a string is longer than {MAX_STRING_CHARS} characters"
+    )
+    assert snapshot.held_ids == frozenset({"long"})
+
+
+def test_record_of_the_largest_size_is_kept() -> None:
+    record = padded(MAX_RECORD_BYTES)
+    assert len(only(parse([record])).raw.encode()) == MAX_RECORD_BYTES
+
+
+def test_record_larger_than_the_limit_is_rejected() -> None:
+    assert rejection(parse([padded(MAX_RECORD_BYTES + 1)])) == Rejection(
+        "big", f"the record's JSON is larger than {MAX_RECORD_BYTES // 1024} KiB"
+    )
+
+
+@pytest.mark.parametrize("kind", [list, dict])
+def test_a_huge_value_is_rejected_as_too_large(kind: type) -> None:
+    huge = [0] * 100_000 if kind is list else {str(i): i for i in range(20_000)}
+    assert rejection(parse([region("huge", extra=huge)])) == Rejection(
+        "huge", f"the record's JSON is larger than {MAX_RECORD_BYTES // 1024} KiB"
+    )
+
+
+def test_record_nested_to_the_limit_is_kept() -> None:
+    record = only(parse([region("deep", extra=nested(MAX_DEPTH - 1))]))
+    assert json.loads(record.raw)["extra"] == nested(MAX_DEPTH - 1)
+
+
+def test_record_nested_deeper_is_rejected() -> None:
+    assert rejection(parse([region("deep", extra=nested(MAX_DEPTH))])) == Rejection(
+        "deep", f"the record is nested deeper than {MAX_DEPTH} levels"
+    )
+
+
+def deep_copies_body(levels: int) -> bytes:
+    """Two differing copies of one id, each holding a value nested ``levels`` deep."""
+    records = [
+        '{"id": "twin", "carrier_enabled": true, "extra": '
+        + "[" * levels
+        + leaf
+        + "]" * levels
+        + "}"
+        for leaf in ("1", "2")
+    ]
+    return json.dumps(success([])).replace("[]", "[" + ", ".join(records) + "]").encode()
+
+
+def test_differing_copies_nested_hundreds_deep_are_rejections_not_a_crash() -> None:
+    content = deep_copies_body(900)
+    for body in (decode_body(content), decode_json(content)):
+        snapshot = parse_body(body, source="t", received_at=NOW)
+        assert snapshot.records == ()
+        assert [r.region_id for r in snapshot.rejected] == ["twin", "twin"]
+        assert "nested deeper" in snapshot.rejected[0].reason
+
+
+def test_objects_nested_hundreds_deep_are_rejected_without_recursion() -> None:
+    copies = [region("twin", extra=nested(5000, leaf)) for leaf in (1, 2)]
+    snapshot = parse_body(success(copies), source="t", received_at=NOW)
+    assert snapshot.held_ids == frozenset({"twin"})
+    assert snapshot.rejected_count == 2
+
+
+@pytest.mark.parametrize("opening", ["[", '{"a":'])
+def test_body_nested_absurdly_deep_is_a_bad_body(tmp_path: Path, opening: str) -> None:
+    path = write(tmp_path, '{"data": [' + opening * 100_000)
+    with pytest.raises(PermanentSourceError, match="nested too deeply") as caught:
+        load_file(path)
+    assert caught.value.code == "bad-body"
+    with pytest.raises(ValueError, match="nested too deeply"):
+        decode_body(path.read_bytes())
+
+
+# Absent and null -------------------------------------------------------------------------
+
+
+def test_absent_optional_fields_are_named() -> None:
+    record = only(parse([{"id": "bare", "carrier_enabled": True}]))
+    assert record.absent == frozenset(OPTIONAL_FIELDS)
+
+
+def test_explicit_nulls_are_values_not_absences() -> None:
+    nulls = dict.fromkeys(OPTIONAL_FIELDS)
+    record = only(parse([{"id": "nulls", "carrier_enabled": True, **nulls}]))
+    assert record.absent == frozenset()
+    assert [getattr(record, name) for name in OPTIONAL_FIELDS] == [None] * 5
+
+
+@pytest.mark.parametrize("name", STRING_FIELDS)
+def test_one_absent_string_field_is_named_alone(name: str) -> None:
+    raw = region("one")
+    del raw[name]
+    record = only(parse([raw]))
+    assert record.absent == frozenset({name})
+    assert getattr(record, name) is None
+
+
+@pytest.mark.parametrize(
+    ("spellings", "absent", "value"),
+    [
+        ({}, True, None),
+        ({"managment_type_value": 3}, False, 3),
+        ({"management_type_value": 4}, False, 4),
+        ({"managment_type_value": None}, False, None),
+        ({"management_type_value": None, "managment_type_value": 5}, False, None),
+    ],
+)
+def test_value_field_is_absent_only_when_neither_spelling_is_there(
+    spellings: dict[str, Any], absent: bool, value: int | None
+) -> None:
+    raw = {"id": "v", "carrier_enabled": False, "hosting_region": "EUROPE", **spellings}
+    record = only(parse([raw]))
+    assert ("management_type_value" in record.absent) is absent
+    assert record.management_type_value == value
+
+
+# raw -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {},
+        {"z": 1, "a": [True, None, "ü€😀"], "m": {"y": -0, "b": "\\u0000"}},
+        {"floats": [1e16, 1e-7, 0.1, -0.0, 2.5]},
+        {"big": 2**70, "ctl": "\x01\x1f\x7f\u2028"},
+    ],
+)
+def test_raw_is_the_canonical_json_of_the_record_as_received(extra: dict[str, Any]) -> None:
+    received = dict(reversed(list(region("c", **extra).items())))
+    assert only(parse([dict(received)])).raw == canonical_json(received)
+
+
+def test_decoded_records_are_released_and_a_callers_list_is_left_alone() -> None:
+    data = [region("a"), {"id": "b", "carrier_enabled": True, "x": [1]}]
+    parse_body(success(data), source="t", received_at=NOW)
+    assert data == [region("a"), {"id": "b", "carrier_enabled": True, "x": [1]}]
+    for records in ([region("a")], [region("b", x=[1])]):
+        decoded = decode_body(json.dumps(success(records)).encode())
+        assert isinstance(decoded, dict)
+        parse_body(decoded, source="t", received_at=NOW)
+        assert decoded["data"] == [None]
+
+
+def test_documented_records_take_the_typed_path_and_others_do_not() -> None:
+    typed = decode_body(
+        json.dumps(success([region("a"), {"id": "b", "carrier_enabled": True}])).encode()
+    )
+    assert isinstance(typed, dict)
+    assert {type(item).__name__ for item in typed["data"]} == {"TypedRecord"}
+    other = decode_body(json.dumps(success([region("a"), region("b", extra=1)])).encode())
+    assert isinstance(other, dict)
+    assert {type(item) for item in other["data"]} == {dict}
+
+
+# Junk and the rejection limit ------------------------------------------------------------
+
+
+def test_junk_is_counted_but_only_the_first_anonymous_rejections_are_listed() -> None:
+    junk = LISTED_ANONYMOUS_REJECTIONS + 500
+    data = [0] * junk + [region("bad", carrier_enabled="x"), region("ok")]
+    snapshot = parse(data)
+    assert snapshot.fetched == junk + 2
+    assert snapshot.rejected_count == junk + 1
+    assert snapshot.unlisted_rejections == 500
+    assert len(snapshot.rejected) == LISTED_ANONYMOUS_REJECTIONS + 1
+    assert snapshot.held_ids == frozenset({"bad"})
+    assert snapshot.rejected[0].reason == "record #1 is a JSON number, not an object"
+
+
+def test_too_many_rejections_stop_the_parse_early_with_the_counts() -> None:
+    data = [{"no": "id"}] * 10 + [region(str(i)) for i in range(10)]
+    with pytest.raises(TooManyRejectedError) as caught:
+        parse_body(success(data), source="t", received_at=NOW, max_reject_fraction=0.25)
+    error = caught.value
+    assert (error.fetched, error.rejected) == (20, 6)
+    assert error.code == "rejected"
+    assert len(error.sample) == 6
+    assert str(error) == "more than 25% of the records were rejected (at least 6 of 20)"
+
+
+def test_a_share_of_rejections_at_the_limit_is_accepted() -> None:
+    data = [region("bad", carrier_enabled=None), region("ok")]
+    snapshot = parse_body(success(data), source="t", received_at=NOW, max_reject_fraction=0.5)
+    assert snapshot.rejected_count == 1
+
+
+@pytest.mark.parametrize("fraction", [0.5, 1.0])
+def test_every_record_rejected_fails_whatever_the_limit(fraction: float) -> None:
+    with pytest.raises(TooManyRejectedError, match=r"every record was rejected \(2 of 2\)"):
+        parse_body(success([1, 2]), source="t", received_at=NOW, max_reject_fraction=fraction)
+
+
+def test_an_empty_body_is_not_all_rejected() -> None:
+    snapshot = parse_body(success([]), source="t", received_at=NOW, max_reject_fraction=0.5)
+    assert snapshot.fetched == 0
+
+
+def test_load_file_applies_the_rejection_limit(tmp_path: Path) -> None:
+    path = write(tmp_path, json.dumps(success([7, 8, region("ok")])))
+    with pytest.raises(TooManyRejectedError) as caught:
+        load_file(path, max_reject_fraction=0.5)
+    assert (caught.value.fetched, caught.value.rejected) == (3, 2)
+
+
+def test_millions_of_junk_records_are_cheap(tmp_path: Path) -> None:
+    count = 500_000
+    path = write(tmp_path, b'{"data": [' + b"0," * (count - 1) + b"0]}")
+    started = time.monotonic()
+    snapshot = load_file(path)
+    assert snapshot.rejected_count == count
+    assert len(snapshot.rejected) == LISTED_ANONYMOUS_REJECTIONS
+    with pytest.raises(TooManyRejectedError):
+        load_file(path, max_reject_fraction=0.5)
+    assert time.monotonic() - started < 30  # seconds, on a loaded CI machine
+
+
 # Properties ----------------------------------------------------------------------------
 
 json_values = st.recursive(
@@ -552,6 +862,7 @@ record_lists = st.lists(plausible_records | json_values, max_size=12)
 @given(record_lists)
 def test_any_list_of_json_values_parses_without_raising(data: list[Any]) -> None:
     snapshot = parse(data)
+    assert snapshot.rejected_count == len(snapshot.rejected)
     assert snapshot.fetched == len(data)
     ids = [r.id for r in snapshot.records]
     assert ids == sorted(set(ids))
@@ -562,8 +873,8 @@ def test_any_list_of_json_values_parses_without_raising(data: list[Any]) -> None
 @settings(max_examples=300, deadline=None)
 @given(record_lists)
 def test_every_record_is_kept_rejected_or_a_duplicate(data: list[Any]) -> None:
-    snapshot = parse(data)
     outcomes = [validate_record(item, position=n) for n, item in enumerate(data, start=1)]
+    snapshot = parse(data)
     assert snapshot.rejected == tuple(o for o in outcomes if isinstance(o, Rejection))
     valid = [o for o in outcomes if isinstance(o, RegionRecord)]
     kept = {r.id: r for r in snapshot.records}
@@ -571,6 +882,77 @@ def test_every_record_is_kept_rejected_or_a_duplicate(data: list[Any]) -> None:
         assert record.id in kept or record.id in snapshot.held_ids
     for region_id, record in kept.items():
         copies = [o for o in valid if o.id == region_id]
-        assert record.raw is copies[-1].raw
-        differing = any(not json_equal(a.raw, b.raw) for a, b in itertools.pairwise(copies))
+        assert record == copies[-1]
+        differing = any(a.raw != b.raw for a, b in itertools.pairwise(copies))
         assert (region_id in snapshot.duplicates) == differing
+
+
+documented_strings = st.text(max_size=6) | st.sampled_from(
+    ["", " ", "\x00", "a\\u0000", "é" * MAX_STRING_CHARS, "x" * (MAX_STRING_CHARS + 1)]
+)
+documented_records = st.fixed_dictionaries(
+    {
+        "id": st.sampled_from(["a", "b", " ", "", "\x00", "i" * MAX_ID_CHARS, "i" * 256]),
+        "carrier_enabled": st.booleans(),
+    },
+    optional={
+        name: st.none() | documented_strings
+        for name in ("region_name", "display_name", "management_type", "hosting_region")
+    }
+    | {
+        name: st.none() | st.integers(-(2**31) - 1, 2**31) | st.sampled_from([2**70, -1])
+        for name in ("management_type_value", "managment_type_value")
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(documented_records, max_size=8))
+def test_typed_and_plain_paths_agree_on_documented_records(data: list[dict[str, Any]]) -> None:
+    last = {r["id"]: dict(r) for r in data}
+    snapshot = parse(data)
+    for record in snapshot.records:
+        assert json.loads(record.raw) == last[record.id]
+
+
+hostile_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**80), 2**80)
+    | st.floats()
+    | st.text(max_size=5)
+    | st.sampled_from(["\ud800", "\x00", "x" * (MAX_STRING_CHARS + 1)]),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=12,
+)
+
+
+@st.composite
+def hostile_bodies(draw: st.DrawFn) -> bytes:
+    """A body as a hostile server might send it: odd records, deep values, broken bytes."""
+    records = draw(st.lists(hostile_values | documented_records | plausible_records, max_size=6))
+    text = json.dumps(draw(st.sampled_from([success(records), records, {"data": records}])))
+    depth = draw(st.sampled_from([0, 0, MAX_DEPTH, 2000]))
+    if depth:
+        text = text.replace("[", "[" * depth, 1).replace("]", "]" * depth, 1)
+    content = text.encode()
+    cut = draw(st.none() | st.integers(0, len(content)))
+    if cut is not None:
+        content = content[:cut] + draw(st.sampled_from([b"", b"\xff", b"NaN", b"]"]))
+    return content
+
+
+@settings(max_examples=300, deadline=None)
+@given(hostile_bodies())
+def test_any_body_gives_a_snapshot_or_a_documented_error(content: bytes) -> None:
+    try:
+        body = decode_body(content)
+    except ValueError:
+        return
+    try:
+        snapshot = parse_body(body, source="t", received_at=NOW, max_reject_fraction=0.9)
+    except SourceError:
+        return
+    assert snapshot.rejected_count + len(snapshot.records) <= snapshot.fetched
