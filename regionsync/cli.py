@@ -118,7 +118,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_file:
         _require_readable(args.from_file)
     source: Source = FileSource(args.from_file) if args.from_file else ApiSource(settings)
-    guard = Guard(settings.max_removal_fraction, allow_mass_removal=args.allow_mass_removal)
+    guard = Guard.from_settings(settings, allow_mass_removal=args.allow_mass_removal)
     notify = OutboxPolicy.from_settings(settings.notifications)
     with _database(settings) as engine:
         if args.dry_run:
@@ -164,15 +164,14 @@ def _counts(result: Any) -> str:
 
 
 def _print_plan(result: Any) -> None:
-    from regionsync.sync import describe
-
     print(f"dry run, nothing written: {_counts(result)}")
     for change in result.changes:
-        fields = describe(change)["changes"]
         shown = "; ".join(
-            f"{name}: {before!r} -> {after!r}" for name, (before, after) in fields.items()
+            f"{name}: {before!r} -> {after!r}" for name, (before, after) in change.fields.items()
         )
-        print(f"  {change.kind:<8} {change.region_id}  {shown}")
+        if change.raw_changed:
+            shown = f"{shown}; raw changed" if shown else "raw changed"
+        print(f"  {change.kind:<8} {change.region_id}  {shown}  ({change.display_name})")
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:

@@ -71,7 +71,7 @@ def run_daemon(settings: Settings) -> int:
                 engine,
                 source,
                 schedule=schedule,
-                guard=Guard(settings.max_removal_fraction),
+                guard=Guard.from_settings(settings),
                 metrics=metrics,
                 period=period,
                 notifier=Notifier.from_settings(engine, settings.notifications),

@@ -34,6 +34,8 @@ POD_BASE_URLS = {
 DEFAULT_REGIONS_PATH = "/v1/{sid}/rcs/agent/agent_regions"
 DEFAULT_SCHEDULE = "15m"
 DEFAULT_MAX_REMOVAL_FRACTION = 0.5
+DEFAULT_MAX_REJECT_FRACTION = 0.5
+DEFAULT_LOG_REGION_LINES = 100
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 LogFormat = Literal["json", "console"]
@@ -132,6 +134,8 @@ class Settings:
     db_schema: str = "public"
     #: ``REGIONSYNC_DB_SCHEMA`` was set, but SQLite has no schemas: warned about, then ignored.
     db_schema_ignored: bool = False
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
+    log_region_lines: int = DEFAULT_LOG_REGION_LINES
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -271,6 +275,10 @@ class Settings:
             metrics_port=metrics_port,
             notifications=NotificationSettings.from_env(get),
             **db_schema_settings(get, sqlite=database_url.get_backend_name() == "sqlite"),
+            max_reject_fraction=_fraction(
+                "REGIONSYNC_MAX_REJECT_FRACTION", get, DEFAULT_MAX_REJECT_FRACTION
+            ),
+            log_region_lines=_count("REGIONSYNC_LOG_REGION_LINES", get, DEFAULT_LOG_REGION_LINES),
         )
 
 
@@ -424,6 +432,28 @@ class NotificationSettings:
             notify_on=parse_notify_on(get("REGIONSYNC_NOTIFY_ON")),
             webhook_max_age=max_age,
         )
+
+
+def _fraction(name: str, get: Callable[[str], str | None], default: float) -> float:
+    raw = get(name)
+    if raw is None:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = math.nan
+    if not 0 <= value <= 1:
+        raise ConfigError(name, "must be a number from 0 to 1 (1 turns it off)")
+    return value
+
+
+def _count(name: str, get: Callable[[str], str | None], default: int) -> int:
+    raw = get(name)
+    if raw is None:
+        return default
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or int(raw) > 1_000_000:
+        raise ConfigError(name, "must be a whole number from 0 to 1000000 (0: none)")
+    return int(raw)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

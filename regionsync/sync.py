@@ -9,20 +9,19 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import sqlalchemy as sa
 import structlog
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync import diff, outbox, runs
+from regionsync import changeset, outbox, runs
+from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
-from regionsync.models import BigId, UTCDateTime, history_table
 from regionsync.records import Snapshot
+from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
 from regionsync.runs import Counts
 from regionsync.schema import require_current
 from regionsync.store import describe_db_error, translated_errors
@@ -32,8 +31,6 @@ if TYPE_CHECKING:
     from regionsync.settings import Settings
 
 logger = structlog.get_logger("regionsync.sync")
-history = history_table
-regions = diff.regions
 SKIPPED_REASON = "another sync holds the lock"
 
 
@@ -86,22 +83,38 @@ class ApiSource:
 
 @dataclass
 class SyncResult:
-    """How a sync ended: ``succeeded``, ``skipped``, or ``dry-run``."""
+    """How a sync ended: ``succeeded``, ``skipped``, or ``dry-run``.
+
+    ``changes`` are the first changes by region id, as many as the run logs (all of them
+    for a dry run); ``counts`` counts them all.
+    """
 
     status: str
     run_id: int | None = None
     counts: Counts = field(default_factory=Counts)
-    changes: list[diff.Change] = field(default_factory=list)
+    changes: list[Change] = field(default_factory=list)
     duration: float = 0.0
     error: str | None = None
 
 
 @dataclass(frozen=True)
 class Guard:
-    """The mass-removal guard of DESIGN.md §3."""
+    """The limits a run keeps: the mass-removal and rejected-records guards (README,
+    *The sync*), and how many per-region lines it logs (README, *Logs*)."""
 
     max_removal_fraction: float = 0.5
     allow_mass_removal: bool = False
+    max_reject_fraction: float = 0.5
+    region_lines: int = DEFAULT_LIMIT
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, allow_mass_removal: bool = False) -> Guard:
+        return cls(
+            max_removal_fraction=settings.max_removal_fraction,
+            allow_mass_removal=allow_mass_removal,
+            max_reject_fraction=settings.max_reject_fraction,
+            region_lines=settings.log_region_lines,
+        )
 
     def check(self, removing: int, active: int) -> None:
         if self.allow_mass_removal or active == 0 or removing == 0:
@@ -112,6 +125,23 @@ class Guard:
                 f"({removing / active:.0%} > {self.max_removal_fraction:.0%}); if the API is "
                 "right, run again with --allow-mass-removal or raise "
                 "REGIONSYNC_MAX_REMOVAL_FRACTION"
+            )
+
+    def check_rejects(self, snapshot: Snapshot) -> None:
+        """Refuse a snapshot made mostly (or only) of rejected records."""
+        rejected, fetched = len(snapshot.rejected), snapshot.fetched
+        if rejected == 0:
+            return
+        if rejected == fetched:
+            raise GuardError(
+                f"every one of the {fetched} records was rejected (the record.rejected lines "
+                "say why); nothing was applied"
+            )
+        if rejected / fetched > self.max_reject_fraction:
+            raise GuardError(
+                f"refusing to apply: {rejected} of {fetched} records were rejected, more than "
+                f"REGIONSYNC_MAX_REJECT_FRACTION ({self.max_reject_fraction:g}) allows; to apply "
+                "the valid ones anyway, raise it (1 turns the check off)"
             )
 
 
@@ -145,15 +175,27 @@ def run_sync(
             abandoned = runs.close_abandoned(connection, except_run=run_id)
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             log.info("sync.started", closed_abandoned_runs=abandoned)
+            lines = RegionLines(log, guard.region_lines)
+            seen = Counts()
             try:
-                snapshot = _fetch(source, log)
+                snapshot = _fetch(source, log, lines)
+                seen = Counts(fetched=snapshot.fetched, rejected=len(snapshot.rejected))
+                guard.check_rejects(snapshot)
                 with translated_errors("applying the sync"):
-                    result = _apply(connection, snapshot, run_id, guard, notify)
+                    planned = _apply(connection, snapshot, run_id, guard, lines.remaining, notify)
             except BaseException as error:
-                _record_failure(engine, run_id, error, log, started)
+                lines.summarise(run_id)
+                _record_failure(engine, run_id, error, log, started, seen)
                 raise
-            result.duration = time.monotonic() - started
-            _log_changes(result.changes, log)
+            result = SyncResult(
+                "succeeded",
+                run_id,
+                counts=_counts(snapshot, planned),
+                changes=planned.changes,
+                duration=time.monotonic() - started,
+            )
+            _log_changes(planned, lines)
+            lines.summarise(run_id)
             log.info(
                 "sync.finished",
                 status="succeeded",
@@ -169,27 +211,39 @@ def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> Sy
     started = time.monotonic()
     require_current(engine)
     log = logger.bind(trigger="dry-run", source=source.description)
-    snapshot = _fetch(source, log)
-    # Staging happens inside a transaction that is rolled back, temporary tables included.
-    with (
-        translated_errors("comparing with the database"),
-        engine.connect() as connection,
-        connection.begin() as transaction,
-    ):
-        counts, planned = _plan(connection, snapshot, guard)
-        transaction.rollback()
+    lines = RegionLines(log, guard.region_lines)
+    try:
+        snapshot = _fetch(source, log, lines)
+        guard.check_rejects(snapshot)
+        # Staging happens inside a transaction that is rolled back, temporary tables included.
+        with (
+            translated_errors("comparing with the database"),
+            engine.connect() as connection,
+            connection.begin() as transaction,
+        ):
+            planned = _plan(connection, snapshot, guard, details=None)
+            transaction.rollback()
+    finally:
+        lines.summarise(None)
     return SyncResult(
-        "dry-run", counts=counts, changes=planned.changes, duration=time.monotonic() - started
+        "dry-run",
+        counts=_counts(snapshot, planned),
+        changes=planned.changes,
+        duration=time.monotonic() - started,
     )
 
 
-def _fetch(source: Source, log: structlog.typing.FilteringBoundLogger) -> Snapshot:
+def _fetch(
+    source: Source, log: structlog.typing.FilteringBoundLogger, lines: RegionLines
+) -> Snapshot:
     log.info("fetch.started")
     snapshot = source.fetch()
-    for rejection in snapshot.rejected:
-        log.warning("record.rejected", region_id=rejection.region_id, reason=rejection.reason)
+    shown = snapshot.rejected[: lines.remaining]
+    for rejection in shown:
+        lines.warning("record.rejected", region_id=rejection.region_id, reason=rejection.reason)
+    lines.omit("record.rejected", len(snapshot.rejected) - len(shown))
     for region_id in snapshot.duplicates:
-        log.warning("record.duplicate", region_id=region_id, resolution="last copy wins")
+        lines.warning("record.duplicate", region_id=region_id, resolution="last copy wins")
     log.info(
         "fetch.finished",
         fetched=snapshot.fetched,
@@ -199,20 +253,12 @@ def _fetch(source: Source, log: structlog.typing.FilteringBoundLogger) -> Snapsh
     return snapshot
 
 
-def _plan(connection: Connection, snapshot: Snapshot, guard: Guard) -> tuple[Counts, diff.Plan]:
-    diff.stage(connection, snapshot)
-    planned = diff.plan(connection)
-    counts = Counts(
-        fetched=snapshot.fetched,
-        added=planned.count("added"),
-        changed=planned.count("changed", "updated"),
-        unchanged=planned.unchanged,
-        removed=planned.count("removed"),
-        restored=planned.count("restored"),
-        rejected=len(snapshot.rejected),
-    )
-    guard.check(counts.removed, planned.active_before)
-    return counts, planned
+def _plan(
+    connection: Connection, snapshot: Snapshot, guard: Guard, details: int | None
+) -> changeset.Plan:
+    planned = changeset.plan(connection, snapshot, details=details)
+    guard.check(planned.counts["removed"], planned.active_before)
+    return planned
 
 
 def _apply(
@@ -220,90 +266,31 @@ def _apply(
     snapshot: Snapshot,
     run_id: int,
     guard: Guard,
+    details: int,
     notify: outbox.OutboxPolicy | None = None,
-) -> SyncResult:
+) -> changeset.Plan:
+    """Plan, guard and apply in one transaction, the run's row closed in it too."""
     with connection.begin():
-        counts, planned = _plan(connection, snapshot, guard)
-        if planned.changes:
-            _write(connection, run_id, snapshot.received_at)
-        diff.unstage(connection)
-        runs.finish_run(connection, run_id, status="succeeded", counts=counts)
+        planned = _plan(connection, snapshot, guard, details)
+        if planned.total:
+            changeset.apply(connection, run_id=run_id, at=snapshot.received_at)
+        changeset.unstage(connection)
+        runs.finish_run(connection, run_id, status="succeeded", counts=_counts(snapshot, planned))
 
         # Notifications: after the history and counts, in the same transaction.
         outbox.enqueue(connection, run_id=run_id, policy=notify)
-    return SyncResult("succeeded", run_id, counts=counts, changes=planned.changes)
+    return planned
 
 
-def _write(connection: Connection, run_id: int, at: datetime) -> None:
-    """Apply the staged snapshot with set-based statements.
-
-    History is computed from the rows as they were, kept aside, and inserted after the
-    upsert so that the rows of newly added regions have their foreign key to point at.
-    """
-    pending = diff.pending_history
-    columns = [c.name for c in pending.columns]
-    p = diff.present_changes
-    was_absent = p.c.kind.in_(("added", "restored"))
-    connection.execute(
-        pending.insert().from_select(
-            columns,
-            sa.select(
-                p.c.region_id,
-                p.c.kind,
-                sa.case((was_absent, sa.null()), else_=p.c.carrier_enabled_before),
-                p.c.carrier_enabled_after,
-                sa.case((was_absent, sa.null()), else_=p.c.hosting_region_before),
-                p.c.hosting_region_after,
-            ).where(p.c.kind.in_(("added", "changed", "restored"))),
-        )
-    )
-    connection.execute(
-        pending.insert().from_select(
-            columns,
-            sa.select(
-                regions.c.id,
-                sa.literal("removed"),
-                regions.c.carrier_enabled,
-                sa.null(),
-                regions.c.hosting_region,
-                sa.null(),
-            ).where(diff.absent),
-        )
-    )
-    connection.execute(regions.update().where(diff.absent).values(removed_at=at, updated_at=at))
-    when = sa.literal(at, UTCDateTime())
-    connection.execute(_upsert(connection, when))
-    connection.execute(
-        history.insert().from_select(
-            ["sync_run_id", "changed_at", *columns],
-            sa.select(sa.literal(run_id, BigId), when, *pending.c).order_by(pending.c.region_id),
-        )
-    )
-
-
-def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:
-    """INSERT ... ON CONFLICT DO UPDATE that touches only rows with a stored field changed."""
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    staged = diff.staged
-    stmt = insert(regions).from_select(
-        [*("id", *diff.STORED), "first_seen_at", "updated_at", "removed_at"],
-        # SQLite needs a WHERE here to parse INSERT ... SELECT ... ON CONFLICT unambiguously.
-        sa.select(
-            staged.c.id, *(staged.c[name] for name in diff.STORED), when, when, sa.null()
-        ).where(sa.true()),
-    )
-    excluded = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=[regions.c.id],
-        set_={
-            **{name: excluded[name] for name in diff.STORED},
-            "updated_at": excluded.updated_at,
-            "removed_at": None,
-        },
-        where=sa.or_(
-            regions.c.removed_at.is_not(None),
-            *(regions.c[name].is_distinct_from(excluded[name]) for name in diff.STORED),
-        ),
+def _counts(snapshot: Snapshot, planned: changeset.Plan) -> Counts:
+    return Counts(
+        fetched=snapshot.fetched,
+        added=planned.counts["added"],
+        changed=planned.counts["changed"] + planned.counts["updated"],
+        unchanged=planned.unchanged,
+        removed=planned.counts["removed"],
+        restored=planned.counts["restored"],
+        rejected=len(snapshot.rejected),
     )
 
 
@@ -313,10 +300,12 @@ def _record_failure(
     error: BaseException,
     log: structlog.typing.FilteringBoundLogger,
     started: float,
+    counts: Counts,
 ) -> None:
     """Close the run as failed on a fresh connection, in case the sync's own one died.
 
-    The failed apply's transaction was rolled back, its temporary tables with it.
+    The failed apply's transaction was rolled back, its temporary tables with it; ``counts``
+    holds what the fetch saw (records received and rejected), nothing applied.
     """
     message = _failure_message(error)
     code = getattr(error, "code", None)
@@ -327,7 +316,7 @@ def _record_failure(
         log.exception("sync.failed", error=message, duration_s=duration)
     try:
         with engine.begin() as fresh:
-            runs.finish_run(fresh, run_id, status="failed", error=message)
+            runs.finish_run(fresh, run_id, status="failed", error=message, counts=counts)
     except sa.exc.SQLAlchemyError as db_error:
         log.error(
             "sync.failure_not_recorded",
@@ -344,20 +333,14 @@ def _failure_message(error: BaseException) -> str:
     return one_line(f"internal error: {type(error).__name__}: {error}", limit=500)
 
 
-def _log_changes(changes: list[diff.Change], log: structlog.typing.FilteringBoundLogger) -> None:
-    for change in changes:
-        log.info(f"region.{change.kind}", region_id=change.region_id, **describe(change))
-
-
-def describe(change: diff.Change) -> dict[str, Any]:
-    """A change as log fields: ``{field: [before, after]}``, raw reduced to a flag."""
-    fields = {
-        name: [before, after] for name, (before, after) in change.fields.items() if name != "raw"
-    }
-    out: dict[str, Any] = {"changes": fields}
-    if "raw" in change.fields and change.kind in ("changed", "updated"):
-        out["raw_changed"] = True
-    return out
+def _log_changes(planned: changeset.Plan, lines: RegionLines) -> None:
+    """The changes read back (at most the lines left), the others only counted."""
+    logged = dict.fromkeys(changeset.KINDS, 0)
+    for change in planned.changes:
+        lines.info(f"region.{change.kind}", region_id=change.region_id, **change.describe())
+        logged[change.kind] += 1
+    for kind, number in planned.counts.items():
+        lines.omit(f"region.{kind}", number - logged[kind])
 
 
 __all__ = [

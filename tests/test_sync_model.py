@@ -3,7 +3,8 @@
 After every step: the active rows equal what the snapshot says (rejected ids held as they
 were), replaying ``region_history`` reproduces every region's tracked values and presence,
 each history row's befores equal the previous row's afters, and an unchanged snapshot
-writes nothing.
+writes nothing. A run fails, changing nothing, exactly when a guard says it must (mass
+removal, or more than half of the records rejected).
 """
 
 from __future__ import annotations
@@ -45,6 +46,21 @@ snapshot = st.lists(
 )
 
 
+def is_rejected(record: Any) -> bool:
+    return (
+        not isinstance(record, dict)
+        or not isinstance(record.get("id"), str)
+        or not isinstance(record.get("carrier_enabled"), bool)
+        or isinstance(record.get("managment_type_value"), str)
+    )
+
+
+def rejects_trip(data: list[Any]) -> bool:
+    """Every record rejected, or more than half of them (the default reject fraction)."""
+    rejected = sum(1 for record in data if is_rejected(record))
+    return rejected > 0 and (rejected == len(data) or rejected / len(data) > 0.5)
+
+
 def expected_after(
     data: list[Any], state: dict[str, tuple[bool, str | None] | None]
 ) -> dict[str, Any]:
@@ -54,9 +70,7 @@ def expected_after(
     for record in data:
         if not isinstance(record, dict) or not isinstance(record.get("id"), str):
             continue
-        if not isinstance(record.get("carrier_enabled"), bool) or isinstance(
-            record.get("managment_type_value"), str
-        ):
+        if is_rejected(record):
             held.add(record["id"])
             continue
         valid[record["id"]] = (record["carrier_enabled"], record["hosting_region"])
@@ -91,7 +105,7 @@ class SyncMachine(RuleBasedStateMachine):
         removing = sum(
             1 for k, v in expected.items() if v is None and self.model.get(k) is not None
         )
-        trips = not allow and active > 0 and removing / active > 0.5
+        trips = rejects_trip(data) or (not allow and active > 0 and removing / active > 0.5)
         try:
             run_sync(self.engine, self.source, guard=Guard(0.5, allow_mass_removal=allow))
         except GuardError:

@@ -1,0 +1,386 @@
+"""A fetched snapshot against the ``regions`` table: stage, plan, apply, unstage.
+
+The snapshot is staged in temporary tables (COPY on PostgreSQL), the database classifies
+every staged region in one join and keeps only the ones that change, in a temporary table
+of changes; counts, log details, history rows and the upsert all read from that table. An
+unchanged snapshot reads back one row per kind and writes nothing: comparisons are
+null-safe (``IS DISTINCT FROM``) on the stored fields, ``raw`` included (``jsonb`` equality
+on PostgreSQL, canonical JSON text on SQLite).
+
+An optional field absent from a record means "not reported": an existing region keeps its
+stored value, a new one stores NULL; an explicit JSON null is a value like any other.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal, get_args
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.engine import Connection
+
+from regionsync.models import BigId, UTCDateTime, history_table, regions_table
+from regionsync.records import RegionRecord, Snapshot
+
+Kind = Literal["added", "changed", "updated", "removed", "restored"]
+"""``changed``: a tracked field changed; ``updated``: only untracked fields (no history)."""
+KINDS: tuple[Kind, ...] = get_args(Kind)
+PRESENT: tuple[Kind, ...] = ("added", "changed", "updated", "restored")
+
+TRACKED = ("carrier_enabled", "hosting_region")
+UNTRACKED = ("region_name", "display_name", "management_type", "management_type_value", "raw")
+STORED = TRACKED + UNTRACKED
+#: The stored fields a record may omit; ``RegionRecord.absent`` names them.
+OPTIONAL = ("region_name", "display_name", "management_type", "management_type_value", TRACKED[1])
+
+_temp = sa.MetaData()
+staged = sa.Table(
+    "regionsync_staged",
+    _temp,
+    # No primary key: the snapshot has one record per id, and an index costs more to build
+    # than the hash joins that read this table.
+    sa.Column("id", sa.Text, nullable=False),
+    sa.Column("region_name", sa.Text),
+    sa.Column("display_name", sa.Text),
+    sa.Column("management_type", sa.Text),
+    sa.Column("management_type_value", sa.Integer),
+    sa.Column("carrier_enabled", sa.Boolean, nullable=False),
+    sa.Column("hosting_region", sa.Text),
+    # Canonical JSON text; jsonb on PostgreSQL, so that it compares as a JSON value.
+    sa.Column("raw", sa.Text().with_variant(JSONB(), "postgresql"), nullable=False),
+    prefixes=["TEMPORARY"],
+)
+#: Ids of rejected records: their regions stay exactly as they are.
+held = sa.Table(
+    "regionsync_held", _temp, sa.Column("id", sa.Text, primary_key=True), prefixes=["TEMPORARY"]
+)
+#: (region, field) for each optional field a record omitted; usually empty.
+absent = sa.Table(
+    "regionsync_absent",
+    _temp,
+    sa.Column("id", sa.Text, nullable=False),
+    sa.Column("field", sa.Text, nullable=False),
+    prefixes=["TEMPORARY"],
+)
+#: One row per region the snapshot changes, with its tracked values before and after.
+changes = sa.Table(
+    "regionsync_changes",
+    _temp,
+    sa.Column("region_id", sa.Text, primary_key=True),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("carrier_enabled_before", sa.Boolean),
+    sa.Column("carrier_enabled_after", sa.Boolean),
+    sa.Column("hosting_region_before", sa.Text),
+    sa.Column("hosting_region_after", sa.Text),
+    prefixes=["TEMPORARY"],
+)
+TEMP_TABLES = (staged, held, absent, changes)
+
+regions = regions_table
+history = history_table
+s = staged.alias("s")
+r = regions.alias("r")
+c = changes.alias("c")
+
+
+@dataclass(frozen=True)
+class Change:
+    """One region the snapshot changes; ``fields`` maps a stored field to (before, after).
+
+    ``raw`` is never in ``fields``: ``raw_changed`` says whether the record differs.
+    """
+
+    region_id: str
+    kind: Kind
+    display_name: str | None
+    fields: dict[str, tuple[Any, Any]]
+    raw_changed: bool = False
+
+    def describe(self) -> dict[str, Any]:
+        """The change as log fields: ``{"changes": {field: [before, after]}}``."""
+        out: dict[str, Any] = {
+            "changes": {name: [before, after] for name, (before, after) in self.fields.items()}
+        }
+        if self.raw_changed:
+            out["raw_changed"] = True
+        return out
+
+
+@dataclass
+class Plan:
+    """What applying the staged snapshot does: counts by kind, and the first few changes."""
+
+    counts: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
+    unchanged: int = 0
+    active_before: int = 0
+    changes: list[Change] = field(default_factory=list)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def stage(connection: Connection, snapshot: Snapshot) -> None:
+    """Load the snapshot into this connection's temporary tables (in its transaction)."""
+    unstage(connection)
+    for table in TEMP_TABLES:
+        table.create(connection)
+    if snapshot.records and connection.dialect.name == "postgresql":
+        _copy_binary(connection, snapshot.records)
+    elif snapshot.records:
+        names = ", ".join(column.name for column in staged.columns)
+        marks = ", ".join("?" for _ in staged.columns)
+        connection.exec_driver_sql(
+            f"INSERT INTO {staged.name} ({names}) VALUES ({marks})",
+            [_row(rec) for rec in snapshot.records],
+        )
+    if snapshot.held_ids:
+        connection.execute(held.insert(), [{"id": region_id} for region_id in snapshot.held_ids])
+    omitted = [
+        {"id": rec.id, "field": name}
+        for rec in snapshot.records
+        if rec.absent
+        for name in OPTIONAL
+        if name in rec.absent
+    ]
+    if omitted:
+        connection.execute(absent.insert(), omitted)
+        _keep_stored_values(connection)
+
+
+def _row(rec: RegionRecord) -> tuple[Any, ...]:
+    return (
+        rec.id,
+        rec.region_name,
+        rec.display_name,
+        rec.management_type,
+        rec.management_type_value,
+        rec.carrier_enabled,
+        rec.hosting_region,
+        rec.raw,
+    )
+
+
+def _copy_binary(connection: Connection, records: Iterable[RegionRecord]) -> None:
+    """PostgreSQL: binary COPY, the fastest way in (measured against text COPY).
+
+    ``raw`` is already canonical JSON text: it is sent as jsonb's binary form (a version
+    byte and the text) instead of being decoded and encoded again.
+    """
+    from psycopg.adapt import Buffer, Dumper
+    from psycopg.pq import Format
+
+    class RawJsonb(Dumper):
+        format = Format.BINARY
+        oid = 3802  # jsonb
+
+        def dump(self, obj: Any) -> Buffer:
+            return b"\x01" + str(obj).encode()
+
+    names = ", ".join(column.name for column in staged.columns)
+    types = ["text", "text", "text", "text", "int4", "bool", "text", "jsonb"]
+    cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
+    cursor.adapters.register_dumper(None, RawJsonb)
+    with cursor.copy(f"COPY {staged.name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
+        copy.set_types(types)
+        for rec in records:
+            copy.write_row(_row(rec))
+
+
+def _keep_stored_values(connection: Connection) -> None:
+    """Give each absent field the region's stored value (NULL for a new region)."""
+    for name in OPTIONAL:
+        stored = sa.select(regions.c[name]).where(regions.c.id == staged.c.id).scalar_subquery()
+        omitted = sa.select(absent.c.id).where(absent.c.field == name)
+        connection.execute(staged.update().where(staged.c.id.in_(omitted)).values({name: stored}))
+
+
+def unstage(connection: Connection) -> None:
+    for table in TEMP_TABLES:
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
+
+
+def _distinct(names: tuple[str, ...]) -> sa.ColumnElement[bool]:
+    return sa.or_(*(r.c[name].is_distinct_from(s.c[name]) for name in names))
+
+
+#: How a staged region compares with its row in ``regions``.
+_KIND = sa.case(
+    (r.c.id.is_(None), "added"),
+    (r.c.removed_at.is_not(None), "restored"),
+    (_distinct(TRACKED), "changed"),
+    (_distinct(UNTRACKED), "updated"),
+    else_="unchanged",
+)
+#: Active regions missing from the snapshot, except those held back by rejected records.
+_MISSING = sa.and_(
+    regions.c.removed_at.is_(None),
+    ~sa.exists().where(staged.c.id == regions.c.id),
+    ~sa.exists().where(held.c.id == regions.c.id),
+)
+
+
+def plan(connection: Connection, snapshot: Snapshot, *, details: int | None = None) -> Plan:
+    """Stage ``snapshot`` and find what it changes; writes only temporary tables.
+
+    ``details`` bounds how many :class:`Change` rows are read back (None: all of them).
+    """
+    if connection.dialect.name == "postgresql":
+        # The diff hashes one table against the other: at the default 4 MB a 100,000-region
+        # hash spills to disk in batches. LOCAL: for this transaction only.
+        connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
+    stage(connection, snapshot)
+    result = Plan()
+    columns = [column.name for column in changes.columns]
+    present = (
+        sa.select(s.c.id.label("region_id"), _KIND.label("kind"), *_before_after())
+        .select_from(s.outerjoin(r, r.c.id == s.c.id))
+        .subquery("present")
+    )
+    connection.execute(
+        changes.insert().from_select(
+            columns, sa.select(present).where(present.c.kind != "unchanged")
+        )
+    )
+    for kind, number in connection.execute(
+        sa.select(changes.c.kind, sa.func.count()).group_by(changes.c.kind)
+    ):
+        result.counts[kind] = number
+    result.unchanged = len(snapshot.records) - sum(result.counts[k] for k in PRESENT)
+    result.active_before = _count(connection, regions.c.removed_at.is_(None))
+    # Active regions that are neither in the snapshot nor held: usually none, and then the
+    # anti-join that would find them is skipped.
+    staged_active = len(snapshot.records) - result.counts["added"] - result.counts["restored"]
+    held_active = (
+        _count(connection, regions.c.removed_at.is_(None), regions.c.id.in_(sa.select(held.c.id)))
+        if snapshot.held_ids
+        else 0
+    )
+    if result.active_before > staged_active + held_active:
+        connection.execute(
+            changes.insert().from_select(
+                columns,
+                sa.select(
+                    regions.c.id,
+                    sa.literal("removed"),
+                    regions.c.carrier_enabled,
+                    sa.null(),
+                    regions.c.hosting_region,
+                    sa.null(),
+                ).where(_MISSING),
+            )
+        )
+        result.counts["removed"] = connection.execute(
+            sa.select(sa.func.count()).where(changes.c.kind == "removed")
+        ).scalar_one()
+    if details is None or details > 0:
+        result.changes = _details(connection, details)
+    return result
+
+
+def _count(connection: Connection, *where: sa.ColumnElement[bool]) -> int:
+    found: int = connection.execute(
+        sa.select(sa.func.count()).select_from(regions).where(*where)
+    ).scalar_one()
+    return found
+
+
+def _before_after() -> list[sa.ColumnElement[Any]]:
+    """The tracked values before (NULL when the region was absent) and after."""
+    was_present = r.c.removed_at.is_(None)
+    return [
+        sa.case((was_present, r.c.carrier_enabled)).label("carrier_enabled_before"),
+        s.c.carrier_enabled.label("carrier_enabled_after"),
+        sa.case((was_present, r.c.hosting_region)).label("hosting_region_before"),
+        s.c.hosting_region.label("hosting_region_after"),
+    ]
+
+
+def _details(connection: Connection, limit: int | None) -> list[Change]:
+    """The first ``limit`` changes by region id, with every field that differs."""
+    shown = [name for name in STORED if name != "raw"]
+    first = sa.select(changes).order_by(changes.c.region_id).limit(limit).subquery("first")
+    query = (
+        sa.select(
+            first.c.region_id,
+            first.c.kind,
+            *(r.c[name].label(f"{name}_before") for name in shown),
+            *(s.c[name].label(f"{name}_after") for name in shown),
+            sa.type_coerce(r.c.raw.is_distinct_from(s.c.raw), sa.Boolean).label("raw_changed"),
+        )
+        .select_from(
+            first.outerjoin(s, s.c.id == first.c.region_id).outerjoin(
+                r, r.c.id == first.c.region_id
+            )
+        )
+        .order_by(first.c.region_id)
+    )
+    found = []
+    for row in connection.execute(query).mappings():
+        kind: Kind = row["kind"]
+        before = {name: row[f"{name}_before"] for name in shown}
+        after = {name: row[f"{name}_after"] for name in shown}
+        if kind == "removed":
+            fields = {name: (before[name], None) for name in TRACKED}
+        elif kind in ("added", "restored"):
+            fields = {name: (None, after[name]) for name in shown}
+        else:
+            fields = {name: (before[name], after[name]) for name in shown}
+            fields = {name: pair for name, pair in fields.items() if pair[0] != pair[1]}
+        found.append(
+            Change(
+                region_id=row["region_id"],
+                kind=kind,
+                display_name=before["display_name"] if kind == "removed" else after["display_name"],
+                fields=fields,
+                raw_changed=kind in ("changed", "updated") and bool(row["raw_changed"]),
+            )
+        )
+    return found
+
+
+def apply(connection: Connection, *, run_id: int, at: datetime) -> None:
+    """Write the planned changes: removals, the upsert, then the run's history rows.
+
+    History goes last so that the rows of newly added regions exist for its foreign key.
+    """
+    when = sa.literal(at, UTCDateTime())
+    removed = sa.select(changes.c.region_id).where(changes.c.kind == "removed")
+    connection.execute(
+        regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
+    )
+    connection.execute(_upsert(connection, when))
+    columns = [column.name for column in changes.columns]
+    connection.execute(
+        history.insert().from_select(
+            ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
+            sa.select(sa.literal(run_id, BigId), when, *changes.c)
+            .where(changes.c.kind != "updated")
+            .order_by(changes.c.region_id),
+        )
+    )
+
+
+def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:
+    """INSERT ... ON CONFLICT DO UPDATE of the staged rows that change, and only those."""
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(regions).from_select(
+        ["id", *STORED, "first_seen_at", "updated_at", "removed_at"],
+        sa.select(s.c.id, *(s.c[name] for name in STORED), when, when, sa.null())
+        .select_from(s.join(c, c.c.region_id == s.c.id))
+        # The WHERE also keeps SQLite from reading ON CONFLICT as the join's ON.
+        .where(c.c.kind.in_(PRESENT)),
+    )
+    excluded = stmt.excluded
+    return stmt.on_conflict_do_update(
+        index_elements=[regions.c.id],
+        set_={
+            **{name: excluded[name] for name in STORED},
+            "updated_at": excluded.updated_at,
+            "removed_at": None,
+        },
+    )
