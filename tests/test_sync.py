@@ -3,18 +3,25 @@
 from __future__ import annotations
 
 import fcntl
+import json
 import os
+from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
+from structlog.testing import capture_logs
 
-from regionsync import lock, runs
-from regionsync.errors import GuardError, PermanentSourceError, StoreError
+from regionsync import cli, lock, runs
+from regionsync.errors import ConfigError, GuardError, PermanentSourceError, StoreError
+from regionsync.metrics import DaemonMetrics
+from regionsync.settings import Settings
+from regionsync.status import gather
 from regionsync.store import sqlite_path
 from regionsync.sync import Guard, SyncResult, preview, run_sync
-from tests.sources import FailingSource, ListSource, region
+from tests.sources import FailingSource, ListSource, body, region
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -321,3 +328,135 @@ def test_lost_connection_during_the_run_leaves_data_and_a_failed_run(pg_engine: 
     assert run["error"].startswith("applying the sync: database error")
     source.during_fetch = None
     assert run_sync(pg_engine, source).counts.added == 1
+
+
+def test_every_record_rejected_is_a_failed_run_that_applies_nothing(engine: Engine) -> None:
+    run_sync(engine, ListSource([region("a"), region("b")]))
+    before = regions(engine)
+    metrics = DaemonMetrics(max_age=timedelta(hours=1))
+    metrics.record_status(gather(engine))
+    _, health_before = metrics.health()
+    junk = ListSource([region("a", enabled="yes"), {"no": "id"}, "junk"])
+    with pytest.raises(GuardError, match="every one of the 3 records was rejected"):
+        run_sync(engine, junk, guard=Guard(max_reject_fraction=1.0))
+    assert regions(engine) == before
+    run = last_run(engine)
+    assert (run["status"], run["fetched"], run["rejected"], run["added"]) == ("failed", 3, 3, 0)
+    assert "every one of the 3 records was rejected" in run["error"]
+    metrics.record_status(gather(engine))
+    assert metrics.health()[1]["last_success_at"] == health_before["last_success_at"]
+
+
+@pytest.mark.parametrize(
+    ("bad", "good", "fraction", "fails"),
+    [(3, 2, 0.5, True), (2, 2, 0.5, False), (3, 2, 1.0, False), (1, 4, 0.1, True)],
+)
+def test_too_many_rejected_records_fail_the_run(
+    engine: Engine, bad: int, good: int, fraction: float, fails: bool
+) -> None:
+    run_sync(engine, ListSource([region("a")]))
+    before = regions(engine)
+    data = [region(f"bad{i}", enabled="yes") for i in range(bad)]
+    data += [region("a", enabled=False)] + [region(f"new{i}") for i in range(good - 1)]
+    guard = Guard(max_reject_fraction=fraction)
+    if not fails:
+        assert run_sync(engine, ListSource(data), guard=guard).counts.rejected == bad
+        return
+    with pytest.raises(GuardError) as raised:
+        run_sync(engine, ListSource(data), guard=guard)
+    message = str(raised.value)
+    assert f"{bad} of {bad + good} records were rejected" in message
+    assert "REGIONSYNC_MAX_REJECT_FRACTION" in message
+    assert regions(engine) == before
+    run = last_run(engine)
+    assert (run["status"], run["fetched"], run["rejected"]) == ("failed", bad + good, bad)
+    with pytest.raises(GuardError):
+        preview(engine, ListSource(data), guard=guard)
+
+
+def test_region_lines_are_capped_then_summarised(engine: Engine) -> None:
+    source = ListSource([region(f"r{i}") for i in range(5)])
+    with capture_logs() as logs:
+        result = run_sync(engine, source, guard=Guard(region_lines=2))
+    added = [e for e in logs if e["event"] == "region.added"]
+    assert [e["region_id"] for e in added] == ["r0", "r1"]
+    (summary,) = [e for e in logs if e["event"] == "sync.lines_capped"]
+    assert summary["omitted"] == 3
+    assert summary["omitted_by_event"] == {"region.added": 3}
+    assert f"region_history WHERE sync_run_id = {result.run_id}" in summary["rest"]
+    assert logs[-1]["event"] == "sync.finished"
+    assert result.counts.added == 5
+
+
+def test_rejects_and_changes_share_one_cap(engine: Engine) -> None:
+    data = [region(f"bad{i}", enabled="no") for i in range(3)] + [region(f"r{i}") for i in range(3)]
+    with capture_logs() as logs:
+        run_sync(engine, ListSource(data), guard=Guard(region_lines=2))
+    per_region = [e["event"] for e in logs if e["event"].startswith(("region.", "record."))]
+    assert per_region == ["record.rejected", "record.rejected"]
+    (summary,) = [e for e in logs if e["event"] == "sync.lines_capped"]
+    assert summary["omitted_by_event"] == {"record.rejected": 1, "region.added": 3}
+
+
+def test_no_region_lines_at_zero_and_no_summary_under_the_cap(engine: Engine) -> None:
+    with capture_logs() as logs:
+        run_sync(engine, ListSource([region("a"), region("b")]), guard=Guard(region_lines=0))
+    assert not [e for e in logs if e["event"].startswith("region.")]
+    assert [e["omitted"] for e in logs if e["event"] == "sync.lines_capped"] == [2]
+    with capture_logs() as logs:
+        run_sync(engine, ListSource([region("a", enabled=False), region("b")]))
+    assert [e["event"] for e in logs if e["event"].startswith("region.")] == ["region.changed"]
+    assert not [e for e in logs if e["event"] == "sync.lines_capped"]
+
+
+def test_dry_run_lists_every_change_with_its_display_name(engine: Engine) -> None:
+    run_sync(engine, ListSource([region("a", name="Alpha")]))
+    data = [region("a", name="Alpha", enabled=False)] + [region(f"n{i}") for i in range(150)]
+    result = preview(engine, ListSource(data), guard=Guard(region_lines=1))
+    assert len(result.changes) == 151, "a dry run lists every change, whatever the log cap"
+    assert (result.changes[0].region_id, result.changes[0].display_name) == ("a", "Alpha")
+    assert result.changes[0].describe() == {
+        "changes": {"carrier_enabled": [True, False]},
+        "raw_changed": True,
+    }
+
+
+def test_cli_exits_1_when_every_record_is_rejected(
+    db_url: URL, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    saved = tmp_path / "junk.json"
+    saved.write_text(json.dumps(body([region("a", enabled="yes"), 17])))
+    monkeypatch.setenv("REGIONSYNC_DATABASE_URL", db_url.render_as_string(hide_password=False))
+    monkeypatch.setenv("REGIONSYNC_LOG_FORMAT", "json")
+    assert cli.main(["run", "--from-file", str(saved)]) == 1
+    err = capsys.readouterr().err.splitlines()
+    assert err[-1] == (
+        "regionsync: error: every one of the 2 records was rejected (the record.rejected lines"
+        " say why); nothing was applied"
+    )
+
+
+def test_guard_takes_its_limits_from_the_settings() -> None:
+    env = {"REGIONSYNC_MAX_REJECT_FRACTION": "0.2", "REGIONSYNC_LOG_REGION_LINES": "0"}
+    guard = Guard.from_settings(Settings.from_env(env), allow_mass_removal=True)
+    assert (guard.max_reject_fraction, guard.region_lines, guard.allow_mass_removal) == (
+        0.2,
+        0,
+        True,
+    )
+    assert Guard.from_settings(Settings.from_env({})) == Guard()
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REGIONSYNC_MAX_REJECT_FRACTION", "1.5"),
+        ("REGIONSYNC_MAX_REJECT_FRACTION", "half"),
+        ("REGIONSYNC_LOG_REGION_LINES", "-1"),
+        ("REGIONSYNC_LOG_REGION_LINES", "\u0663"),  # ARABIC-INDIC DIGIT THREE
+        ("REGIONSYNC_LOG_REGION_LINES", "9" * 5000),
+    ],
+)
+def test_bad_limits_are_config_errors(name: str, value: str) -> None:
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({name: value})
