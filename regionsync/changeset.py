@@ -344,7 +344,7 @@ def _details(connection: Connection, limit: int | None) -> list[Change]:
 
 
 def apply(connection: Connection, *, run_id: int, at: datetime) -> None:
-    """Write the planned changes: removals, the upsert, then the run's history rows.
+    """Write the planned changes: removals, new regions, updates, then the history rows.
 
     History goes last so that the rows of newly added regions exist for its foreign key.
     """
@@ -353,6 +353,8 @@ def apply(connection: Connection, *, run_id: int, at: datetime) -> None:
     connection.execute(
         regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
     )
+    # New regions: a plain INSERT, cheaper than an upsert's speculative insertion.
+    connection.execute(regions.insert().from_select(_COLUMNS, _rows(when, ("added",))))
     connection.execute(_upsert(connection, when))
     columns = [column.name for column in changes.columns]
     connection.execute(
@@ -365,16 +367,23 @@ def apply(connection: Connection, *, run_id: int, at: datetime) -> None:
     )
 
 
-def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:
-    """INSERT ... ON CONFLICT DO UPDATE of the staged rows that change, and only those."""
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(regions).from_select(
-        ["id", *STORED, "first_seen_at", "updated_at", "removed_at"],
+_COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]
+
+
+def _rows(when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]) -> sa.Select[Any]:
+    """The staged rows of regions planned as one of ``kinds``, as ``regions`` rows."""
+    return (
         sa.select(s.c.id, *(s.c[name] for name in STORED), when, when, sa.null())
         .select_from(s.join(c, c.c.region_id == s.c.id))
-        # The WHERE also keeps SQLite from reading ON CONFLICT as the join's ON.
-        .where(c.c.kind.in_(PRESENT)),
+        # The WHERE also keeps SQLite from reading an upsert's ON CONFLICT as the join's ON.
+        .where(c.c.kind.in_(kinds))
     )
+
+
+def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:
+    """Rewrite the existing regions that change (restored ones included)."""
+    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
+    stmt = insert(regions).from_select(_COLUMNS, _rows(when, ("changed", "updated", "restored")))
     excluded = stmt.excluded
     return stmt.on_conflict_do_update(
         index_elements=[regions.c.id],
