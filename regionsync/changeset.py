@@ -41,8 +41,9 @@ _temp = sa.MetaData()
 staged = sa.Table(
     "regionsync_staged",
     _temp,
-    # No primary key: the snapshot has one record per id, and an index costs more to build
-    # than the hash joins that read this table.
+    # No primary key on PostgreSQL: the snapshot has one record per id, and an index costs
+    # more to build than the hash joins that read this table. SQLite, which joins by
+    # nested loops, gets a unique index once the rows are in.
     sa.Column("id", sa.Text, nullable=False),
     sa.Column("region_name", sa.Text),
     sa.Column("display_name", sa.Text),
@@ -131,13 +132,15 @@ def stage(connection: Connection, snapshot: Snapshot) -> None:
         table.create(connection)
     if snapshot.records and connection.dialect.name == "postgresql":
         _copy_binary(connection, snapshot.records)
-    elif snapshot.records:
+    else:
         names = ", ".join(column.name for column in staged.columns)
         marks = ", ".join("?" for _ in staged.columns)
-        connection.exec_driver_sql(
-            f"INSERT INTO {staged.name} ({names}) VALUES ({marks})",
-            [_row(rec) for rec in snapshot.records],
-        )
+        if snapshot.records:
+            connection.exec_driver_sql(
+                f"INSERT INTO {staged.name} ({names}) VALUES ({marks})",
+                [_row(rec) for rec in snapshot.records],
+            )
+        connection.exec_driver_sql(f"CREATE UNIQUE INDEX {staged.name}_id ON {staged.name} (id)")
     if snapshot.held_ids:
         connection.execute(held.insert(), [{"id": region_id} for region_id in snapshot.held_ids])
     omitted = [

@@ -2,8 +2,8 @@
 
 A terminal or a log pipeline does not want one line per region of a 100,000-region load,
 nor one per junk record: the first ``limit`` lines of a run (changes, rejects, duplicates
-together) are written, the rest are counted and named in one ``sync.lines_capped`` line
-that says where to read them (``region_history`` for the run).
+together) are written, the rest are counted in one ``sync.lines_capped`` line that says
+where to read them (``region_history`` for the run's changes).
 """
 
 from __future__ import annotations
@@ -49,20 +49,15 @@ class RegionLines:
         self.omitted[event] += 1
         return False
 
-    def summarise(self, run_id: int | None) -> None:
-        """One line with what was left out, if anything was."""
+    def summarise(self, rest: str) -> None:
+        """One line with what was left out, if anything was; ``rest`` says where it is."""
         if not self.omitted:
             return
-        where = (
-            f"region_history WHERE sync_run_id = {run_id}; counts in sync_runs"
-            if run_id is not None
-            else "not stored (dry run)"
-        )
         self.log.info(
             "sync.lines_capped",
             limit=self.limit,
             omitted=sum(self.omitted.values()),
             omitted_by_event=dict(sorted(self.omitted.items())),
-            rest=where,
+            rest=rest,
             setting="REGIONSYNC_LOG_REGION_LINES",
         )

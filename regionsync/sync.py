@@ -184,7 +184,7 @@ def run_sync(
                 with translated_errors("applying the sync"):
                     planned = _apply(connection, snapshot, run_id, guard, lines.remaining, notify)
             except BaseException as error:
-                lines.summarise(run_id)
+                lines.summarise(f"not stored; counted in sync_runs WHERE id = {run_id}")
                 _record_failure(engine, run_id, error, log, started, seen)
                 raise
             result = SyncResult(
@@ -195,7 +195,10 @@ def run_sync(
                 duration=time.monotonic() - started,
             )
             _log_changes(planned, lines)
-            lines.summarise(run_id)
+            lines.summarise(
+                f"changes in region_history WHERE sync_run_id = {run_id} (untracked-only "
+                f"updates in regions.updated_at); counts in sync_runs WHERE id = {run_id}"
+            )
             log.info(
                 "sync.finished",
                 status="succeeded",
@@ -224,7 +227,7 @@ def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> Sy
             planned = _plan(connection, snapshot, guard, details=None)
             transaction.rollback()
     finally:
-        lines.summarise(None)
+        lines.summarise("not stored (dry run)")
     return SyncResult(
         "dry-run",
         counts=_counts(snapshot, planned),

@@ -337,8 +337,15 @@ def test_every_record_rejected_is_a_failed_run_that_applies_nothing(engine: Engi
     metrics.record_status(gather(engine))
     _, health_before = metrics.health()
     junk = ListSource([region("a", enabled="yes"), {"no": "id"}, "junk"])
-    with pytest.raises(GuardError, match="every one of the 3 records was rejected"):
-        run_sync(engine, junk, guard=Guard(max_reject_fraction=1.0))
+    with (
+        capture_logs() as logs,
+        pytest.raises(GuardError, match="every one of the 3 records was rejected"),
+    ):
+        run_sync(engine, junk, guard=Guard(max_reject_fraction=1.0, region_lines=1))
+    assert [e["event"] for e in logs if e["event"].startswith("record.")] == ["record.rejected"]
+    (summary,) = [e for e in logs if e["event"] == "sync.lines_capped"]
+    assert summary["omitted_by_event"] == {"record.rejected": 2}
+    assert summary["rest"].startswith("not stored")
     assert regions(engine) == before
     run = last_run(engine)
     assert (run["status"], run["fetched"], run["rejected"], run["added"]) == ("failed", 3, 3, 0)
