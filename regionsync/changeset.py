@@ -3,7 +3,7 @@
 The snapshot is staged in temporary tables (COPY on PostgreSQL), the database classifies
 every staged region in one join and keeps only the ones that change, in a temporary table
 of changes; counts, log details, history rows and the upsert all read from that table. An
-unchanged snapshot reads back one row per kind and writes nothing: comparisons are
+unchanged snapshot reads back a few counts and writes nothing: comparisons are
 null-safe (``IS DISTINCT FROM``) on the stored fields, ``raw`` included (``jsonb`` equality
 on PostgreSQL, canonical JSON text on SQLite).
 
@@ -35,7 +35,13 @@ TRACKED = ("carrier_enabled", "hosting_region")
 UNTRACKED = ("region_name", "display_name", "management_type", "management_type_value", "raw")
 STORED = TRACKED + UNTRACKED
 #: The stored fields a record may omit; ``RegionRecord.absent`` names them.
-OPTIONAL = ("region_name", "display_name", "management_type", "management_type_value", TRACKED[1])
+OPTIONAL = (
+    "region_name",
+    "display_name",
+    "management_type",
+    "management_type_value",
+    "hosting_region",
+)
 
 _temp = sa.MetaData()
 staged = sa.Table(
@@ -130,8 +136,9 @@ def stage(connection: Connection, snapshot: Snapshot) -> None:
     unstage(connection)
     for table in TEMP_TABLES:
         table.create(connection)
-    if snapshot.records and connection.dialect.name == "postgresql":
-        _copy_binary(connection, snapshot.records)
+    if connection.dialect.name == "postgresql":
+        if snapshot.records:
+            _copy_binary(connection, snapshot.records)
     else:
         names = ", ".join(column.name for column in staged.columns)
         marks = ", ".join("?" for _ in staged.columns)
