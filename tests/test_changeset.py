@@ -172,3 +172,12 @@ def test_unchanged_snapshot_neither_rewrites_nor_locks_a_row(pg_engine: Engine) 
     before = rows(pg_engine, versions)
     run_sync(pg_engine, source)
     assert rows(pg_engine, versions) == before, "rows were rewritten or locked"
+
+
+def test_absent_field_through_the_parser_keeps_the_stored_value(engine: Engine) -> None:
+    source = ListSource([region("a", hosting="EUROPE")])
+    run_sync(engine, source)
+    source.data = [without(region("a", hosting="EUROPE"), "hosting_region")]
+    run_sync(engine, source)
+    assert stored(engine, "a")["hosting_region"] == "EUROPE"
+    assert len(history(engine)) == 1
