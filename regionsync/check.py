@@ -156,7 +156,7 @@ def _kaleyra(settings: Settings) -> Outcome:
         )
         with KaleyraClient(settings, retry=policy) as client:
             snapshot = client.fetch()
-        rejected = f", {len(snapshot.rejected)} rejected" if snapshot.rejected else ""
+        rejected = f", {snapshot.rejected_count} rejected" if snapshot.rejected_count else ""
         return Outcome(
             "kaleyra",
             True,

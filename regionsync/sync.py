@@ -129,7 +129,7 @@ class Guard:
 
     def check_rejects(self, snapshot: Snapshot) -> None:
         """Refuse a snapshot made mostly (or only) of rejected records."""
-        rejected, fetched = len(snapshot.rejected), snapshot.fetched
+        rejected, fetched = snapshot.rejected_count, snapshot.fetched
         if rejected == 0:
             return
         if rejected == fetched:
@@ -179,7 +179,7 @@ def run_sync(
             seen = Counts()
             try:
                 snapshot = _fetch(source, log, lines)
-                seen = Counts(fetched=snapshot.fetched, rejected=len(snapshot.rejected))
+                seen = Counts(fetched=snapshot.fetched, rejected=snapshot.rejected_count)
                 guard.check_rejects(snapshot)
                 with translated_errors("applying the sync"):
                     planned = _apply(connection, snapshot, run_id, guard, lines.remaining, notify)
@@ -244,14 +244,14 @@ def _fetch(
     shown = snapshot.rejected[: lines.remaining]
     for rejection in shown:
         lines.warning("record.rejected", region_id=rejection.region_id, reason=rejection.reason)
-    lines.omit("record.rejected", len(snapshot.rejected) - len(shown))
+    lines.omit("record.rejected", snapshot.rejected_count - len(shown))
     for region_id in snapshot.duplicates:
         lines.warning("record.duplicate", region_id=region_id, resolution="last copy wins")
     log.info(
         "fetch.finished",
         fetched=snapshot.fetched,
         valid=len(snapshot.records),
-        rejected=len(snapshot.rejected),
+        rejected=snapshot.rejected_count,
     )
     return snapshot
 
@@ -293,7 +293,7 @@ def _counts(snapshot: Snapshot, planned: changeset.Plan) -> Counts:
         unchanged=planned.unchanged,
         removed=planned.counts["removed"],
         restored=planned.counts["restored"],
-        rejected=len(snapshot.rejected),
+        rejected=snapshot.rejected_count,
     )
 
 
