@@ -1,0 +1,228 @@
+#!/usr/bin/env bash
+# Builds the image from this checkout and runs it as an operator would; CI's `docker` step.
+#
+#   engine   use the Docker engine that answers (DOCKER_HOST or the default socket); if none
+#            does, start Debian's `dockerd --storage-driver=vfs` (installing docker.io if
+#            missing) with its own socket, pidfile and data under $REGIONSYNC_DOCKER_STATE
+#            (default /var/lib/regionsync-docker), and stop it again at the end
+#   base     python:3.11-slim: the local one, else a pull, else (no registry reachable) a
+#            stand-in built from Debian bookworm by docker/standin-base.sh, kept for next time
+#   build    `docker build -f docker/Dockerfile .` with BuildKit; pip inside the build trusts
+#            the CA bundle the host's pip trusts, passed as the build secret `pip-ca`
+#   run      against the host's PostgreSQL (--network host): `migrate`; the fake Kaleyra API
+#            and the daemon as containers; /healthz answers 200, the image's HEALTHCHECK turns
+#            healthy, the daemon runs as uid 10001, a sync is in the database, /metrics
+#            counts it, and `docker stop` ends it with exit code 0
+#   compose  docker/compose.yaml's `fake` profile brought up when postgres:15 can be had;
+#            otherwise says so (the file itself is validated by .ci/run)
+#
+# Every step prints how long it took. Needs root (to start an engine), psql and curl.
+# REGIONSYNC_SMOKE_DATABASE: the PostgreSQL server's URL without a database name
+# (default postgresql://postgres@127.0.0.1:5432); a throwaway database is created and dropped.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+image=${REGIONSYNC_SMOKE_IMAGE:-regionsync:smoke}
+state=${REGIONSYNC_DOCKER_STATE:-/var/lib/regionsync-docker}
+server=${REGIONSYNC_SMOKE_DATABASE:-postgresql://postgres@127.0.0.1:5432}
+base=python:3.11-slim
+tag=regionsync-smoke-$$
+db=regionsync_docker_smoke_$$
+url="$server/$db"
+engine_pid=
+compose=()
+
+started_all=$SECONDS
+step_name=
+step_started=$SECONDS
+step() {
+  if [ -n "$step_name" ]; then
+    echo "   -- $step_name took $((SECONDS - step_started)) s"
+  fi
+  step_name=$1
+  step_started=$SECONDS
+  [ -z "$1" ] || echo "== docker: $1"
+}
+fail() {
+  echo "docker smoke FAILED: $*" >&2
+  exit 1
+}
+# wait_for SECONDS WHAT COMMAND...: retry COMMAND every second until it succeeds.
+wait_for() {
+  local limit=$1 what=$2 deadline=$((SECONDS + $1))
+  shift 2
+  until "$@" >/dev/null 2>&1; do
+    [ "$SECONDS" -lt "$deadline" ] || fail "$what: not within $limit s"
+    sleep 1
+  done
+}
+
+cleanup() {
+  local rc=$?
+  set +e
+  for c in "$tag-daemon" "$tag-fake"; do
+    docker rm -f "$c" >/dev/null 2>&1
+  done
+  psql "$server/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
+  [ "${#compose[@]}" -eq 0 ] || "${compose[@]}" down -v --timeout 120 >/dev/null 2>&1
+  if [ -n "$engine_pid" ]; then
+    kill "$engine_pid" 2>/dev/null
+    for _ in $(seq 1 30); do kill -0 "$engine_pid" 2>/dev/null || break; sleep 1; done
+  fi
+  exit "$rc"
+}
+trap cleanup EXIT
+
+# -- engine ----------------------------------------------------------------------------------
+step "engine"
+mkdir -p "$state"
+if docker info >/dev/null 2>&1; then
+  echo "using the engine at ${DOCKER_HOST:-the default socket}"
+else
+  if ! command -v dockerd >/dev/null 2>&1; then
+    echo "installing docker.io (Debian's Docker engine)"
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io; } \
+      >/dev/null || fail "could not install docker.io"
+  fi
+  export DOCKER_HOST="unix://$state/docker.sock"
+  if docker info >/dev/null 2>&1; then
+    echo "using the engine left running at $DOCKER_HOST"
+  else
+    echo "starting dockerd --storage-driver=vfs at $DOCKER_HOST (log: $state/dockerd.log)"
+    dockerd --storage-driver=vfs --data-root "$state/data" --exec-root "$state/exec" \
+      --pidfile "$state/dockerd.pid" --host "$DOCKER_HOST" >"$state/dockerd.log" 2>&1 &
+    engine_pid=$!
+    wait_for 60 "dockerd answering" docker info
+  fi
+fi
+docker version --format 'engine {{.Server.Version}}, client {{.Client.Version}}'
+
+# -- base image ------------------------------------------------------------------------------
+step "base image $base"
+if docker image inspect "$base" >/dev/null 2>&1; then
+  if [ -n "$(docker image inspect -f '{{index .Config.Labels "org.regionsync.standin"}}' "$base")" ]; then
+    echo "$base is the stand-in built from Debian bookworm with debootstrap (cached; not the official image)"
+  else
+    echo "$base is present"
+  fi
+elif timeout 120 docker pull -q "$base" >/dev/null 2>&1; then
+  echo "pulled $base"
+else
+  echo "$base cannot be pulled (no registry reachable): building a STAND-IN from Debian" \
+    "bookworm with debootstrap, tagged $base (see docker/standin-base.sh)"
+  docker/standin-base.sh "$base"
+fi
+
+# -- build -----------------------------------------------------------------------------------
+step "build $image"
+# The CA bundle the host's pip trusts (PIP_CERT, else pip's configuration), if any.
+pip_ca=${PIP_CERT:-}
+if [ -z "$pip_ca" ]; then
+  pip_ca=$(python3 -m pip config list 2>/dev/null |
+    sed -n "s/^\(:env:\|global\|install\)\.cert='\(.*\)'$/\2/p" | head -1) || true
+fi
+secret=()
+if [ -n "$pip_ca" ] && [ -s "$pip_ca" ]; then
+  echo "pip inside the build trusts the host pip's CA bundle $pip_ca (build secret pip-ca)"
+  secret=(--secret "id=pip-ca,src=$pip_ca")
+fi
+# BuildKit: `docker build` when buildx is installed; else the first docker client that has
+# BuildKit built in (Debian's docker.io 20.10 does; a newer client without buildx does not).
+builder=()
+if docker buildx version >/dev/null 2>&1; then
+  builder=(docker build)
+else
+  for client in $(type -ap docker | awk '!seen[$0]++'); do
+    if DOCKER_BUILDKIT=1 "$client" build --help 2>/dev/null | grep -q -- '--secret'; then
+      builder=("$client" build)
+      break
+    fi
+  done
+fi
+[ "${#builder[@]}" -gt 0 ] || fail "no docker client with BuildKit (install docker-buildx)"
+DOCKER_BUILDKIT=1 "${builder[@]}" --progress=plain "${secret[@]}" \
+  -f docker/Dockerfile -t "$image" . >"$state/build.log" 2>&1 ||
+  { tail -30 "$state/build.log" >&2; fail "docker build (log: $state/build.log)"; }
+grep -E '^#[0-9]+ (\[|CACHED)' "$state/build.log" | sed 's/^/   /' | head -20
+if docker history --no-trunc --format '{{.CreatedBy}}' "$image" | grep -q -e 'BEGIN CERT' \
+  ${pip_ca:+-e "$pip_ca"}; then
+  fail "the CA bundle's path or content is in the image's history"
+fi
+size=$(docker image inspect -f '{{.Size}}' "$image")
+echo "image $image: $((size / 1000000)) MB"
+if [ -n "$engine_pid" ]; then
+  docker image prune -f >/dev/null # earlier builds' layers, on the engine this script started
+fi
+
+# -- run -------------------------------------------------------------------------------------
+step "run: migrate, fake API, daemon"
+psql "$server/postgres" -qc "CREATE DATABASE $db"
+docker run --rm --network host -e REGIONSYNC_DATABASE_URL="$url" "$image" migrate
+
+docker run -d --name "$tag-fake" --network host "$image" fake-api --port 0 --quiet >/dev/null
+fake_listening() { docker logs "$tag-fake" 2>&1 | grep -q 'listening on http://'; }
+wait_for 30 "the fake API listening" fake_listening
+fake_url=$(docker logs "$tag-fake" 2>&1 | sed -n 's|.*listening on \(http://[^ ]*\) .*|\1|p' | head -1)
+echo "fake Kaleyra API at $fake_url"
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+# The image's own HEALTHCHECK command, probed every 2 s instead of every minute.
+docker run -d --name "$tag-daemon" --network host \
+  -e REGIONSYNC_DATABASE_URL="$url" -e KALEYRA_BASE_URL="$fake_url" \
+  -e KALEYRA_SID=demo -e KALEYRA_API_KEY=demo-key -e REGIONSYNC_SCHEDULE=1m \
+  -e REGIONSYNC_METRICS_PORT="$port" -e REGIONSYNC_METRICS_HOST=127.0.0.1 \
+  -e REGIONSYNC_LOG_FORMAT=json \
+  --health-interval 2s --health-start-period 60s \
+  "$image" >/dev/null
+healthz() { curl -fsS "http://127.0.0.1:$port/healthz"; }
+wait_for 60 "/healthz answering 200" healthz
+echo "/healthz: $(healthz)"
+healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$tag-daemon")" = healthy ]; }
+wait_for 60 "the HEALTHCHECK turning healthy" healthy
+echo "HEALTHCHECK: healthy ($(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$tag-daemon"))"
+
+pid=$(docker inspect -f '{{.State.Pid}}' "$tag-daemon")
+uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
+[ "$uid" = 10001 ] || fail "the daemon runs as uid $uid, not 10001"
+echo "daemon process $pid runs as uid $uid ($(docker exec "$tag-daemon" id -un))"
+
+synced=$(psql "$url" -tAc "SELECT count(*) FROM sync_runs WHERE status = 'succeeded'")
+regions=$(psql "$url" -tAc "SELECT count(*) FROM regions WHERE removed_at IS NULL")
+[ "$synced" -ge 1 ] && [ "$regions" -ge 1 ] || fail "no successful sync in the database"
+echo "database: $synced successful sync(s), $regions active regions"
+metrics=$(curl -fsS "http://127.0.0.1:$port/metrics")
+grep -q '^regionsync_sync_runs_total{status="succeeded"} [1-9]' <<<"$metrics" ||
+  fail "/metrics does not count the successful sync"
+head_status=$(curl -sS -o /dev/null -w '%{http_code}' --head "http://127.0.0.1:$port/metrics")
+[ "$head_status" = 200 ] || fail "HEAD /metrics answered $head_status"
+echo "/metrics: $(grep -c '^[a-z]' <<<"$metrics") samples, the sync counted; HEAD /metrics: 200"
+
+step "stop"
+docker stop -t 120 "$tag-daemon" >/dev/null
+code=$(docker inspect -f '{{.State.ExitCode}}' "$tag-daemon")
+[ "$code" = 0 ] || { docker logs --tail 20 "$tag-daemon" >&2; fail "docker stop: exit code $code"; }
+echo "docker stop: exit code 0 ($(docker logs "$tag-daemon" 2>&1 | grep -c '"daemon.stopped"') daemon.stopped line)"
+docker stop -t 10 "$tag-fake" >/dev/null
+
+# -- compose ---------------------------------------------------------------------------------
+step "compose"
+if docker image inspect postgres:15 >/dev/null 2>&1 || timeout 120 docker pull -q postgres:15 >/dev/null 2>&1; then
+  if command -v docker-compose >/dev/null 2>&1; then
+    compose=(docker-compose -p "$tag" -f docker/compose.yaml --profile fake)
+  else
+    compose=(docker compose -p "$tag" -f docker/compose.yaml --profile fake)
+  fi
+  docker tag "$image" regionsync:local
+  "${compose[@]}" up -d --no-build demo fake-kaleyra
+  demo_healthz() { curl -fsS http://127.0.0.1:9101/healthz; }
+  wait_for 120 "the compose demo's /healthz answering 200" demo_healthz
+  echo "compose demo: /healthz $(demo_healthz)"
+  "${compose[@]}" down -v --timeout 120
+  compose=()
+else
+  echo "postgres:15 cannot be pulled (no registry reachable): the compose stack was not" \
+    "brought up here; .ci/run validates docker/compose.yaml with docker-compose config"
+fi
+
+step ""
+echo "docker smoke passed in $((SECONDS - started_all)) s; image $image: $((size / 1000000)) MB"
