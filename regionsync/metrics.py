@@ -5,6 +5,11 @@ in the database (by any process, so a replica that only records ``skipped`` stay
 is younger than the limit the daemon sets from its schedule, and 503 otherwise, both with a
 JSON body. The server binds all interfaces (``0.0.0.0``) so that a container's port can be
 published or probed; it serves nothing but these two read-only pages.
+
+The metrics are made to alert on (see README, *Health and metrics*, and
+``docker/prometheus/alerts.yml``): the consecutive failures are the database's count, so a
+crash-looping daemon still reaches a threshold; failures carry a bounded ``reason``; the
+durations of failed and successful runs are apart; ``process_*`` shows restarts.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from prometheus_client import (
@@ -22,13 +28,42 @@ from prometheus_client import (
     Counter,
     Gauge,
     Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
     generate_latest,
 )
 
+from regionsync.errors import (
+    GuardError,
+    PermanentSourceError,
+    SchemaError,
+    StoreError,
+    TransientSourceError,
+)
 from regionsync.outbox import Backlog
+from regionsync.runs import Counts
 from regionsync.status import StatusReport
 
 RUN_STATUSES = ("succeeded", "failed", "skipped")
+#: The ``reason`` of a failed run: the error's class, never its message, so the label stays
+#: bounded. ``auth``: 401/403; ``channel_disabled``: RCS601 / RCS_CHANNEL_DISABLED;
+#: ``rejected``: any other permanent refusal or unusable answer (404, RCS405, a bad body);
+#: ``timeout`` and ``transient``: retries spent; ``guard``: a safety guard stopped the apply;
+#: ``database``: the database failed or is not migrated; ``internal``: a bug.
+FAILURE_REASONS = (
+    "auth",
+    "channel_disabled",
+    "rejected",
+    "timeout",
+    "transient",
+    "guard",
+    "database",
+    "internal",
+)
+#: The region changes counted per kind (``changed`` includes the untracked-field updates).
+CHANGE_KINDS = ("added", "changed", "removed", "restored")
+CHANNEL_DISABLED_CODES = frozenset({"RCS601", "RCS_CHANNEL_DISABLED"})
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104  # a container's probe and scraper come from outside
 
@@ -39,20 +74,52 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
+def failure_reason(error: BaseException) -> str:
+    """The ``reason`` label of a failed run: one of :data:`FAILURE_REASONS`."""
+    if isinstance(error, GuardError):
+        return "guard"
+    if isinstance(error, StoreError | SchemaError):
+        return "database"
+    if isinstance(error, TransientSourceError):
+        return "timeout" if error.code == "timeout" else "transient"
+    if isinstance(error, PermanentSourceError):
+        if error.code in CHANNEL_DISABLED_CODES:
+            return "channel_disabled"
+        return "auth" if error.status in (401, 403) else "rejected"
+    return "internal"
+
+
+def _version() -> str:
+    try:
+        return version("regionsync")
+    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
+        return "unknown"
+
+
 class DaemonMetrics:
     """What one daemon process knows about its syncs, as Prometheus metrics and health.
 
     Thread-safe: the scheduler's worker records, the HTTP server's threads read.
     """
 
-    def __init__(self, *, max_age: timedelta, clock: Clock = _utcnow) -> None:
+    def __init__(
+        self, *, max_age: timedelta, period: timedelta | None = None, clock: Clock = _utcnow
+    ) -> None:
+        disable_created_metrics()  # type: ignore[no-untyped-call]  # ``*_created``: clutter
         self.max_age = max_age
         self._clock = clock
         self._lock = threading.Lock()
         self._last_success_at: datetime | None = None
-        self._failures = 0
+        self._recorded_failures = 0  # the database's count, as of the last status refresh
+        self._failures_since = 0  # this daemon's failures since that refresh
         self._report: StatusReport | None = None
         self.registry = CollectorRegistry()
+        ProcessCollector(registry=self.registry)
+        Info(
+            "regionsync_build",
+            "The regionsync version this daemon runs.",
+            registry=self.registry,
+        ).info({"version": _version()})
         self._runs = Counter(
             "regionsync_sync_runs",
             "Sync attempts by this daemon, by how they ended (failed includes attempts the "
@@ -62,10 +129,46 @@ class DaemonMetrics:
         )
         for status in RUN_STATUSES:
             self._runs.labels(status=status)
+        self._failures = Counter(
+            "regionsync_sync_failures",
+            "Failed sync attempts by this daemon, by the class of error (not its message).",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in FAILURE_REASONS:
+            self._failures.labels(reason=reason)
         self._duration = Histogram(
             "regionsync_sync_duration_seconds",
-            "How long this daemon's syncs took, fetch and apply, succeeded or failed.",
+            "How long this daemon's syncs took, fetch and apply, by outcome.",
+            ["status"],
             buckets=DURATION_BUCKETS,
+            registry=self.registry,
+        )
+        for status in ("succeeded", "failed"):
+            self._duration.labels(status=status)
+        self._rejected = Counter(
+            "regionsync_records_rejected",
+            "Records the API sent that were rejected (invalid, oversized) by this daemon's "
+            "successful syncs.",
+            registry=self.registry,
+        )
+        self._changes = Counter(
+            "regionsync_region_changes",
+            "Region changes applied by this daemon's syncs, by kind.",
+            ["change"],
+            registry=self.registry,
+        )
+        for kind in CHANGE_KINDS:
+            self._changes.labels(change=kind)
+        self._last_attempt = Gauge(
+            "regionsync_last_attempt_timestamp_seconds",
+            "When this daemon's last sync attempt (any outcome) ended, as a Unix time; "
+            "0 before the first.",
+            registry=self.registry,
+        )
+        self._in_progress = Gauge(
+            "regionsync_sync_started_timestamp_seconds",
+            "When the sync now in progress started, as a Unix time; 0 while none runs.",
             registry=self.registry,
         )
         self._last_success = Gauge(
@@ -80,9 +183,15 @@ class DaemonMetrics:
             ["state"],
             registry=self.registry,
         )
+        self._enabled = Gauge(
+            "regionsync_regions_enabled",
+            "Active regions whose carrier is enabled.",
+            registry=self.registry,
+        )
         self._consecutive_failures = Gauge(
             "regionsync_consecutive_failures",
-            "Failed syncs by this daemon since its last success (skipped runs count neither way).",
+            "Failed syncs (by any process) since the last success, as the database records "
+            "them, plus this daemon's failures the database has not answered for since.",
             registry=self.registry,
         )
         self._max_age = Gauge(
@@ -91,22 +200,52 @@ class DaemonMetrics:
             registry=self.registry,
         )
         self._max_age.set(max_age.total_seconds())
+        self._period = Gauge(
+            "regionsync_schedule_period_seconds",
+            "The schedule's period (an interval, or a crontab's longest gap between runs); "
+            "alerts on staleness count in these.",
+            registry=self.registry,
+        )
+        self._period.set((period or max_age).total_seconds())
         self.notifications = NotificationMetrics(self.registry, clock)
 
-    def record_run(self, status: str, duration: float | None) -> None:
-        """Count one attempt; ``duration`` is None for a skipped one (nothing was synced)."""
+    def sync_started(self) -> None:
+        """A sync begins: a hung one then shows as an old start, not only as staleness."""
+        with self._lock:
+            self._in_progress.set(self._clock().timestamp())
+
+    def record_run(
+        self,
+        status: str,
+        duration: float | None,
+        *,
+        reason: str = "internal",
+        counts: Counts | None = None,
+    ) -> None:
+        """Count one attempt; ``duration`` is None for a skipped one (nothing was synced).
+
+        ``reason`` (one of :data:`FAILURE_REASONS`) labels a failure; ``counts`` are a
+        finished run's rejected records and changes.
+        """
         with self._lock:
             self._runs.labels(status=status).inc()
             if duration is not None:
-                self._duration.observe(duration)
+                self._duration.labels(status=status).observe(duration)
             if status == "succeeded":
-                self._failures = 0
+                self._recorded_failures = self._failures_since = 0
             elif status == "failed":
-                self._failures += 1
-            self._consecutive_failures.set(self._failures)
+                self._failures.labels(reason=reason).inc()
+                self._failures_since += 1
+            if counts is not None:
+                self._rejected.inc(counts.rejected)
+                for kind in CHANGE_KINDS:
+                    self._changes.labels(change=kind).inc(getattr(counts, kind))
+            self._consecutive_failures.set(self._recorded_failures + self._failures_since)
+            self._in_progress.set(0)
+            self._last_attempt.set(self._clock().timestamp())
 
     def record_status(self, report: StatusReport) -> None:
-        """Take the region counts and the last success from what the database says."""
+        """Take region counts, the last success and the failure count from the database."""
         with self._lock:
             self._report = report
             self._last_success_at = report.last_success_at
@@ -114,22 +253,27 @@ class DaemonMetrics:
                 self._last_success.set(report.last_success_at.timestamp())
             self._regions.labels(state="active").set(report.active_regions)
             self._regions.labels(state="removed").set(report.removed_regions)
+            self._enabled.set(report.enabled_regions)
+            self._recorded_failures, self._failures_since = report.consecutive_failures, 0
+            self._consecutive_failures.set(self._recorded_failures)
         self.notifications.record_backlog(report.deliveries)
 
     @property
     def consecutive_failures(self) -> int:
         with self._lock:
-            return self._failures
+            return self._recorded_failures + self._failures_since
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """Whether the data is fresh, and the JSON body ``/healthz`` answers with.
 
         The database's facts carry the names of the ``sync_health`` view and of
-        ``regionsync status --json``, as of the last time the database answered.
+        ``regionsync status --json``, as of the last time the database answered (plus, for
+        ``consecutive_failures``, this daemon's failures since then).
         """
         now = self._clock()
         with self._lock:
             last, report = self._last_success_at, self._report
+            failures = self._recorded_failures + self._failures_since
         age = None if last is None else (now - last).total_seconds()
         fresh = age is not None and age < self.max_age.total_seconds()
         body = {
@@ -137,7 +281,7 @@ class DaemonMetrics:
             "last_success_at": None if last is None else last.isoformat(),
             "last_success_age_seconds": None if age is None else round(age, 3),
             "max_age_seconds": self.max_age.total_seconds(),
-            "consecutive_failures": report.consecutive_failures if report else 0,
+            "consecutive_failures": failures,
             "active_regions": report.active_regions if report else None,
             "removed_regions": report.removed_regions if report else None,
             "checked_at": now.isoformat(),
@@ -160,6 +304,7 @@ class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "regionsync"
     sys_version = ""
+    head_only = False
 
     def log_message(self, format: str, *args: Any) -> None:
         """Probes and scrapes every few seconds would drown the sync's own lines."""
@@ -174,13 +319,22 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._send(404, b'{"error": "see /healthz and /metrics"}', "application/json")
 
+    def do_HEAD(self) -> None:
+        """What GET answers, headers only: probes and scrapers that only check the status."""
+        self.head_only = True
+        try:
+            self.do_GET()
+        finally:
+            self.head_only = False
+
     def _send(self, status: int, content: bytes, content_type: str) -> None:
         self.send_response(status)
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(content)))
         self.send_header("Cache-Control", "no-store")
         self.end_headers()
-        self.wfile.write(content)
+        if not self.head_only:
+            self.wfile.write(content)
 
 
 class MetricsServer:

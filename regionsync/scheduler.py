@@ -38,7 +38,7 @@ from sqlalchemy.engine import Engine
 from regionsync import schedule as schedules
 from regionsync.delivery import Notifier
 from regionsync.errors import ConfigError, RegionSyncError, StoreError
-from regionsync.metrics import DaemonMetrics, MetricsServer
+from regionsync.metrics import DaemonMetrics, MetricsServer, failure_reason
 from regionsync.outbox import OutboxPolicy
 from regionsync.schema import require_current
 from regionsync.settings import Settings
@@ -64,7 +64,7 @@ def run_daemon(settings: Settings) -> int:
     engine = create_engine(settings)
     try:
         reachable = _check_database(engine)
-        metrics = DaemonMetrics(max_age=period * HEALTH_PERIODS)
+        metrics = DaemonMetrics(max_age=period * HEALTH_PERIODS, period=period)
         server = _serve_metrics(metrics, settings.metrics_port)
         try:
             daemon = Daemon(
@@ -177,20 +177,23 @@ class Daemon:
     def _sync(self) -> None:
         started = time.monotonic()
         database_down = False
+        self.metrics.sync_started()
         try:
             result = run_sync(
                 self.engine, self.source, trigger="daemon", guard=self.guard, notify=self.notify
             )
         except RegionSyncError as error:
             database_down = isinstance(error, StoreError)
-            self.metrics.record_run("failed", time.monotonic() - started)
+            self.metrics.record_run(
+                "failed", time.monotonic() - started, reason=failure_reason(error)
+            )
             logger.warning(
                 "daemon.run_failed",
                 error=str(error),
                 consecutive_failures=self.metrics.consecutive_failures,
             )
         except Exception as error:
-            self.metrics.record_run("failed", time.monotonic() - started)
+            self.metrics.record_run("failed", time.monotonic() - started, reason="internal")
             logger.exception(
                 "daemon.run_failed",
                 error=f"internal error: {type(error).__name__}: {error}",
@@ -198,7 +201,9 @@ class Daemon:
             )
         else:
             skipped = result.status == "skipped"
-            self.metrics.record_run(result.status, None if skipped else result.duration)
+            self.metrics.record_run(
+                result.status, None if skipped else result.duration, counts=result.counts
+            )
         if not database_down:  # no second wait for a database that just failed to answer
             self.deliver_notifications()
             self.refresh_status()

@@ -31,6 +31,8 @@ class StatusReport:
     #: Failed runs since the last success (all of them when none), as ``sync_health``
     #: counts them: skipped runs count neither way.
     consecutive_failures: int = 0
+    #: Active regions whose carrier is enabled.
+    enabled_regions: int = 0
 
     @property
     def last_success_age(self) -> timedelta | None:
@@ -63,10 +65,11 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
     require_current(engine)
     with translated_errors("reading the status"), engine.connect() as connection:
         recent = [dict(row) for row in runs.recent(connection, limit)]
-        active, removed = connection.execute(
+        active, removed, enabled = connection.execute(
             sa.select(
                 sa.func.count().filter(regions.c.removed_at.is_(None)),
                 sa.func.count().filter(regions.c.removed_at.is_not(None)),
+                sa.func.count().filter(regions.c.removed_at.is_(None), regions.c.carrier_enabled),
             )
         ).one()
         last_success = connection.execute(
@@ -82,6 +85,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
         checked_at=runs.now(),
         deliveries=deliveries,
         consecutive_failures=failures,
+        enabled_regions=enabled,
     )
 
 

@@ -299,8 +299,8 @@ def test_daemon_syncs_on_schedule_serves_health_and_metrics_and_stops_on_sigterm
     assert 3 <= succeeded <= count(pg_engine, "succeeded")
     assert metrics['regionsync_sync_runs_total{status="failed"}'] == 0
     assert metrics['regionsync_sync_runs_total{status="skipped"}'] == 0
-    assert metrics["regionsync_sync_duration_seconds_count"] == succeeded
-    assert 0 < metrics["regionsync_sync_duration_seconds_sum"] < succeeded * 5
+    assert metrics['regionsync_sync_duration_seconds_count{status="succeeded"}'] == succeeded
+    assert 0 < metrics['regionsync_sync_duration_seconds_sum{status="succeeded"}'] < succeeded * 5
     assert metrics['regionsync_regions{state="active"}'] == len(regions(pg_engine))
     assert metrics['regionsync_regions{state="removed"}'] == 0
     assert metrics["regionsync_consecutive_failures"] == 0
@@ -581,9 +581,10 @@ def test_metrics_count_runs_by_status_and_reset_consecutive_failures_on_success(
     assert samples['regionsync_sync_runs_total{status="skipped"}'] == 1
     assert samples['regionsync_sync_runs_total{status="succeeded"}'] == 0
     assert samples["regionsync_consecutive_failures"] == 2  # a skipped run changes nothing
-    assert samples["regionsync_sync_duration_seconds_count"] == 2
-    assert samples['regionsync_sync_duration_seconds_bucket{le="0.25"}'] == 1
-    assert samples['regionsync_sync_duration_seconds_bucket{le="60.0"}'] == 2
+    assert samples['regionsync_sync_duration_seconds_count{status="failed"}'] == 2
+    assert samples['regionsync_sync_duration_seconds_count{status="succeeded"}'] == 0
+    assert samples['regionsync_sync_duration_seconds_bucket{le="0.25",status="failed"}'] == 1
+    assert samples['regionsync_sync_duration_seconds_bucket{le="60.0",status="failed"}'] == 2
     assert samples["regionsync_last_success_timestamp_seconds"] == 0
 
     success = clock.now - timedelta(seconds=30)
