@@ -43,6 +43,7 @@ step() {
   step_started=$SECONDS
   [ -z "$1" ] || echo "== docker: $1"
 }
+at() { echo "(at +$((SECONDS - step_started)) s)"; }
 fail() {
   echo "docker smoke FAILED: $*" >&2
   exit 1
@@ -58,7 +59,7 @@ wait_for() {
 }
 
 cleanup() {
-  local rc=$?
+  local rc=$? started=$SECONDS
   set +e
   for c in "$tag-daemon" "$tag-fake"; do
     docker rm -f "$c" >/dev/null 2>&1
@@ -69,6 +70,7 @@ cleanup() {
     kill "$engine_pid" 2>/dev/null
     for _ in $(seq 1 30); do kill -0 "$engine_pid" 2>/dev/null || break; sleep 1; done
   fi
+  echo "   -- cleanup (containers, database${engine_pid:+, engine}) took $((SECONDS - started)) s"
   exit "$rc"
 }
 trap cleanup EXIT
@@ -158,12 +160,13 @@ fi
 step "run: migrate, fake API, daemon"
 psql "$server/postgres" -qc "CREATE DATABASE $db"
 docker run --rm --network host -e REGIONSYNC_DATABASE_URL="$url" "$image" migrate
+echo "migrate: exit 0 $(at)"
 
 docker run -d --name "$tag-fake" --network host "$image" fake-api --port 0 --quiet >/dev/null
 fake_listening() { docker logs "$tag-fake" 2>&1 | grep -q 'listening on http://'; }
 wait_for 30 "the fake API listening" fake_listening
 fake_url=$(docker logs "$tag-fake" 2>&1 | sed -n 's|.*listening on \(http://[^ ]*\) .*|\1|p' | head -1)
-echo "fake Kaleyra API at $fake_url"
+echo "fake Kaleyra API at $fake_url $(at)"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 # The image's own HEALTHCHECK command, probed every 2 s instead of every minute.
@@ -176,10 +179,10 @@ docker run -d --name "$tag-daemon" --network host \
   "$image" >/dev/null
 healthz() { curl -fsS "http://127.0.0.1:$port/healthz"; }
 wait_for 60 "/healthz answering 200" healthz
-echo "/healthz: $(healthz)"
+echo "/healthz: $(healthz) $(at)"
 healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$tag-daemon")" = healthy ]; }
 wait_for 60 "the HEALTHCHECK turning healthy" healthy
-echo "HEALTHCHECK: healthy ($(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$tag-daemon"))"
+echo "HEALTHCHECK: healthy $(at): $(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$tag-daemon")"
 
 pid=$(docker inspect -f '{{.State.Pid}}' "$tag-daemon")
 uid=$(awk '/^Uid:/ {print $2}' "/proc/$pid/status")
