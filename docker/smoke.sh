@@ -135,7 +135,7 @@ if docker buildx version >/dev/null 2>&1; then
   builder=(docker build)
 else
   for client in $(type -ap docker | awk '!seen[$0]++'); do
-    if DOCKER_BUILDKIT=1 "$client" build --help 2>/dev/null | grep -q -- '--secret'; then
+    if [[ "$(DOCKER_BUILDKIT=1 "$client" build --help 2>/dev/null)" == *--secret* ]]; then
       builder=("$client" build)
       break
     fi
@@ -145,9 +145,9 @@ fi
 DOCKER_BUILDKIT=1 "${builder[@]}" --progress=plain "${secret[@]}" \
   -f docker/Dockerfile -t "$image" . >"$state/build.log" 2>&1 ||
   { tail -30 "$state/build.log" >&2; fail "docker build (log: $state/build.log)"; }
-grep -E '^#[0-9]+ (\[|CACHED)' "$state/build.log" | sed 's/^/   /' | head -20
-if docker history --no-trunc --format '{{.CreatedBy}}' "$image" | grep -q -e 'BEGIN CERT' \
-  ${pip_ca:+-e "$pip_ca"}; then
+awk '/^#[0-9]+ (\[|CACHED)/ && n++ < 30 { print "   " $0 }' "$state/build.log"
+history=$(docker history --no-trunc --format '{{.CreatedBy}}' "$image")
+if grep -q -e 'BEGIN CERT' ${pip_ca:+-e "$pip_ca"} <<<"$history"; then
   fail "the CA bundle's path or content is in the image's history"
 fi
 size=$(docker image inspect -f '{{.Size}}' "$image")
@@ -163,9 +163,10 @@ docker run --rm --network host -e REGIONSYNC_DATABASE_URL="$url" "$image" migrat
 echo "migrate: exit 0 $(at)"
 
 docker run -d --name "$tag-fake" --network host "$image" fake-api --port 0 --quiet >/dev/null
-fake_listening() { docker logs "$tag-fake" 2>&1 | grep -q 'listening on http://'; }
+fake_url() { docker logs "$tag-fake" 2>&1 | sed -n 's|.*listening on \(http://[^ ]*\) .*|\1|p'; }
+fake_listening() { [ -n "$(fake_url)" ]; }
 wait_for 30 "the fake API listening" fake_listening
-fake_url=$(docker logs "$tag-fake" 2>&1 | sed -n 's|.*listening on \(http://[^ ]*\) .*|\1|p' | head -1)
+fake_url=$(fake_url)
 echo "fake Kaleyra API at $fake_url $(at)"
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
