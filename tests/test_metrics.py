@@ -39,9 +39,6 @@ ROOT = Path(__file__).resolve().parent.parent
 ALERTS = ROOT / "docker" / "prometheus" / "alerts.yml"
 ALERT_TESTS = ROOT / "docker" / "prometheus" / "alerts_test.yml"
 DASHBOARD = ROOT / "docker" / "grafana" / "regionsync.json"
-#: Metrics of the notifications feature (REGIONSYNC_WEBHOOK_URL), used by the rules and the
-#: dashboard, that a daemon exposes only where that feature is built in.
-NOTIFICATION_METRICS = frozenset({"regionsync_notifications_pending_oldest_age_seconds"})
 #: One attempt, short timeouts: a failure is classified within a second or two.
 ONCE = RetryPolicy(attempts=1, total_seconds=2.0, connect_timeout=1.0, read_timeout=0.5)
 
@@ -384,8 +381,6 @@ def test_a_live_daemons_metrics_pass_promtool_and_have_every_name_the_rules_and_
     missing = []
     for where, expr in used:
         for name, matchers in SELECTOR.findall(expr):
-            if name in NOTIFICATION_METRICS:
-                continue
             if name not in exposed:
                 missing.append(f"{where}: {name}")
                 continue
