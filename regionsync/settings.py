@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import base64
 import binascii
+import difflib
+import functools
 import ipaddress
 import math
 import os
 import re
 import zoneinfo
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -36,6 +38,10 @@ DEFAULT_SCHEDULE = "15m"
 DEFAULT_MAX_REMOVAL_FRACTION = 0.5
 DEFAULT_MAX_REJECT_FRACTION = 0.5
 DEFAULT_LOG_REGION_LINES = 100
+#: The longest interval schedule; anything longer is a typo (and overflows the clock).
+MAX_SCHEDULE_INTERVAL = timedelta(days=365)
+#: Variables with these prefixes are regionsync's; one it does not read is warned about.
+PREFIXES = ("REGIONSYNC_", "KALEYRA_")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 LogFormat = Literal["json", "console"]
@@ -85,8 +91,11 @@ def normalise_database_url(raw: str, *, setting: str = "REGIONSYNC_DATABASE_URL"
     """Turn what users paste (``postgres://``, ``postgresql://``) into a psycopg 3 URL."""
     try:
         url = make_url(raw.strip())
-    except ArgumentError:
-        raise ConfigError(setting, "not a database URL (expected postgresql://...)") from None
+    except (ArgumentError, ValueError):
+        # The message may quote the URL, password included: say only where to look.
+        raise ConfigError(
+            setting, "not a valid database URL (expected postgresql://user:password@host:port/db)"
+        ) from None
     backend, _, _driver = url.drivername.partition("+")
     if backend in ("postgres", "postgresql"):
         return url.set(drivername="postgresql+psycopg")
@@ -136,6 +145,8 @@ class Settings:
     db_schema_ignored: bool = False
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
     log_region_lines: int = DEFAULT_LOG_REGION_LINES
+    #: The variable the database URL came from; None for the embedded default.
+    database_setting: str | None = None
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -183,7 +194,11 @@ class Settings:
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
-        """Build and validate settings; raises :class:`ConfigError` naming the variable."""
+        """Build and validate settings; raises :class:`ConfigError` naming the variable.
+
+        Read every variable through ``get``, whatever the others say: the names it asks for
+        are the known ones (see :func:`known_variables`).
+        """
         env = os.environ if env is None else env
 
         def get(name: str) -> str | None:
@@ -238,36 +253,29 @@ class Settings:
         if log_level not in LOG_LEVELS:
             raise ConfigError("REGIONSYNC_LOG_LEVEL", f"must be one of: {', '.join(LOG_LEVELS)}")
 
-        fraction = DEFAULT_MAX_REMOVAL_FRACTION
-        raw_fraction = get("REGIONSYNC_MAX_REMOVAL_FRACTION")
-        if raw_fraction is not None:
-            try:
-                fraction = float(raw_fraction)
-            except ValueError:
-                fraction = math.nan
-            if not 0 <= fraction <= 1:
-                raise ConfigError(
-                    "REGIONSYNC_MAX_REMOVAL_FRACTION",
-                    "must be a number from 0 to 1 (1 turns it off)",
-                )
+        fraction = _fraction("REGIONSYNC_MAX_REMOVAL_FRACTION", get, DEFAULT_MAX_REMOVAL_FRACTION)
 
         metrics_port = None
         raw_port = get("REGIONSYNC_METRICS_PORT")
         if raw_port is not None:
-            if not raw_port.isdigit() or not 1 <= int(raw_port) <= 65535:
+            if not _ascii_digits(raw_port) or not 1 <= int(raw_port) <= 65535:
                 raise ConfigError(
                     "REGIONSYNC_METRICS_PORT", "must be a port number from 1 to 65535"
                 )
             metrics_port = int(raw_port)
 
+        schedule = get("REGIONSYNC_SCHEDULE") or DEFAULT_SCHEDULE
+        check_schedule(schedule, timezone)
+
         return cls(
             database_url=database_url,
             embedded_database=embedded,
+            database_setting=None if embedded else db_setting,
             kaleyra_sid=sid,
             kaleyra_api_key=Secret(key) if key else None,
             kaleyra_base_url=base_url,
             kaleyra_regions_path=path,
-            schedule=get("REGIONSYNC_SCHEDULE") or DEFAULT_SCHEDULE,
+            schedule=schedule,
             timezone=timezone,
             log_format=log_format.lower() if log_format else None,  # type: ignore[arg-type]
             log_level=log_level,
@@ -434,16 +442,22 @@ class NotificationSettings:
         )
 
 
+def _ascii_digits(text: str) -> bool:
+    """``str.isdigit`` also takes full-width and Arabic-Indic digits; a setting takes 0-9."""
+    return text.isascii() and text.isdigit()
+
+
 def _fraction(name: str, get: Callable[[str], str | None], default: float) -> float:
+    """A number from 0 to 1, written in ASCII; ``default`` when unset."""
     raw = get(name)
     if raw is None:
         return default
     try:
-        value = float(raw)
+        value = float(raw) if raw.isascii() else math.nan
     except ValueError:
         value = math.nan
     if not 0 <= value <= 1:
-        raise ConfigError(name, "must be a number from 0 to 1 (1 turns it off)")
+        raise ConfigError(name, f"must be a number from 0 to 1 (1 turns it off), got {raw[:40]!r}")
     return value
 
 
@@ -454,6 +468,83 @@ def _count(name: str, get: Callable[[str], str | None], default: int) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or int(raw) > 1_000_000:
         raise ConfigError(name, "must be a whole number from 0 to 1000000 (0: none)")
     return int(raw)
+
+
+def check_schedule(expression: str, timezone: str) -> None:
+    """Refuse a schedule the daemon could not follow, before any command runs."""
+    from regionsync.schedule import parse_schedule  # it needs Settings, so imported here
+
+    too_long = f"{expression[:40]!r} is too long an interval: at most {MAX_SCHEDULE_INTERVAL.days}d"
+    try:
+        parsed = parse_schedule(expression, timezone)
+    except OverflowError:
+        raise ConfigError("REGIONSYNC_SCHEDULE", too_long) from None
+    if parsed.interval is not None and parsed.interval > MAX_SCHEDULE_INTERVAL:
+        raise ConfigError("REGIONSYNC_SCHEDULE", too_long)
+
+
+class _Recorder(Mapping[str, str]):
+    """An empty environment that remembers which variables were asked for."""
+
+    def __init__(self) -> None:
+        self.asked: set[str] = set()
+
+    def __getitem__(self, name: str) -> str:
+        self.asked.add(name)
+        raise KeyError(name)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(())
+
+    def __len__(self) -> int:
+        return 0
+
+
+@functools.cache
+def known_variables() -> frozenset[str]:
+    """Every variable :meth:`Settings.from_env` reads, found by watching it read."""
+    recorder = _Recorder()
+    Settings.from_env(recorder)
+    return frozenset(recorder.asked)
+
+
+def environment_warnings(env: Mapping[str, str]) -> list[dict[str, str]]:
+    """What deserves a warning in ``env``: regionsync-looking variables it does not read
+    (typos, naming the closest known one), and known ones set but empty (read as unset)."""
+    known = known_variables()
+    found: list[dict[str, str]] = []
+    for name in sorted(env):
+        if name in known and not env[name].strip():
+            found.append({"event": "settings.empty_variable", "variable": name, "read_as": "unset"})
+        elif name.startswith(PREFIXES) and name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
+            found.append(
+                {
+                    "event": "settings.unknown_variable",
+                    "variable": name[:100],
+                    "closest": close[0] if close else "none",
+                }
+            )
+    return found
+
+
+def logging_hints(env: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
+    """What logging needs before the settings are validated: the log format if it is a valid
+    one, and every value that may be a secret (keys, secrets, URL passwords), so that even a
+    failure while reading the settings is logged safely."""
+    fmt = env.get("REGIONSYNC_LOG_FORMAT", "").strip().lower()
+    secrets: set[str] = set()
+    for name, value in env.items():
+        if not name.startswith(PREFIXES) and name != "DATABASE_URL":
+            continue
+        if any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN")):
+            secrets |= {value, value.strip()}
+        _scheme, sep, rest = value.partition("://")
+        userinfo, at, _host = rest.rpartition("@")
+        _user, colon, password = userinfo.partition(":")
+        if sep and at and colon and password:
+            secrets |= {password, unquote(password)}
+    return (fmt if fmt in ("json", "console") else None), tuple(s for s in secrets if s)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

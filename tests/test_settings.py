@@ -2,15 +2,30 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 import structlog
 
-from regionsync import logs
+from regionsync import cli, logs
 from regionsync.errors import ConfigError
-from regionsync.settings import Settings, default_sqlite_path, normalise_database_url, read_env_file
+from regionsync.settings import (
+    DEFAULT_SCHEDULE,
+    LOG_LEVELS,
+    Settings,
+    default_sqlite_path,
+    environment_warnings,
+    known_variables,
+    normalise_database_url,
+    read_env_file,
+)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEY = "k3y-7f58a94e84b671aca43"
 PASSWORD = "pa55-w0rd-xyz"
@@ -38,9 +53,24 @@ PASSWORD = "pa55-w0rd-xyz"
         ({"REGIONSYNC_MAX_REMOVAL_FRACTION": "nan"}, "REGIONSYNC_MAX_REMOVAL_FRACTION"),
         ({"REGIONSYNC_METRICS_PORT": "70000"}, "REGIONSYNC_METRICS_PORT"),
         ({"REGIONSYNC_METRICS_PORT": "-1"}, "REGIONSYNC_METRICS_PORT"),
+        ({"REGIONSYNC_METRICS_PORT": "\uff18\uff10\uff18\uff10"}, "REGIONSYNC_METRICS_PORT"),
+        ({"REGIONSYNC_METRICS_PORT": "\u0668\u0660"}, "REGIONSYNC_METRICS_PORT"),
+        ({"REGIONSYNC_SCHEDULE": "3000000d"}, "REGIONSYNC_SCHEDULE"),
+        ({"REGIONSYNC_SCHEDULE": "99999999999999999999s"}, "REGIONSYNC_SCHEDULE"),
+        ({"REGIONSYNC_SCHEDULE": "366d"}, "REGIONSYNC_SCHEDULE"),
+        ({"REGIONSYNC_DATABASE_URL": "postgresql://u:PW@[::1:5432/x"}, "REGIONSYNC_DATABASE_URL"),
+        ({"DATABASE_URL": "postgresql://u:PW@h:port/x"}, "DATABASE_URL"),
+        ({"REGIONSYNC_MAX_REJECT_FRACTION": "1.01"}, "REGIONSYNC_MAX_REJECT_FRACTION"),
+        ({"REGIONSYNC_MAX_REJECT_FRACTION": "-0"}, None),
+        ({"REGIONSYNC_MAX_REJECT_FRACTION": "inf"}, "REGIONSYNC_MAX_REJECT_FRACTION"),
+        ({"REGIONSYNC_MAX_REJECT_FRACTION": "\u0660.\u0665"}, "REGIONSYNC_MAX_REJECT_FRACTION"),
+        ({"REGIONSYNC_MAX_REJECT_FRACTION": "some"}, "REGIONSYNC_MAX_REJECT_FRACTION"),
     ],
 )
-def test_malformed_setting_is_named(env: dict[str, str], setting: str) -> None:
+def test_malformed_setting_is_named(env: dict[str, str], setting: str | None) -> None:
+    if setting is None:  # a valid edge, listed beside the invalid ones it borders
+        Settings.from_env(env)
+        return
     with pytest.raises(ConfigError) as caught:
         Settings.from_env(env)
     assert caught.value.setting == setting
@@ -158,3 +188,134 @@ def test_env_file_is_read(tmp_path: Path) -> None:
     (tmp_path / "bad.env").write_text("JUST A LINE\n")
     with pytest.raises(ConfigError, match=r"bad\.env:1"):
         read_env_file(tmp_path / "bad.env")
+
+
+def test_the_reject_fraction_is_a_number_from_0_to_1() -> None:
+    assert Settings.from_env({}).max_reject_fraction == 0.5
+    for raw, value in [("0", 0.0), ("0.25", 0.25), (" 1 ", 1.0), ("1e-1", 0.1)]:
+        settings = Settings.from_env({"REGIONSYNC_MAX_REJECT_FRACTION": raw})
+        assert settings.max_reject_fraction == value
+
+
+def test_a_long_but_possible_interval_is_accepted() -> None:
+    assert Settings.from_env({"REGIONSYNC_SCHEDULE": "365d"}).schedule == "365d"
+
+
+def test_the_settings_know_which_variables_they_read() -> None:
+    known = known_variables()
+    assert {"KALEYRA_API_KEY", "REGIONSYNC_SCHEDULE", "REGIONSYNC_MAX_REJECT_FRACTION"} <= known
+    assert "REGIONSYNC_SCHEDUEL" not in known
+
+
+def test_unknown_and_empty_variables_are_warned_about() -> None:
+    env = {
+        "REGIONSYNC_SCHEDUEL": "1h",
+        "KALEYRA_APIKEY": "x",
+        "REGIONSYNC_SCHEDULE": "",
+        "KALEYRA_POD": "in",
+        "HOME": "/root",
+        "REGIONSYNC_ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ": "1",
+    }
+    warnings = {w["variable"]: w for w in environment_warnings(env)}
+    assert set(warnings) == {
+        "REGIONSYNC_SCHEDUEL",
+        "KALEYRA_APIKEY",
+        "REGIONSYNC_SCHEDULE",
+        "REGIONSYNC_ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ",
+    }
+    assert warnings["REGIONSYNC_SCHEDUEL"]["closest"] == "REGIONSYNC_SCHEDULE"
+    assert warnings["KALEYRA_APIKEY"]["closest"] == "KALEYRA_API_KEY"
+    assert warnings["REGIONSYNC_ZZZZZZZZZZZZZZZZZZZZZZZZZZZZZZ"]["closest"] == "none"
+    assert warnings["REGIONSYNC_SCHEDULE"]["event"] == "settings.empty_variable"
+    assert Settings.from_env(env).schedule == DEFAULT_SCHEDULE
+
+
+def cli_events(err: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in err.splitlines() if line.startswith("{")]
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """An environment with no regionsync variable but JSON logs and a private data home."""
+    for name in list(os.environ):
+        if name.startswith(("REGIONSYNC_", "KALEYRA_")) or name == "DATABASE_URL":
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("REGIONSYNC_LOG_FORMAT", "json")
+    monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
+    return monkeypatch
+
+
+def test_cli_warns_once_per_unknown_variable_from_environment_or_env_file(
+    clean_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clean_env.setenv("REGIONSYNC_TIMEZNOE", "Europe/Paris")
+    clean_env.setenv("REGIONSYNC_SCHEDULE", "  ")
+    env_file = tmp_path / ".env"
+    env_file.write_text("KALEYRA_SDI=ABC\n")
+    assert cli.main(["--env-file", str(env_file), "schedule", "--count", "1"]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 1
+    warned = [e for e in cli_events(err) if e["event"].startswith("settings.")]
+    assert sorted((e["event"], e["variable"], e.get("closest")) for e in warned) == [
+        ("settings.empty_variable", "REGIONSYNC_SCHEDULE", None),
+        ("settings.unknown_variable", "KALEYRA_SDI", "KALEYRA_SID"),
+        ("settings.unknown_variable", "REGIONSYNC_TIMEZNOE", "REGIONSYNC_TIMEZONE"),
+    ]
+    assert all(e["level"] == "warning" for e in warned)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("REGIONSYNC_SCHEDULE", "3000000d"),
+        ("REGIONSYNC_SCHEDULE", "99999999999999999999s"),
+        ("REGIONSYNC_DATABASE_URL", "postgresql://u:PW@[::1:5432/x"),
+        ("REGIONSYNC_METRICS_PORT", "\uff18\uff10\uff18\uff10"),
+        ("REGIONSYNC_MAX_REJECT_FRACTION", "2"),
+    ],
+)
+def test_cli_exits_2_with_one_line_naming_a_bad_setting(
+    clean_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], name: str, value: str
+) -> None:
+    clean_env.setenv(name, value)
+    assert cli.main(["schedule"]) == 2
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.splitlines() == [err.strip()]
+    assert err.startswith(f"regionsync: error: {name}: ")
+    assert "Traceback" not in err
+
+
+def test_readme_and_help_list_the_same_log_levels() -> None:
+    readme = (ROOT / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if line.startswith("| `REGIONSYNC_LOG_LEVEL`"))
+    assert re.findall(r"`([A-Z]+)`", row.split("|")[3]) == list(LOG_LEVELS)
+    shown = " ".join(cli.build_parser().format_help().split())
+    assert f"REGIONSYNC_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}." in shown
+
+
+def test_log_values_are_capped(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure(level="INFO", fmt="json")
+    huge = "x" * 10_000_000
+    structlog.get_logger("t").info(
+        "big",
+        display_name=huge,
+        many=list(range(1000)),
+        deep=_nested(100),
+        table={i: i for i in range(99)},
+    )
+    line = capsys.readouterr().err
+    assert len(line) < 10_000
+    event = json.loads(line)
+    assert event["display_name"] == "x" * logs.MAX_VALUE_CHARS + f"…(+{10_000_000 - 1000} chars)"
+    assert event["many"][: logs.MAX_ITEMS] == list(range(logs.MAX_ITEMS))
+    assert event["many"][-1] == f"…(+{1000 - logs.MAX_ITEMS} items)"
+    assert "…(nested too deep)" in json.dumps(event["deep"], ensure_ascii=False)
+    assert len(event["table"]) == logs.MAX_ITEMS + 1
+
+
+def _nested(depth: int) -> list[Any]:
+    value: list[Any] = []
+    for _ in range(depth):
+        value = [value]
+    return value
