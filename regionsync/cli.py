@@ -23,7 +23,13 @@ from sqlalchemy.engine import Engine
 from regionsync import __version__, logs, terminal
 from regionsync.durations import format_duration, parse_duration
 from regionsync.errors import ConfigError, RegionSyncError
-from regionsync.settings import Settings, read_env_file
+from regionsync.settings import (
+    LOG_LEVELS,
+    Settings,
+    environment_warnings,
+    logging_hints,
+    read_env_file,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -31,6 +37,9 @@ Handler = Callable[[argparse.Namespace, Settings], int]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    # Safe logging first, before anything can fail: no locals, secrets scrubbed.
+    fmt, secrets = logging_hints(os.environ)
+    logs.configure(fmt=fmt, secrets=secrets)
     arguments = list(sys.argv[1:] if argv is None else argv)
     if arguments[:1] == ["fake-api"]:
         # The fake server parses its own options (argparse.REMAINDER would drop them).
@@ -41,11 +50,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.quiet and args.verbose:
         print("regionsync: error: -q and -v cannot be used together", file=sys.stderr)
         return EXIT_USAGE
-    secrets: tuple[str, ...] = ()
     try:
-        settings = load_settings(args.env_file)
-        secrets = settings.secrets
+        env = load_environment(args.env_file)
+        fmt, secrets = logging_hints(env)
+        logs.configure(fmt=fmt, secrets=secrets)
+        settings = Settings.from_env(env)
+        secrets = (*secrets, *settings.secrets)
         logs.configure(level=_log_level(args, settings), fmt=settings.log_format, secrets=secrets)
+        for warning in environment_warnings(env):
+            structlog.get_logger("regionsync").warning(**warning)
         handler: Handler = args.handler
         return handler(args, settings)
     except RegionSyncError as error:
@@ -71,13 +84,13 @@ def _log_level(args: argparse.Namespace, settings: Settings) -> str:
     return settings.log_level
 
 
-def load_settings(env_file: Path | None) -> Settings:
-    """Settings from the environment, on top of an optional ``.env`` file."""
+def load_environment(env_file: Path | None) -> dict[str, str]:
+    """The environment, on top of an optional ``.env`` file."""
     env: dict[str, str] = {}
     if env_file is not None:
         env.update(read_env_file(env_file))
     env.update(os.environ)
-    return Settings.from_env(env)
+    return env
 
 
 @contextmanager
@@ -449,6 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="regionsync",
         description="Keep a database of a Kaleyra RCS agent's regions and their history.",
         epilog="Settings come from the environment; see the README. "
+        f"REGIONSYNC_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}. "
         "Exit codes: 0 ok or skipped, 1 sync failed, 2 bad configuration or usage.",
     )
     parser.add_argument("--version", action="version", version=f"regionsync {__version__}")
