@@ -15,11 +15,19 @@ import structlog
 from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync.errors import StoreError
+from regionsync.errors import ConfigError, StoreError
 from regionsync.models import canonical_json
 from regionsync.settings import Settings
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+
+class DatabaseUnreachable(exc.OperationalError):
+    """Connecting failed; ``where`` says what was tried and which setting to fix."""
+
+    def __init__(self, error: exc.DBAPIError, where: str) -> None:
+        super().__init__(error.statement, error.params, error.orig or error)
+        self.where = where
 
 
 def create_engine(settings: Settings) -> Engine:
@@ -27,21 +35,56 @@ def create_engine(settings: Settings) -> Engine:
     _warn_if_schema_ignored(settings)
     url = settings.database_url
     if url.get_backend_name() == "sqlite":
-        return _sqlite_engine(url)
-    engine = sa.create_engine(
-        url,
-        pool_pre_ping=True,
-        pool_size=2,
-        json_serializer=canonical_json,
-        connect_args={"connect_timeout": 10, "application_name": "regionsync"},
-    )
-    return _in_schema(engine, settings.db_schema)
+        _make_parent(settings)
+        engine = _sqlite_engine(url)
+    else:
+        engine = sa.create_engine(
+            url,
+            pool_pre_ping=True,
+            pool_size=2,
+            json_serializer=canonical_json,
+            connect_args={"connect_timeout": 10, "application_name": "regionsync"},
+        )
+        engine = _in_schema(engine, settings.db_schema)
+    where = connection_target(settings)
+
+    @event.listens_for(engine, "handle_error", retval=True)
+    def _name_the_setting(context: sa.engine.ExceptionContext) -> BaseException | None:
+        failed = context.sqlalchemy_exception
+        if context.connection is None and isinstance(failed, exc.OperationalError):
+            return DatabaseUnreachable(failed, where)
+        return None
+
+    return engine
+
+
+def connection_target(settings: Settings) -> str:
+    """What connecting tries, for messages: host:port/db (or the file) and its setting,
+    the password masked."""
+    url = settings.database_url
+    if url.get_backend_name() == "sqlite":
+        target = f"the SQLite file {url.database}"
+    else:
+        target = f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    if settings.database_setting is None:
+        return f"{target} (the embedded default: neither REGIONSYNC_DATABASE_URL nor DATABASE_URL)"
+    return f"{target} (from {settings.database_setting}={settings.database_display})"
+
+
+def _make_parent(settings: Settings) -> None:
+    """Create the SQLite file's directory; failing, name the setting that chose it."""
+    database = settings.database_url.database
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return
+    parent = Path(database).expanduser().parent
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        setting = settings.database_setting or "XDG_DATA_HOME"
+        raise ConfigError(setting, f"cannot create {parent}: {error.strerror}") from None
 
 
 def _sqlite_engine(url: sa.URL) -> Engine:
-    database = url.database
-    if database and database != ":memory:" and not database.startswith("file:"):
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
     engine = sa.create_engine(url, json_serializer=canonical_json)
 
     @event.listens_for(engine, "connect")
@@ -74,6 +117,9 @@ def describe_db_error(error: exc.SQLAlchemyError) -> str:
     original = getattr(error, "orig", None)
     text = str(original if original is not None else error).strip()
     first = text.splitlines()[0] if text else type(error).__name__
+    if isinstance(error, DatabaseUnreachable):
+        reason = first.rpartition("failed: ")[2].removeprefix("FATAL:").strip()
+        return f"cannot connect to {error.where}: {reason}"
     return f"database error: {first}"
 
 
