@@ -26,6 +26,12 @@ _TARGET = sa.text(
 )
 
 
+# Whether the role exists, is a superuser, or has the owner's rights (is it or inherits it).
+_ROLE = sa.text(
+    "SELECT rolsuper, pg_has_role(oid, :owner, 'USAGE') FROM pg_roles WHERE rolname = :role"
+)
+
+
 def quote_identifier(name: str) -> str:
     """A PostgreSQL identifier, always quoted (inner quotes doubled), so any name is safe."""
     return _preparer.quote_identifier(name)
@@ -75,11 +81,17 @@ def grant_readonly(engine: Engine, role: str, *, execute: bool = True) -> list[s
         statements = readonly_grants(role, schema, owner=owner, database=database)
         if not execute:
             return statements
-        exists = connection.execute(
-            sa.text("SELECT 1 FROM pg_roles WHERE rolname = :role"), {"role": role}
-        ).first()
-        if exists is None:
+        found_role = connection.execute(_ROLE, {"role": role, "owner": owner}).first()
+        if found_role is None:
             raise ConfigError("ROLE", f"no PostgreSQL role named {role!r}; CREATE ROLE it first")
+        is_superuser, acts_as_owner = found_role
+        if is_superuser or acts_as_owner:
+            what = "a superuser" if is_superuser else f"the owner of the tables ({owner!r})"
+            raise ConfigError(
+                "ROLE",
+                f"{role!r} is {what}: it can already write every table, so a read-only grant "
+                "would not make it read-only; create a role of its own for reading",
+            )
         if not may_act_as_owner:
             raise ConfigError(
                 "REGIONSYNC_DATABASE_URL",

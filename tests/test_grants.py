@@ -231,3 +231,28 @@ def test_sqlite_has_no_roles(sqlite_engine: Engine) -> None:
     with pytest.raises(ConfigError, match="needs PostgreSQL") as caught:
         grant_readonly(sqlite_engine, "anyone")
     assert caught.value.exit_code == 2
+
+
+def test_a_superuser_or_the_owner_is_refused_because_it_would_stay_writable(
+    database: Database, make_role: MakeRole
+) -> None:
+    heir = make_role("owner's heir")
+    admin = database.engine_as()
+    try:
+        with admin.begin() as c:
+            c.exec_driver_sql(
+                f"GRANT {quote_identifier(database.owner)} TO {quote_identifier(heir)}"
+            )
+        superuser = admin.url.username
+        assert superuser is not None
+        for role, says in [
+            (superuser, "is a superuser"),
+            (database.owner, "is the owner of the tables"),
+            (heir, "is the owner of the tables"),
+        ]:
+            with pytest.raises(ConfigError, match="would not make it read-only") as caught:
+                grant_readonly(admin, role)
+            assert says in str(caught.value), role
+            assert caught.value.exit_code == 2
+    finally:
+        admin.dispose()
