@@ -99,3 +99,12 @@ def test_docker_files_name_only_real_commands_and_settings(path: str) -> None:
     named |= set(re.findall(r'"regionsync", "([a-z-]+)"', text))
     assert named, f"{path} names no regionsync command"
     assert named <= set(commands()), named - set(commands())
+
+
+def test_every_fake_api_option_is_in_the_readme() -> None:
+    from regionsync.fakeapi import _build_parser
+
+    section = README.split("## Trying it against a fake Kaleyra", 1)[1].split("\n## ", 1)[0]
+    options = {o for a in _build_parser()._actions for o in a.option_strings if o != "-h"}
+    assert {"--regions", "--sid", "--api-key", "--quiet"} <= options
+    assert {o for o in options if f"`{o}" not in section} == {"--help"}
