@@ -9,6 +9,7 @@ Tracebacks never show frame locals, and long values are cut, so one line stays b
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import re
@@ -62,13 +63,19 @@ def secret_forms(secret: str) -> set[str]:
     return once | {escape(form) for form in once for escape in _ESCAPES}
 
 
+@functools.lru_cache(maxsize=16)
+def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
+    """One regex for every form of every secret, longest first; built once per set."""
+    forms = {form for secret in secrets for form in secret_forms(secret)}
+    ordered = sorted((f for f in forms if f), key=lambda f: (-len(f), f))
+    return re.compile("|".join(map(re.escape, ordered))) if ordered else None
+
+
 class Redactor:
     """Replaces every form of every secret in a text, in one pass."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        forms = {form for secret in secrets if secret for form in secret_forms(secret)}
-        ordered = sorted((f for f in forms if f), key=len, reverse=True)
-        self.pattern = re.compile("|".join(map(re.escape, ordered))) if ordered else None
+        self.pattern = _pattern(frozenset(s for s in secrets if s))
 
     def __bool__(self) -> bool:
         return self.pattern is not None
