@@ -1,0 +1,479 @@
+"""No secret anywhere: every command and failure mode, run with an API key and a database
+password full of quotes, backslashes and non-ASCII characters. Every byte of output, every
+log line (JSON and console, with and without ``rich``), every text of every table: zero
+occurrences, raw or escaped (see README, *Logs*).
+
+Each secret carries an ASCII marker in its middle, which survives any escaping (``repr()``,
+JSON, URL encoding) unchanged: finding no marker means finding no form of the secret.
+PostgreSQL's trust authentication accepts any password, so the password is really sent.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
+import sqlalchemy as sa
+import structlog
+from sqlalchemy.engine import URL
+
+from regionsync import cli, logs
+from regionsync.errors import TransientSourceError
+from regionsync.fakeapi import FakeKaleyra, sample_regions
+from regionsync.grants import quote_identifier
+from regionsync.schema import migrate
+from regionsync.store import create_engine
+from regionsync.sync import ApiSource, run_sync
+from tests.fakeapi_fixtures import FAST
+from tests.support import admin_url, create_pg_database, drop_pg_database, settings_for
+
+#: Latin-1 only beyond ASCII: the key travels in an HTTP header.
+KEY = "k'e\"y\\é-LEAKKEY7f3a9c-ñ'\"\\"
+PASSWORD = "p'a\"s\\s¤-LEAKPW91b2e-wörd€\\"
+MARKERS = ("LEAKKEY7f3a9c", "LEAKPW91b2e")
+SID = "ACME42"
+FORMATS = ("json", "console")
+
+
+def escaped_forms(secret: str) -> set[str]:
+    """The forms a leak would take, written independently of the code under test."""
+    once = {
+        secret,
+        repr(secret)[1:-1],
+        ascii(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        json.dumps(secret, ensure_ascii=False)[1:-1],
+        secret.encode("unicode_escape").decode("ascii"),
+        quote(secret, safe=""),
+        quote_plus(secret),
+    }
+    return once | {repr(form)[1:-1] for form in once} | {json.dumps(form)[1:-1] for form in once}
+
+
+FORMS = escaped_forms(KEY) | escaped_forms(PASSWORD)
+
+
+def assert_clean(text: str, where: str) -> None:
+    folded = text.casefold()
+    for marker in MARKERS:
+        assert marker.casefold() not in folded, f"{marker} in {where}: {text[:2000]}"
+    for form in FORMS:
+        assert form not in text, f"{form!r} in {where}"
+
+
+@dataclass
+class Done:
+    code: int
+    out: str
+    err: str
+
+    def check(self, where: str, fmt: str) -> None:
+        assert_clean(self.out, f"stdout of {where}")
+        assert_clean(self.err, f"stderr of {where}")
+        assert "Traceback" not in self.out
+        if fmt == "json":
+            for line in self.err.splitlines():
+                if line.startswith("{"):
+                    assert_clean(json.dumps(json.loads(line), ensure_ascii=False), where)
+
+
+def assert_database_clean(url: URL) -> None:
+    """Every column of every row of every table, as PostgreSQL writes it as text."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            tables = c.execute(
+                sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+            ).scalars()
+            for table in list(tables):
+                rows = c.exec_driver_sql(f"SELECT t::text FROM {quote_identifier(table)} AS t")
+                assert_clean("\n".join(r[0] for r in rows), f"table {table}")
+    finally:
+        engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def database() -> Iterator[URL]:
+    """A database of this module's own, reached with :data:`PASSWORD`."""
+    url = create_pg_database()
+    yield url.set(password=PASSWORD)
+    drop_pg_database(url)
+
+
+@pytest.fixture(scope="module")
+def fake() -> Iterator[FakeKaleyra]:
+    with FakeKaleyra(sid=SID, api_key=KEY, regions=sample_regions()) as server:
+        yield server
+
+
+@pytest.fixture
+def reader(database: URL) -> Iterator[str]:
+    """A plain role for grant-readonly; its grants go with the database's objects."""
+    name = f"reader {uuid.uuid4().hex[:8]}"
+    admin = sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as c:
+        c.exec_driver_sql(f"CREATE ROLE {quote_identifier(name)}")
+    yield name
+    target = sa.create_engine(database, isolation_level="AUTOCOMMIT")
+    with target.connect() as c:
+        c.exec_driver_sql(f"DROP OWNED BY {quote_identifier(name)}")
+    target.dispose()
+    with admin.connect() as c:
+        c.exec_driver_sql(f"DROP ROLE {quote_identifier(name)}")
+    admin.dispose()
+
+
+def environment(database: URL, fake: FakeKaleyra, fmt: str, **extra: str) -> dict[str, str]:
+    return {
+        "REGIONSYNC_DATABASE_URL": database.render_as_string(hide_password=False),
+        "KALEYRA_BASE_URL": fake.url,
+        "KALEYRA_SID": SID,
+        "KALEYRA_API_KEY": KEY,
+        "REGIONSYNC_LOG_FORMAT": fmt,
+        **extra,
+    }
+
+
+class Runner:
+    """``regionsync ARGS`` in this process, with exactly the given regionsync variables."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]):
+        self.monkeypatch = monkeypatch
+        self.capsys = capsys
+
+    def __call__(self, env: dict[str, str], *argv: str) -> Done:
+        with self.monkeypatch.context() as patch:
+            for name in list(os.environ):
+                if name.startswith(("REGIONSYNC_", "KALEYRA_")) or name == "DATABASE_URL":
+                    patch.delenv(name)
+            for name, value in env.items():
+                patch.setenv(name, value)
+            try:
+                code = cli.main(list(argv))
+            except SystemExit as exit_:  # --help
+                code = int(exit_.code or 0)
+        out, err = self.capsys.readouterr()
+        return Done(code, out, err)
+
+
+@pytest.fixture
+def regionsync(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Runner:
+    return Runner(monkeypatch, capsys)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_command_leaks_nothing(
+    regionsync: Runner, database: URL, fake: FakeKaleyra, reader: str, fmt: str
+) -> None:
+    env = environment(database, fake, fmt)
+    commands: list[tuple[tuple[str, ...], int]] = [
+        (("migrate",), 0),
+        (("run",), 0),
+        (("run", "--dry-run"), 0),
+        (("status",), 0),
+        (("status", "--json"), 0),
+        (("schedule",), 0),
+        (("grant-readonly", reader), 0),
+        (("grant-readonly", reader, "--print"), 0),
+        (("fake-api", "--help"), 0),
+        (("--help",), 0),
+    ]
+    for argv, code in commands:
+        done = regionsync(env, *argv)
+        assert done.code == code, (argv, done.err)
+        done.check(" ".join(argv), fmt)
+    assert fake.requests[-1].headers["api-key"] == KEY  # the key really was used
+    assert_database_clean(database)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_every_failure_leaks_nothing(
+    regionsync: Runner,
+    database: URL,
+    fake: FakeKaleyra,
+    monkeypatch: pytest.MonkeyPatch,
+    fmt: str,
+) -> None:
+    env = environment(database, fake, fmt)
+    assert regionsync(env, "migrate").code == 0
+    raw_password = quote(PASSWORD, safe="")
+    failures: list[tuple[str, dict[str, str], tuple[str, ...], int]] = [
+        (
+            "malformed URL",
+            {"REGIONSYNC_DATABASE_URL": f"postgresql://u:{PASSWORD}@[::1:5/x"},
+            ("status",),
+            2,
+        ),
+        (
+            "malformed URL, quoted",
+            {
+                "REGIONSYNC_DATABASE_URL": "",
+                "DATABASE_URL": f"postgresql://u:{raw_password}@[::1/x",
+            },
+            ("run",),
+            2,
+        ),
+        (
+            "wrong port",
+            {"REGIONSYNC_DATABASE_URL": f"postgresql://u:{raw_password}@127.0.0.1:1/x"},
+            ("run",),
+            1,
+        ),
+        (
+            "missing database",
+            {
+                "REGIONSYNC_DATABASE_URL": database.set(database="nope").render_as_string(
+                    hide_password=False
+                )
+            },
+            ("status",),
+            1,
+        ),
+        ("bad setting", {"KALEYRA_POD": "eu"}, ("run",), 2),
+        ("bad schedule", {"REGIONSYNC_SCHEDULE": "3000000d"}, ("schedule",), 2),
+        ("unknown variable", {"KALEYRA_API_KEYY": KEY}, ("schedule",), 0),
+    ]
+    for what, extra, argv, code in failures:
+        done = regionsync({**env, **extra}, *argv)
+        assert done.code == code, (what, done.err)
+        done.check(what, fmt)
+
+    with FakeKaleyra(sid=SID, api_key="another-key") as other:
+        done = regionsync({**env, "KALEYRA_BASE_URL": other.url}, "run")
+    assert done.code == 1
+    assert "401" in done.err
+    done.check("401", fmt)
+
+    fake.fail("rcs601")
+    try:
+        done = regionsync(env, "run")
+    finally:
+        fake.clear_faults()
+    assert done.code == 1
+    done.check("RCS601", fmt)
+
+    fake.fail("http500", times=1)
+    done = regionsync(env, "run")
+    assert done.code == 0, done.err
+    done.check("a 500, then success", fmt)
+
+    def boom(args: Any, settings: Any) -> int:
+        secret = settings.kaleyra_api_key.reveal()
+        password = settings.database_url.password
+        raise RuntimeError(f"broke on {secret!r} and {password!r} / {json.dumps(secret)}")
+
+    monkeypatch.setattr(cli, "cmd_status", boom)
+    done = regionsync(env, "status")
+    assert done.code == 1
+    assert "internal error: RuntimeError" in done.err
+    done.check("an internal error quoting the secrets", fmt)
+    assert_database_clean(database)
+
+
+def test_a_sync_failing_after_retries_records_and_logs_no_secret(
+    database: URL, fake: FakeKaleyra, capsys: pytest.CaptureFixture[str]
+) -> None:
+    settings = settings_for(
+        database, KALEYRA_BASE_URL=fake.url, KALEYRA_SID=SID, KALEYRA_API_KEY=KEY
+    )
+    logs.configure(fmt="json", secrets=settings.secrets)  # as the CLI does
+    engine = create_engine(settings)
+    fake.fail("http500")
+    try:
+        migrate(engine)
+        with pytest.raises(TransientSourceError, match="HTTP 500"):
+            run_sync(engine, ApiSource(settings, retry=FAST), trigger="cli")
+        with engine.connect() as c:
+            last = c.execute(
+                sa.text("SELECT status, error FROM sync_runs ORDER BY id DESC")
+            ).first()
+    finally:
+        fake.clear_faults()
+        engine.dispose()
+    assert last is not None
+    assert last.status == "failed"
+    assert "gave up after 4 attempts" in last.error
+    Done(0, "", capsys.readouterr().err).check("retries", "json")
+    assert_database_clean(database)
+
+
+def test_tracebacks_show_no_locals_and_escaped_secrets_are_scrubbed(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    for fmt in FORMATS:
+        logs.configure(fmt=fmt, secrets=(KEY, PASSWORD))
+        try:
+            hidden_value = {"key": KEY, "password": PASSWORD}
+            message = f"{hidden_value!r} {json.dumps(PASSWORD)} {quote(PASSWORD)}"
+            raise ValueError(message)
+        except ValueError:
+            structlog.get_logger("t").exception("failed", detail=repr(KEY))
+        err = capsys.readouterr().err
+        assert "ValueError" in err
+        assert "hidden_value =" not in err
+        assert "message =" not in err
+        if fmt == "json":
+            (event,) = [json.loads(line) for line in err.splitlines()]
+            frames = [f for e in event["exception"] for f in e["frames"]]
+            assert frames
+            assert not [f for f in frames if "locals" in f]
+        assert_clean(err, f"{fmt} traceback")
+
+
+def test_each_escaped_form_is_redacted() -> None:
+    for secret in (KEY, PASSWORD):
+        for form in escaped_forms(secret):
+            assert logs.redact(f"<{form}>", (secret,)) == f"<{logs.REDACTED}>", form
+
+
+def test_database_connection_failures_name_the_setting_and_what_was_tried(
+    regionsync: Runner, database: URL
+) -> None:
+    wrong_port = database.set(port=1).render_as_string(hide_password=False)
+    missing = database.set(database="no_such_db").render_as_string(hide_password=False)
+    unknown_host = database.set(host="no-such-host.invalid").render_as_string(hide_password=False)
+    cases = [
+        (
+            "REGIONSYNC_DATABASE_URL",
+            wrong_port,
+            f"{database.host}:1/{database.database}",
+            "refused",
+        ),
+        ("DATABASE_URL", missing, f"{database.host}:{database.port}/no_such_db", "does not exist"),
+        (
+            "REGIONSYNC_DATABASE_URL",
+            unknown_host,
+            f"no-such-host.invalid:{database.port}/{database.database}",
+            "resolve",
+        ),
+    ]
+    for setting, url, tried, reason in cases:
+        done = regionsync({setting: url, "REGIONSYNC_LOG_FORMAT": "json"}, "status")
+        assert done.code == 1, done.err
+        message = done.err.strip().splitlines()[-1]
+        assert message.startswith("regionsync: error: ")
+        assert f"cannot connect to {tried}" in message
+        assert f"(from {setting}=postgresql+psycopg://{database.username}:***@" in message
+        assert reason in message
+        done.check(setting, "json")
+
+
+# Before the settings are read: a subprocess, with and without rich importable -------------
+
+HIDE_RICH = "import sys; sys.modules['rich'] = None\n"
+RUN_MAIN = "import sys\nfrom regionsync import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+BOOM = (
+    "from regionsync import cli\n"
+    "def boom(args, settings):\n"
+    "    secret = settings.kaleyra_api_key.reveal()\n"
+    "    raise RuntimeError('boom ' + repr(secret))\n"
+    "cli.cmd_status = boom\n"
+)
+
+
+def rich_states() -> list[Any]:
+    installed = importlib.util.find_spec("rich") is not None
+    reason = "rich is not installed here; `pip install rich` to run this variant"
+    return [
+        pytest.param(False, id="rich-hidden"),
+        pytest.param(
+            True, id="rich-importable", marks=pytest.mark.skipif(not installed, reason=reason)
+        ),
+    ]
+
+
+def python(code: str, *argv: str, env: dict[str, str]) -> Done:
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base.pop("DATABASE_URL", None)
+    done = subprocess.run(
+        [sys.executable, "-c", code, *argv],
+        env={**base, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    return Done(done.returncode, done.stdout, done.stderr)
+
+
+@pytest.mark.parametrize("rich", rich_states())
+@pytest.mark.parametrize("fmt", [*FORMATS, "unset"])
+def test_a_malformed_url_is_one_line_and_exit_2_before_logging_is_set_up(
+    rich: bool, fmt: str
+) -> None:
+    env = {
+        "REGIONSYNC_DATABASE_URL": f"postgresql://u:{PASSWORD}@[::1:5432/x",
+        "KALEYRA_API_KEY": KEY,
+    }
+    if fmt != "unset":
+        env["REGIONSYNC_LOG_FORMAT"] = fmt
+    done = python(("" if rich else HIDE_RICH) + RUN_MAIN, "status", env=env)
+    assert done.code == 2, done.err
+    assert done.out == ""
+    assert done.err.splitlines() == [
+        "regionsync: error: REGIONSYNC_DATABASE_URL: not a valid database URL "
+        "(expected postgresql://user:password@host:port/db)"
+    ]
+    done.check("malformed URL", "console")
+
+
+@pytest.mark.parametrize("rich", rich_states())
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_an_internal_error_logs_a_traceback_without_locals(
+    rich: bool, fmt: str, tmp_path: Path
+) -> None:
+    env = {
+        "XDG_DATA_HOME": str(tmp_path),
+        "KALEYRA_API_KEY": KEY,
+        "REGIONSYNC_LOG_FORMAT": fmt,
+    }
+    done = python(("" if rich else HIDE_RICH) + BOOM + RUN_MAIN, "status", env=env)
+    assert done.code == 1, done.err
+    assert done.out == ""
+    assert "RuntimeError: boom" in done.err
+    assert "in boom" in done.err or '"name": "boom"' in done.err  # the traceback is there
+    assert "╭" not in done.err  # not rich's
+    assert "locals" not in done.err
+    done.check("internal error", fmt)
+
+
+def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Path) -> None:
+    env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))},
+        **environment(database, fake, "json", REGIONSYNC_SCHEDULE="1s"),
+    }
+    env.pop("DATABASE_URL", None)
+    log = tmp_path / "daemon.log"
+    with log.open("wb") as sink:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "regionsync", "daemon"],
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while log.read_text(errors="replace").count('"sync.finished"') < 2:
+                assert process.poll() is None, log.read_text(errors="replace")
+                assert time.monotonic() < deadline, log.read_text(errors="replace")
+                time.sleep(0.1)
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=30) == 0
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+    Done(0, "", log.read_text(errors="replace")).check("daemon", "json")
+    assert_database_clean(database)
