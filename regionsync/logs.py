@@ -14,6 +14,7 @@ import json
 import logging
 import re
 import sys
+import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 from urllib.parse import quote, quote_plus
@@ -178,6 +179,17 @@ class StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
+def _log_thread_crash(args: threading.ExceptHookArgs) -> None:
+    """A thread's uncaught error, logged (scrubbed, no locals) instead of printed raw."""
+    if args.exc_type is SystemExit:
+        return
+    structlog.get_logger("regionsync").error(
+        "thread.crashed",
+        thread=args.thread.name if args.thread else None,
+        exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+    )
+
+
 def configure(*, level: str = "INFO", fmt: str | None = None, secrets: Iterable[str] = ()) -> None:
     """Set up structlog and the standard library's logging to write to stderr.
 
@@ -225,6 +237,10 @@ def configure(*, level: str = "INFO", fmt: str | None = None, secrets: Iterable[
     # Their INFO lines are noise for an operator; warnings still come through.
     for noisy in ("apscheduler", "urllib3", "alembic"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+    # What Python would print itself goes through the same safe rendering.
+    logging.captureWarnings(True)
+    threading.excepthook = _log_thread_crash
 
     structlog.configure(
         processors=[

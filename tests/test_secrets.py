@@ -16,6 +16,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -477,3 +478,19 @@ def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Pa
                 process.wait()
     Done(0, "", log.read_text(errors="replace")).check("daemon", "json")
     assert_database_clean(database)
+
+
+def test_a_crashing_thread_is_logged_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure(fmt="json", secrets=(KEY,))
+
+    def crash() -> None:
+        raise RuntimeError(f"thread saw {KEY!r}")
+
+    thread = threading.Thread(target=crash, name="worker")
+    thread.start()
+    thread.join()
+    (event,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert event["event"] == "thread.crashed"
+    assert event["thread"] == "worker"
+    assert event["exception"][0]["exc_type"] == "RuntimeError"
+    assert_clean(json.dumps(event, ensure_ascii=False), "a thread's traceback")
