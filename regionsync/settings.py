@@ -239,6 +239,11 @@ class Settings:
         if sid is not None and not sid.isalnum():
             raise ConfigError("KALEYRA_SID", "must be letters and digits only")
         key = get("KALEYRA_API_KEY")
+        if key is not None and not _header_safe(key):
+            # Say what is wrong, never which character: the key is a secret.
+            raise ConfigError(
+                "KALEYRA_API_KEY", "must be printable Latin-1 text (it is sent as an HTTP header)"
+            )
 
         timezone = get("REGIONSYNC_TIMEZONE") or "UTC"
         try:
@@ -440,6 +445,11 @@ class NotificationSettings:
             notify_on=parse_notify_on(get("REGIONSYNC_NOTIFY_ON")),
             webhook_max_age=max_age,
         )
+
+
+def _header_safe(text: str) -> bool:
+    """Whether ``text`` can be an HTTP header value: Latin-1, no control characters."""
+    return all(" " <= ch <= "~" or "\xa0" <= ch <= "\xff" for ch in text)
 
 
 def _ascii_digits(text: str) -> bool:

@@ -243,6 +243,7 @@ def test_every_failure_leaks_nothing(
             1,
         ),
         ("bad setting", {"KALEYRA_POD": "eu"}, ("run",), 2),
+        ("a key no HTTP header can carry", {"KALEYRA_API_KEY": KEY + "\u20ac"}, ("run",), 2),
         ("bad schedule", {"REGIONSYNC_SCHEDULE": "3000000d"}, ("schedule",), 2),
         ("unknown variable", {"KALEYRA_API_KEYY": KEY}, ("schedule",), 0),
     ]

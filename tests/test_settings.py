@@ -65,6 +65,9 @@ PASSWORD = "pa55-w0rd-xyz"
         ({"REGIONSYNC_MAX_REJECT_FRACTION": "inf"}, "REGIONSYNC_MAX_REJECT_FRACTION"),
         ({"REGIONSYNC_MAX_REJECT_FRACTION": "\u0660.\u0665"}, "REGIONSYNC_MAX_REJECT_FRACTION"),
         ({"REGIONSYNC_MAX_REJECT_FRACTION": "some"}, "REGIONSYNC_MAX_REJECT_FRACTION"),
+        ({"KALEYRA_API_KEY": "k\u20acy"}, "KALEYRA_API_KEY"),
+        ({"KALEYRA_API_KEY": "k\x00y"}, "KALEYRA_API_KEY"),
+        ({"KALEYRA_API_KEY": "k'\"\\\xe9y"}, None),
     ],
 )
 def test_malformed_setting_is_named(env: dict[str, str], setting: str | None) -> None:
