@@ -26,7 +26,12 @@ class DatabaseUnreachable(exc.OperationalError):
     """Connecting failed; ``where`` says what was tried and which setting to fix."""
 
     def __init__(self, error: exc.DBAPIError, where: str) -> None:
-        super().__init__(error.statement, error.params, error.orig or error)
+        super().__init__(
+            error.statement,
+            error.params,
+            error.orig or error,
+            connection_invalidated=error.connection_invalidated,
+        )
         self.where = where
 
 
@@ -50,8 +55,11 @@ def create_engine(settings: Settings) -> Engine:
 
     @event.listens_for(engine, "handle_error", retval=True)
     def _name_the_setting(context: sa.engine.ExceptionContext) -> BaseException | None:
+        # Only a failure to connect; a failed pre-ping is the pool's to handle (it reconnects).
         failed = context.sqlalchemy_exception
-        if context.connection is None and isinstance(failed, exc.OperationalError):
+        if context.is_pre_ping or context.connection is not None:
+            return None
+        if isinstance(failed, exc.OperationalError):
             return DatabaseUnreachable(failed, where)
         return None
 
