@@ -196,8 +196,9 @@ class Settings:
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build and validate settings; raises :class:`ConfigError` naming the variable.
 
-        Read every variable through ``get``, whatever the others say: the names it asks for
-        are the known ones (see :func:`known_variables`).
+        Every variable is read through ``get``, unconditionally: the names it asks for are
+        the known ones, and any other ``REGIONSYNC_*``/``KALEYRA_*`` is warned about (see
+        :func:`known_variables`).
         """
         env = os.environ if env is None else env
 
