@@ -548,7 +548,7 @@ def logging_hints(env: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
     for name, value in env.items():
         if not name.startswith(PREFIXES) and name != "DATABASE_URL":
             continue
-        if any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN")):
+        if any(word in name for word in ("KEY", "SECRET", "PASSWORD", "TOKEN", "WEBHOOK_URL")):
             secrets |= {value, value.strip()}
         _scheme, sep, rest = value.partition("://")
         userinfo, at, _host = rest.rpartition("@")
