@@ -30,7 +30,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import URL
 
-from regionsync import cli, logs
+from regionsync import cli, fakehook, logs
 from regionsync.errors import TransientSourceError
 from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.grants import quote_identifier
@@ -43,7 +43,9 @@ from tests.support import admin_url, create_pg_database, drop_pg_database, setti
 #: Latin-1 only beyond ASCII: the key travels in an HTTP header.
 KEY = "k'e\"y\\é-LEAKKEY7f3a9c-ñ'\"\\"
 PASSWORD = "p'a\"s\\s¤-LEAKPW91b2e-wörd€\\"
-MARKERS = ("LEAKKEY7f3a9c", "LEAKPW91b2e")
+#: Base64 (as Standard Webhooks wants), so only its marker makes it distinctive.
+WEBHOOK_SECRET = "whsec_LEAKWHSEC5d1e" + "A" * 31
+MARKERS = ("LEAKKEY7f3a9c", "LEAKPW91b2e", "LEAKWHSEC5d1e")
 SID = "ACME42"
 FORMATS = ("json", "console")
 
@@ -63,7 +65,7 @@ def escaped_forms(secret: str) -> set[str]:
     return once | {repr(form)[1:-1] for form in once} | {json.dumps(form)[1:-1] for form in once}
 
 
-FORMS = escaped_forms(KEY) | escaped_forms(PASSWORD)
+FORMS = escaped_forms(KEY) | escaped_forms(PASSWORD) | escaped_forms(WEBHOOK_SECRET)
 
 
 def assert_clean(text: str, where: str) -> None:
@@ -142,6 +144,8 @@ def environment(database: URL, fake: FakeKaleyra, fmt: str, **extra: str) -> dic
         "KALEYRA_BASE_URL": fake.url,
         "KALEYRA_SID": SID,
         "KALEYRA_API_KEY": KEY,
+        "REGIONSYNC_WEBHOOK_URL": fake.url + fakehook.PATH,
+        "REGIONSYNC_WEBHOOK_SECRET": WEBHOOK_SECRET,
         "REGIONSYNC_LOG_FORMAT": fmt,
         **extra,
     }
@@ -196,6 +200,7 @@ def test_every_command_leaks_nothing(
         assert done.code == code, (argv, done.err)
         done.check(" ".join(argv), fmt)
     assert fake.requests[-1].headers["api-key"] == KEY  # the key really was used
+    assert fake.webhooks.received  # and so was the webhook secret, to sign
     assert_database_clean(database)
 
 
