@@ -26,7 +26,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from regionsync.durations import parse_duration
+from regionsync.durations import UNITS, parse_duration
 from regionsync.errors import ConfigError
 
 POD_BASE_URLS = {
@@ -40,6 +40,7 @@ DEFAULT_MAX_REJECT_FRACTION = 0.5
 DEFAULT_LOG_REGION_LINES = 100
 #: The longest interval schedule; anything longer is a typo (and overflows the clock).
 MAX_SCHEDULE_INTERVAL = timedelta(days=365)
+_INTERVAL = re.compile(r"\s*(\d+)\s*([a-zA-Z]+)\s*")
 #: Variables with these prefixes are regionsync's; one it does not read is warned about.
 PREFIXES = ("REGIONSYNC_", "KALEYRA_")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -271,7 +272,7 @@ class Settings:
             metrics_port = int(raw_port)
 
         schedule = get("REGIONSYNC_SCHEDULE") or DEFAULT_SCHEDULE
-        check_schedule(schedule, timezone)
+        check_schedule(schedule)
 
         return cls(
             database_url=database_url,
@@ -433,7 +434,10 @@ class NotificationSettings:
         max_age = DEFAULT_WEBHOOK_MAX_AGE
         raw_age = get("REGIONSYNC_WEBHOOK_MAX_AGE")
         if raw_age is not None:
-            parsed = parse_duration(raw_age)
+            try:
+                parsed = parse_duration(raw_age)
+            except (OverflowError, ValueError):  # more days than a timedelta holds
+                parsed = None
             if parsed is None:
                 raise ConfigError(
                     "REGIONSYNC_WEBHOOK_MAX_AGE", "must be a duration like 30m, 24h or 7d"
@@ -481,17 +485,20 @@ def _count(name: str, get: Callable[[str], str | None], default: int) -> int:
     return int(raw)
 
 
-def check_schedule(expression: str, timezone: str) -> None:
-    """Refuse a schedule the daemon could not follow, before any command runs."""
-    from regionsync.schedule import parse_schedule  # it needs Settings, so imported here
-
-    too_long = f"{expression[:40]!r} is too long an interval: at most {MAX_SCHEDULE_INTERVAL.days}d"
-    try:
-        parsed = parse_schedule(expression, timezone)
-    except OverflowError:
-        raise ConfigError("REGIONSYNC_SCHEDULE", too_long) from None
-    if parsed.interval is not None and parsed.interval > MAX_SCHEDULE_INTERVAL:
-        raise ConfigError("REGIONSYNC_SCHEDULE", too_long)
+def check_schedule(expression: str) -> None:
+    """Refuse an interval too long for the clock up front, whatever the command: its
+    arithmetic would overflow. The rest of a schedule (a crontab's fields, an interval's
+    unit) is checked where it is parsed, so ``check`` can report it on its own line."""
+    match = _INTERVAL.fullmatch(expression)
+    if match is None or match.group(2).lower() not in UNITS:
+        return
+    number, unit = match.group(1), match.group(2).lower()
+    limit = MAX_SCHEDULE_INTERVAL.total_seconds()
+    if len(number) > len(str(int(limit))) or int(number) * UNITS[unit] > limit:
+        raise ConfigError(
+            "REGIONSYNC_SCHEDULE",
+            f"{expression[:40]!r} is too long an interval: at most {MAX_SCHEDULE_INTERVAL.days}d",
+        )
 
 
 class _Recorder(Mapping[str, str]):
