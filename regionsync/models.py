@@ -1,4 +1,4 @@
-"""The tables of DESIGN.md §2 as typed SQLAlchemy models.
+"""The tables of docs/contract.md §3 as typed SQLAlchemy models.
 
 The migrations spell out their own DDL and never import this module; ``alembic check``
 (run by the tests) proves the two agree. Every column carries a comment: BI tools show

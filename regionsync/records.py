@@ -160,7 +160,7 @@ def _is_empty(value: object) -> bool:
 def classify_failure(
     body: object, *, status: int | None, where: str, reason: str = ""
 ) -> SourceError | None:
-    """The failure an answer reports, or None when it reports none (DESIGN.md §1).
+    """The failure an answer reports, or None when it reports none (docs/contract.md §1).
 
     The body decides first (its ``code``, then ``error.error_code``), then the HTTP
     ``status`` (None for a saved file). ``body`` is the decoded JSON (None when it was not

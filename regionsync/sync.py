@@ -20,6 +20,7 @@ from regionsync import changeset, outbox, runs
 from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
+from regionsync.logs import redact
 from regionsync.records import Snapshot
 from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
 from regionsync.runs import Counts
@@ -310,7 +311,8 @@ def _record_failure(
     The failed apply's transaction was rolled back, its temporary tables with it; ``counts``
     holds what the fetch saw (records received and rejected), nothing applied.
     """
-    message = _failure_message(error)
+    # An internal error's text is foreign: keep the database password out of sync_runs.error.
+    message = redact(_failure_message(error), [engine.url.password or ""])
     code = getattr(error, "code", None)
     duration = round(time.monotonic() - started, 3)
     if isinstance(error, RegionSyncError):

@@ -82,7 +82,7 @@ FROM (SELECT DISTINCT ON (region_id) region_id, change, changed_at AS last_at,
 WHERE l.region_id = r.id AND f.region_id = r.id
 """
 
-# The rule of DESIGN.md §2 the generator must keep: befores equal the previous afters.
+# The rule of docs/contract.md §3 the generator must keep: befores equal the previous afters.
 INCONSISTENT = """
 SELECT count(*) FROM (
     SELECT carrier_enabled_before AS cb, hosting_region_before AS hb,
