@@ -312,6 +312,8 @@ class FakeKaleyra:
         fault = parse_fault(mode)
         if times is not None and times < 0:
             raise ValueError("times must not be negative")
+        if fault.kind in ("gzip-bomb", "deflate-bomb"):
+            _bomb(fault.kind.partition("-")[0])  # built now, so serving it is instant
         with self._lock:
             self._fault, self._fault_times = (fault, times) if times != 0 else (None, None)
 
@@ -535,7 +537,7 @@ class _Handler(BaseHTTPRequestHandler):
             chunk = chunks[1]
 
     def _bomb(self, fault: Fault) -> None:
-        encoding = "gzip" if fault.kind == "gzip-bomb" else "deflate"
+        encoding = fault.kind.partition("-")[0]
         content = _bomb(encoding)
         self._send(200, content, "application/json", {"Content-Encoding": encoding})
 

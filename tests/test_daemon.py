@@ -525,11 +525,11 @@ def test_daemon_refuses_a_metrics_port_in_use_with_exit_2(
     pg_engine: Engine, pg_url: URL, fake: FakeKaleyra
 ) -> None:
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))  # noqa: S104  # where the daemon would listen
+        taken.bind(("127.0.0.1", 0))  # where the daemon listens by default
         taken.listen()
         port = str(taken.getsockname()[1])
         error = refused(daemon_env(pg_url, fake, REGIONSYNC_METRICS_PORT=port))
-    assert f"REGIONSYNC_METRICS_PORT: cannot listen on port {port}" in error
+    assert f"REGIONSYNC_METRICS_PORT: cannot listen on 127.0.0.1 port {port}" in error
     assert runs(pg_engine) == []
 
 
