@@ -152,8 +152,10 @@ _watching: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
 class _Deadline:
     """Shuts down every socket of one fetch when its time is up, from a timer thread.
 
-    A shut-down socket makes a blocked ``recv`` return at once, so connect, headers and body
-    all end by the deadline; :attr:`fired` tells the reader that the cut was ours.
+    A shut-down socket makes a blocked ``recv`` return at once, so headers and body end by
+    the deadline; :attr:`fired` tells the reader that the cut was ours. A socket is watched
+    from the end of ``connect()``: the TCP connect and a TLS handshake are bounded by the
+    connect timeout per read only.
     """
 
     def __init__(self, at: float) -> None:

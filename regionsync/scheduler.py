@@ -223,12 +223,11 @@ class Daemon:
         else:
             skipped = result.status == "skipped"
             self.metrics.record_run(result.status, None if skipped else result.duration)
-        report = None
         if not database_down:  # no second wait for a database that just failed to answer
             self.deliver_notifications()
-            report = self.refresh_status()
-        if not database_down and skipped:
-            self._report_lock_held(report)
+            self.refresh_status()
+            if skipped:
+                self._report_lock_held()
         self._log_next_run()
 
     def deliver_notifications(self) -> None:
@@ -253,7 +252,7 @@ class Daemon:
         self.health.record_lock(report.lock)
         return report
 
-    def _report_lock_held(self, report: StatusReport | None) -> None:
+    def _report_lock_held(self) -> None:
         skipped = self.health.tick_skipped("lock_held")
         lock = self.health.lock_report() or {}
         log = logger.warning if lock.get("stuck") else logger.info
