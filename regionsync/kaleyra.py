@@ -152,10 +152,13 @@ _watching: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
 class _Deadline:
     """Shuts down every socket of one fetch when its time is up, from a timer thread.
 
-    A shut-down socket makes a blocked ``recv`` return at once, so headers and body end by
-    the deadline; :attr:`fired` tells the reader that the cut was ours. A socket is watched
-    from the end of ``connect()``: the TCP connect and a TLS handshake are bounded by the
-    connect timeout per read only.
+    A shut-down socket makes a blocked ``recv`` return at once, so the headers and the body
+    end by the deadline whatever the server sends (the TCP connect and the TLS handshake have
+    the connect timeout, capped by the time left, as a deadline of their own); :attr:`fired`
+    tells the reader that the cut was ours. Each socket is watched through a duplicate of its
+    descriptor, taken as soon as it connects: shutting the duplicate down shuts the
+    connection down whatever wraps the original, and the duplicate is ours to close, so a
+    descriptor reused elsewhere is never hit.
     """
 
     def __init__(self, at: float) -> None:
@@ -178,20 +181,30 @@ class _Deadline:
         self._timer.join()
         if self._token is not None:
             _watching.reset(self._token)
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
 
     def watch(self, sock: socket.socket | None) -> None:
+        """Cut this socket's connection at the deadline (at once if it has passed)."""
         if sock is None:
             return
+        try:
+            duplicate = sock.dup()
+        except OSError:
+            return  # already closed: nothing left to cut
         with self._lock:
             if not self.fired:
-                self._sockets.append(sock)
+                self._sockets.append(duplicate)
                 return
-        _cut(sock)
+        _cut(duplicate)
+        duplicate.close()
 
     def _fire(self) -> None:
         with self._lock:
             self.fired = True
-            sockets, self._sockets = self._sockets, []
+            sockets = list(self._sockets)
         for sock in sockets:
             _cut(sock)
 
@@ -207,20 +220,21 @@ def _cut_short() -> bool:
     return watching is not None and watching.fired
 
 
+def _watched(sock: socket.socket) -> socket.socket:
+    deadline = _watching.get()
+    if deadline is not None:
+        deadline.watch(sock)
+    return sock
+
+
 class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    def connect(self) -> None:
-        super().connect()
-        deadline = _watching.get()
-        if deadline is not None:
-            deadline.watch(self.sock)
+    def _new_conn(self) -> socket.socket:
+        return _watched(super()._new_conn())
 
 
 class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def connect(self) -> None:
-        super().connect()
-        deadline = _watching.get()
-        if deadline is not None:
-            deadline.watch(self.sock)
+    def _new_conn(self) -> socket.socket:
+        return _watched(super()._new_conn())
 
 
 class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
@@ -445,10 +459,10 @@ class KaleyraClient:
             failure = self._over_budget(None) if _cut_short() else self._translate(error, timeout)
         else:
             with response:
+                # A connection from a caller's session was made outside this deadline.
                 watching = _watching.get()
-                if watching is not None:  # a connection reused or from a caller's session
-                    connection = getattr(response.raw, "connection", None)
-                    watching.watch(getattr(connection, "sock", None))
+                if watching is not None and self._own_session is False:
+                    watching.watch(getattr(response.raw.connection, "sock", None))
                 return self._read(response, deadline)
         raise failure
 

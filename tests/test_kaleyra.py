@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -477,3 +478,65 @@ def test_http_404_names_the_settings_that_build_the_url(fake: FakeKaleyra) -> No
     for setting in ("KALEYRA_SID", "KALEYRA_POD", "KALEYRA_BASE_URL", "KALEYRA_REGIONS_PATH"):
         assert setting in str(error)
     assert len(fake.requests) == 1
+
+
+class DrippingTLSServer:
+    """Answers a TLS ClientHello with the start of a 16 KiB record, then a byte at a time."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self) -> None:
+        self.listener.settimeout(5)
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        with connection:
+            connection.recv(65536)  # the ClientHello
+            try:
+                connection.sendall(b"\x16\x03\x03\x40\x00")
+                while not self.stop.wait(0.2):
+                    connection.sendall(b"\x02")
+            except OSError:
+                return
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_within_the_budget() -> None:
+    """The handshake is bounded by the connect timeout, capped by the time left."""
+    with DrippingTLSServer() as url:
+        settings = Settings.from_env(
+            {"KALEYRA_BASE_URL": url, "KALEYRA_SID": "demo", "KALEYRA_API_KEY": API_KEY}
+        )
+        started = time.monotonic()
+        with (
+            KaleyraClient(settings, retry=TWO_SECONDS) as api,
+            pytest.raises(TransientSourceError) as caught,
+        ):
+            api.fetch()
+        assert time.monotonic() - started < 2.5
+    assert caught.value.code == "timeout"
+
+
+def test_the_deadline_closes_the_descriptors_it_watched(fake: FakeKaleyra) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    fake.fail("drip:0.2", times=1)
+    with client(fake, TWO_SECONDS) as api, pytest.raises(TransientSourceError):
+        api.fetch()
+    with client(fake, TWO_SECONDS) as api:
+        api.fetch()
+    settle = time.monotonic() + 3  # the fake's side of the cut connection closes on its own
+    while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < settle:
+        time.sleep(0.05)
+    assert len(os.listdir("/proc/self/fd")) <= before
