@@ -813,7 +813,7 @@ def test_daemon_carries_on_through_a_database_that_dies_and_comes_back(
         assert daemon.process.poll() is None
         failures = [e for e in daemon.events() if e["event"] == "daemon.run_failed"]
         assert all("database error" in e["error"] for e in failures)
-        assert daemon.health()[1]["consecutive_failures"] >= 2
+        assert daemon.metrics()["regionsync_consecutive_failures"] >= 2  # this process's count
         assert "Traceback" not in daemon.log.read_text()
 
         data, flipped, gone = changed_regions()
@@ -824,7 +824,9 @@ def test_daemon_carries_on_through_a_database_that_dies_and_comes_back(
             "the changes to be synced once the database is back",
         )
         assert_picked_up(pg_engine, flipped, gone)
-        daemon.wait_until(lambda: daemon.health()[1]["consecutive_failures"] == 0, "recovery")
+        daemon.wait_until(
+            lambda: daemon.metrics()["regionsync_consecutive_failures"] == 0, "recovery"
+        )
         assert_stopped_cleanly(daemon, pg_engine)
 
 
