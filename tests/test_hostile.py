@@ -324,7 +324,7 @@ def test_hostile_but_valid_strings_are_stored_verbatim(
         assert row["display_name"] == record["display_name"]
         assert row["region_name"] == record["region_name"]
         assert row["hosting_region"] == record["hosting_region"]
-        assert row["raw"] == record
+        assert as_json(row["raw"]) == record
 
 
 # Hypothesis: hostile bodies built from the same parts ----------------------------------------
@@ -420,6 +420,11 @@ def parse(content: bytes) -> Snapshot:
     return parse_body(body, source="test", received_at=datetime.now(UTC))
 
 
+def as_json(value: Any) -> Any:
+    """A record's ``raw``: JSON text in the parser, and as the driver returns it from the table."""
+    return json.loads(value) if isinstance(value, str) else value
+
+
 def storable(value: object) -> bool:
     return not (isinstance(value, float) and not math.isfinite(value))
 
@@ -446,7 +451,7 @@ def test_parsing_a_hostile_body_gives_a_snapshot_or_a_source_error(content: byte
     for record in snapshot.records:
         assert record.id.strip()
         assert isinstance(record.carrier_enabled, bool)
-        assert all(storable(v) for v in record.raw.values())
+        assert all(storable(v) for v in as_json(record.raw).values())
 
 
 @pytest.mark.slow
@@ -481,4 +486,4 @@ def test_a_real_sync_of_a_hostile_body_applies_it_whole_or_not_at_all(
         assert row["display_name"] == record.display_name
         assert row["hosting_region"] == record.hosting_region
         assert row["carrier_enabled"] is record.carrier_enabled
-        assert row["raw"] == record.raw
+        assert as_json(row["raw"]) == as_json(record.raw)
