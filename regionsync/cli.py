@@ -359,6 +359,8 @@ def _print_status(report: Any, max_age: timedelta, fresh: bool, *, brief: bool =
         + (f"; {failures} failed run(s) since the last success" if failures else "")
     )
     _print_backlog(report)
+    if report.lock_warning:
+        print(report.lock_warning)
     if not report.recent_runs:
         print("no runs yet")
         return

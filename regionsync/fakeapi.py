@@ -8,33 +8,58 @@ Kaleyra would, and can be told to fail in the ways DESIGN.md §1 lists (see
 - ``PUT /_fake/fault``: ``{"mode": "http429:retry-after=2", "times": 3}``, ``{"mode": null}``
   to clear;
 - ``GET /_fake/requests``: ``{"count": N}``, the API requests received so far.
+
+Besides Kaleyra's own failures it has hostile modes, for the reliability suite (see
+README, *Reliability*): a server that drips its headers or body, an endless chunked body,
+compression bombs, a redirect to another host, and bodies with huge or deeply nested values,
+long ids, junk records, non-UTF-8 bytes, NaN/Infinity or NUL characters. It serves from a
+:class:`~regionsync.httpserver.BoundedHTTPServer`.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import re
 import signal
-import socket
 import sys
 import threading
 import time
+import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib import resources
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
 
 from regionsync import fakehook
+from regionsync.httpserver import BoundedHTTPServer, ServerThread
 from regionsync.settings import is_loopback_host
 
 REGIONS_PATHS = ("/v1/{sid}/rcs/agent/agent_regions", "/v1/{sid}/rcs/agent_regions")
 SUCCESS = {"code": "RCS902", "message": "Regions fetched successfully"}
 HUGE_BYTES = 60 * 1024 * 1024
+#: What a compression bomb inflates to: four times the most regionsync accepts.
+BOMB_BYTES = 200 * 1024 * 1024
+HUGE_VALUE_CHARS = 10 * 1024 * 1024
+LONG_ID_CHARS = 3000
+DEFAULT_DEPTH = 1000
+DEFAULT_JUNK = 1000
+#: Junk records: every JSON type but an object with a string id and a boolean.
+JUNK = (
+    "null",
+    "42",
+    '"region"',
+    "[]",
+    "{}",
+    '{"id": 7, "carrier_enabled": true}',
+    '{"id": "", "carrier_enabled": true}',
+    '{"id": "junk", "carrier_enabled": "yes"}',
+)
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 ADMIN_HELP = "admin endpoints: PUT /_fake/regions, PUT /_fake/fault, GET /_fake/requests"
 
@@ -51,7 +76,11 @@ FAULT_MODES = (
     "rcs601, rcs405, rcs502, rcs500, rcs701 (Kaleyra's error bodies with their usual status; "
     "add -STATUS for another, e.g. rcs502-200), http401, http403, http404, http429, "
     "http503 or any httpNNN from 400 to 599 (add :retry-after=N), html500, html200, "
-    "malformed, truncated, no-data, error-200, redirect, slow:SECONDS, drop, huge"
+    "malformed, truncated, no-data, error-200, redirect, slow:SECONDS, drop, huge; "
+    "hostile: drip:SECONDS (the body a byte at a time), drip-headers:SECONDS, "
+    "endless:SECONDS (a chunked body that never ends), gzip-bomb, deflate-bomb, "
+    "redirect-away (to another host), huge-value, deep:LEVELS, long-id, junk:COUNT, "
+    "latin1, nan, nul"
 )
 
 _KALEYRA_FAULT = re.compile(r"(rcs\d{3})(?:-(\d{3}))?")
@@ -67,8 +96,25 @@ _SIMPLE_FAULTS = frozenset(
         "redirect",
         "drop",
         "huge",
+        "gzip-bomb",
+        "deflate-bomb",
+        "redirect-away",
+        "huge-value",
+        "long-id",
+        "latin1",
+        "nan",
+        "nul",
     }
 )
+#: Modes with a number: name -> (default, largest).
+_NUMBER_FAULTS = {
+    "slow": (None, 3600.0),
+    "drip": (1.0, 3600.0),
+    "drip-headers": (1.0, 3600.0),
+    "endless": (0.0, 3600.0),
+    "deep": (DEFAULT_DEPTH, 10_000_000),
+    "junk": (DEFAULT_JUNK, 10_000_000),
+}
 
 
 @dataclass(frozen=True)
@@ -107,13 +153,14 @@ def parse_fault(mode: str) -> Fault:
         if 400 <= status <= 599 and (not option or (key == "retry-after" and sep and value)):
             retry_after = mode.strip().partition("=")[2].strip() if option else None
             return Fault(text, "http", status=status, retry_after=retry_after)
-    elif name == "slow":
+    elif name in _NUMBER_FAULTS:
+        default, largest = _NUMBER_FAULTS[name]
         try:
-            delay = float(option)
+            delay = float(option) if option or default is None else float(default)
         except ValueError:
             delay = -1.0
-        if 0 <= delay <= 3600:
-            return Fault(text, "slow", delay=delay)
+        if 0 <= delay <= largest:
+            return Fault(text, name, delay=delay)
     elif name in _SIMPLE_FAULTS and not option:
         return Fault(text, name)
     raise ValueError(f"unknown fault mode {mode!r}; modes: {FAULT_MODES}")
@@ -147,13 +194,8 @@ def sample_regions() -> list[Any]:
     return regions
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedHTTPServer):
     fake: FakeKaleyra
-
-
-class _Server6(_Server):
-    address_family = socket.AF_INET6
 
 
 class FakeKaleyra:
@@ -184,7 +226,8 @@ class FakeKaleyra:
         self._requests: list[RequestRecord] = []
         self._stopping = threading.Event()
         self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
+        self._raw: tuple[bytes, str] | None = None
         self.webhooks = fakehook.WebhookReceiver()  # a webhook receiver too: see fakehook
 
     def __repr__(self) -> str:
@@ -214,25 +257,22 @@ class FakeKaleyra:
             return list(self._requests)
 
     def start(self) -> FakeKaleyra:
-        server_class = _Server6 if ":" in self.host else _Server
-        server = server_class((self.host, self.port), _Handler)
+        # Hostile modes hold a connection for as long as they drip: no lifetime to speak of.
+        server = _Server(
+            (self.host, self.port), _Handler, max_connections=64, idle_timeout=30, lifetime=3600
+        )
         server.fake = self
         self._server = server
         self._stopping.clear()
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
-        )
-        self._thread.start()
+        self._serving = ServerThread(server, name="fake-kaleyra", poll_interval=0.05)
+        self._serving.start()
         return self
 
     def stop(self) -> None:
         self._stopping.set()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+        self._server = self._serving = None
 
     def __enter__(self) -> FakeKaleyra:
         return self.start()
@@ -249,20 +289,31 @@ class FakeKaleyra:
         """Serve these regions in a success body (and forget any body set before)."""
         with self._lock:
             self._regions = copy.deepcopy(regions)
-            self._body, self._has_body = None, False
+            self._body, self._has_body, self._raw = None, False, None
             self._encoded = None
 
     def set_body(self, body: object) -> None:
         """Serve this whole JSON body with HTTP 200 instead of the regions."""
         with self._lock:
-            self._body, self._has_body = copy.deepcopy(body), True
+            self._body, self._has_body, self._raw = copy.deepcopy(body), True, None
             self._encoded = None
+
+    def set_raw_body(self, content: bytes, content_type: str = "application/json") -> None:
+        """Serve these exact bytes with HTTP 200 (e.g. a body no JSON encoder would write)."""
+        with self._lock:
+            self._raw = (bytes(content), content_type)
+
+    def raw_body(self) -> tuple[bytes, str] | None:
+        with self._lock:
+            return self._raw
 
     def fail(self, mode: str, *, times: int | None = None) -> None:
         """Fail the next ``times`` API requests (None: until cleared) in fault ``mode``."""
         fault = parse_fault(mode)
         if times is not None and times < 0:
             raise ValueError("times must not be negative")
+        if fault.kind in ("gzip-bomb", "deflate-bomb"):
+            _bomb(fault.kind.partition("-")[0])  # built now, so serving it is instant
         with self._lock:
             self._fault, self._fault_times = (fault, times) if times != 0 else (None, None)
 
@@ -373,6 +424,10 @@ class _Handler(BaseHTTPRequestHandler):
             code, message, error_code, status = KALEYRA_ERRORS["rcs405"]
             self._json(status, error_body(code, message, error_code))
             return
+        raw = self.fake.raw_body()
+        if raw is not None:
+            self._send(200, raw[0], raw[1])
+            return
         self._send(200, self.fake.encoded_body(), "application/json")
 
     def _sid(self, path: str) -> str | None:
@@ -423,6 +478,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
         elif kind == "huge":
             self._huge()
+        elif kind in _HOSTILE:
+            _HOSTILE[kind](self, fault)
 
     def _huge(self) -> None:
         """A valid-looking body of :data:`HUGE_BYTES`, streamed without a Content-Length."""
@@ -439,6 +496,57 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.write(chunk)
             sent += len(chunk)
         self.wfile.write(record + b"]}")
+
+    # Hostile modes ---------------------------------------------------------------------
+
+    def _body_bytes(self) -> bytes:
+        return self.fake.encoded_body()
+
+    def _drip(self, fault: Fault) -> None:
+        """Headers at once, then the body one byte every ``delay`` seconds."""
+        self.wfile.write(b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n")
+        self.wfile.flush()
+        for byte in self._body_bytes():
+            if not self.fake.sleep(fault.delay):
+                return
+            self.wfile.write(bytes([byte]))
+            self.wfile.flush()
+
+    def _drip_headers(self, fault: Fault) -> None:
+        """A status line, then a header that never ends, one byte every ``delay`` seconds."""
+        self.wfile.write(b"HTTP/1.1 200 OK\r\nX-Padding: ")
+        self.wfile.flush()
+        while self.fake.sleep(fault.delay):
+            self.wfile.write(b"a")
+            self.wfile.flush()
+
+    def _endless(self, fault: Fault) -> None:
+        """A chunked success body whose ``data`` never ends (a chunk every ``delay`` s)."""
+        self.wfile.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+            b"Transfer-Encoding: chunked\r\n\r\n"
+        )
+        record = b'{"id": "00000000-0000-0000-0000-000000000000", "carrier_enabled": true},'
+        chunks = [b'{"code": "RCS902", "error": {}, "data": [', record * 64]
+        chunk = chunks[0]
+        while True:
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            self.wfile.flush()
+            if not self.fake.sleep(fault.delay):
+                return
+            chunk = chunks[1]
+
+    def _bomb(self, fault: Fault) -> None:
+        encoding = fault.kind.partition("-")[0]
+        content = _bomb(encoding)
+        self._send(200, content, "application/json", {"Content-Encoding": encoding})
+
+    def _redirect_away(self, fault: Fault) -> None:
+        location = f"https://elsewhere.example{self.path}"
+        self._send(302, b"", "text/plain", {"Location": location})
+
+    def _hostile_body(self, fault: Fault) -> None:
+        self._send(200, hostile_body(fault, self.fake.current_body()), "application/json")
 
     # Admin -----------------------------------------------------------------------------
 
@@ -503,6 +611,70 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header(name, value)
         self.end_headers()
         self.wfile.write(content)
+
+
+@functools.cache
+def _bomb(encoding: str) -> bytes:
+    """A success body padded with :data:`BOMB_BYTES` of spaces, compressed (about 200 KiB)."""
+    compressor = (
+        zlib.compressobj(9, zlib.DEFLATED, 31) if encoding == "gzip" else zlib.compressobj(9)
+    )
+    parts = [compressor.compress(b'{"code": "RCS902", "error": {}, "data": [')]
+    block = b" " * (1024 * 1024)
+    parts += [compressor.compress(block) for _ in range(BOMB_BYTES // len(block))]
+    parts += [compressor.compress(b"]}"), compressor.flush()]
+    return b"".join(parts)
+
+
+def hostile_body(fault: Fault, body: object) -> bytes:
+    """``body`` (a success body) with its first record made hostile as ``fault`` says.
+
+    Built as text, so it can hold what ``json.dumps`` would refuse or could not nest.
+    """
+    if not isinstance(body, dict) or not isinstance(body.get("data"), list) or not body["data"]:
+        body = success_body([{"id": "hostile", "carrier_enabled": True}])
+    assert isinstance(body, dict)
+    data = body["data"]
+    first = dict(data[0]) if isinstance(data[0], dict) else {"carrier_enabled": True}
+    marker = "\x01HOSTILE\x01"
+    kind = fault.kind
+    if kind == "huge-value":
+        first["display_name"] = "x" * HUGE_VALUE_CHARS
+    elif kind == "long-id":
+        first["id"] = "a" * LONG_ID_CHARS
+    elif kind in ("deep", "nan", "nul", "latin1"):
+        first["extra"] = marker
+    text = json.dumps({**body, "data": [first, *data[1:]]})
+    if kind == "deep":
+        depth = int(fault.delay)
+        text = text.replace(json.dumps(marker), "[" * depth + "]" * depth)
+    elif kind == "nan":
+        text = text.replace(json.dumps(marker), '{"a": NaN, "b": Infinity, "c": -Infinity}')
+    elif kind == "nul":
+        text = text.replace(json.dumps(marker), '"NUL\\u0000here"')
+    elif kind == "latin1":
+        return text.replace(json.dumps(marker), '"Z\u00fcrich"').encode("latin-1")
+    elif kind == "junk":
+        junk = ", ".join(JUNK[i % len(JUNK)] for i in range(int(fault.delay)))
+        text = text.replace('"data": [', f'"data": [{junk}, ' if junk else '"data": [', 1)
+    return text.encode()
+
+
+_HOSTILE = {
+    "drip": _Handler._drip,
+    "drip-headers": _Handler._drip_headers,
+    "endless": _Handler._endless,
+    "gzip-bomb": _Handler._bomb,
+    "deflate-bomb": _Handler._bomb,
+    "redirect-away": _Handler._redirect_away,
+    "huge-value": _Handler._hostile_body,
+    "deep": _Handler._hostile_body,
+    "long-id": _Handler._hostile_body,
+    "junk": _Handler._hostile_body,
+    "latin1": _Handler._hostile_body,
+    "nan": _Handler._hostile_body,
+    "nul": _Handler._hostile_body,
+}
 
 
 def _build_parser() -> argparse.ArgumentParser:

@@ -4,10 +4,20 @@
 here, and never chained: their text and attributes may hold the request (and so the key).
 Failures are classified as DESIGN.md §1 says, by :func:`classify_failure`: the body
 first, then the HTTP status.
+
+The whole fetch (connect, headers, body, every attempt) ends within the budget
+(:data:`FETCH_BUDGET_SECONDS`) whatever the server does. Socket timeouts bound each read, not
+the sum of them, so a server that drips a byte every few seconds would hold a read forever:
+:class:`_Deadline` shuts the connection's socket down when the time is up, which wakes any
+blocked read. See README, *Daemon*.
 """
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
+import socket
+import threading
 import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -37,6 +47,12 @@ from regionsync.settings import Settings
 
 MAX_RESPONSE_BYTES = MAX_BODY_BYTES
 CHUNK_BYTES = 64 * 1024
+NOT_FOUND_HINT = (
+    "check KALEYRA_SID, KALEYRA_POD or KALEYRA_BASE_URL, and KALEYRA_REGIONS_PATH "
+    "(the URL must reach the agent's regions)"
+)
+#: The wall-clock budget of one fetch, all attempts and waits included.
+FETCH_BUDGET_SECONDS = 90.0
 
 logger = structlog.get_logger("regionsync.kaleyra")
 
@@ -53,7 +69,7 @@ class RetryPolicy:
     """
 
     attempts: int = 5
-    total_seconds: float = 90.0
+    total_seconds: float = FETCH_BUDGET_SECONDS
     backoff_initial: float = 1.0
     backoff_max: float = 20.0
     connect_timeout: float = 5.0
@@ -67,6 +83,10 @@ class RetryPolicy:
                 raise ValueError(f"{name} must be positive")
         if not 0 <= self.backoff_initial <= self.backoff_max:
             raise ValueError("backoff must satisfy 0 <= backoff_initial <= backoff_max")
+
+
+#: The policy of every fetch not given one: replaced only by tests that need a short budget.
+DEFAULT_RETRY = RetryPolicy()
 
 
 def seconds(value: float) -> str:
@@ -122,6 +142,125 @@ def _root_reason(error: BaseException) -> str:
 
 def _timed_out(error: BaseException) -> bool:
     return any(isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) for e in _chain(error))
+
+
+_watching: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
+    "regionsync_fetch_deadline", default=None
+)
+
+
+class _Deadline:
+    """Shuts down every socket of one fetch when its time is up, from a timer thread.
+
+    A shut-down socket makes a blocked ``recv`` return at once, so the headers and the body
+    end by the deadline whatever the server sends (the TCP connect and the TLS handshake have
+    the connect timeout, capped by the time left, as a deadline of their own); :attr:`fired`
+    tells the reader that the cut was ours. Each socket is watched through a duplicate of its
+    descriptor, taken as soon as it connects: shutting the duplicate down shuts the
+    connection down whatever wraps the original, and the duplicate is ours to close, so a
+    descriptor reused elsewhere is never hit.
+    """
+
+    def __init__(self, at: float) -> None:
+        self.at = at
+        self.fired = False
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._timer = threading.Timer(max(0.0, at - time.monotonic()), self._fire)
+        self._timer.daemon = True
+        self._timer.name = "regionsync-fetch-deadline"
+        self._token: contextvars.Token[_Deadline | None] | None = None
+
+    def __enter__(self) -> _Deadline:
+        self._token = _watching.set(self)
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        self._timer.join()
+        if self._token is not None:
+            _watching.reset(self._token)
+        with self._lock:
+            sockets, self._sockets = self._sockets, []
+        for sock in sockets:
+            sock.close()
+
+    def watch(self, sock: socket.socket | None) -> None:
+        """Cut this socket's connection at the deadline (at once if it has passed)."""
+        if sock is None:
+            return
+        try:
+            duplicate = sock.dup()
+        except OSError:
+            return  # already closed: nothing left to cut
+        with self._lock:
+            if not self.fired:
+                self._sockets.append(duplicate)
+                return
+        _cut(duplicate)
+        duplicate.close()
+
+    def _fire(self) -> None:
+        with self._lock:
+            self.fired = True
+            sockets = list(self._sockets)
+        for sock in sockets:
+            _cut(sock)
+
+
+def _cut(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+def _cut_short() -> bool:
+    """Whether this fetch's deadline has cut its connection."""
+    watching = _watching.get()
+    return watching is not None and watching.fired
+
+
+def _watched(sock: socket.socket) -> socket.socket:
+    deadline = _watching.get()
+    if deadline is not None:
+        deadline.watch(sock)
+    return sock
+
+
+class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
+    def _new_conn(self) -> socket.socket:
+        return _watched(super()._new_conn())
+
+
+class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def _new_conn(self) -> socket.socket:
+        return _watched(super()._new_conn())
+
+
+class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
+    ConnectionCls = _WatchedHTTPConnection
+
+
+class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
+    ConnectionCls = _WatchedHTTPSConnection
+
+
+class _WatchedAdapter(requests.adapters.HTTPAdapter):
+    """requests' adapter whose connections register their sockets with the fetch's deadline."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {
+            "http": _WatchedHTTPPool,
+            "https": _WatchedHTTPSPool,
+        }
+
+
+def _watched_session() -> requests.Session:
+    session = requests.Session()
+    for prefix in ("https://", "http://"):
+        session.mount(prefix, _WatchedAdapter())
+    return session
 
 
 class _Attempts:
@@ -207,18 +346,18 @@ class KaleyraClient:
         self,
         settings: Settings,
         *,
-        retry: RetryPolicy = RetryPolicy(),
+        retry: RetryPolicy | None = None,
         session: requests.Session | None = None,
         max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         settings.require_kaleyra()
         assert settings.kaleyra_api_key is not None
         self.url = settings.regions_url
-        self.retry = retry
+        self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_bytes = max_bytes
         self._key = settings.kaleyra_api_key
         self._own_session = session is None
-        self._session = session if session is not None else requests.Session()
+        self._session = session if session is not None else _watched_session()
 
     def __repr__(self) -> str:
         return f"KaleyraClient(url={self.url!r}, retry={self.retry!r})"
@@ -249,7 +388,8 @@ class KaleyraClient:
             before_sleep=attempts.before_sleep,
         )
         try:
-            return retrying(self._attempt, attempts.deadline, attempts)
+            with _Deadline(attempts.deadline):
+                return retrying(self._attempt, attempts.deadline, attempts)
         except tenacity.RetryError as error:
             last = error.last_attempt.exception()
             count = error.last_attempt.attempt_number
@@ -258,7 +398,9 @@ class KaleyraClient:
 
     def fetch_once(self) -> Snapshot:
         """One attempt, classified, no retry."""
-        return self._attempt(time.monotonic() + self.retry.total_seconds)
+        deadline = time.monotonic() + self.retry.total_seconds
+        with _Deadline(deadline):
+            return self._attempt(deadline)
 
     def _attempt(self, deadline: float, attempts: _Attempts | None = None) -> Snapshot:
         number = 1
@@ -314,11 +456,24 @@ class KaleyraClient:
                 verify=True,
             )
         except requests.RequestException as error:
-            failure = self._translate(error, timeout)
+            failure = self._over_budget(None) if _cut_short() else self._translate(error, timeout)
         else:
             with response:
+                # A connection from a caller's session was made outside this deadline.
+                watching = _watching.get()
+                if watching is not None and self._own_session is False:
+                    watching.watch(getattr(response.raw.connection, "sock", None))
                 return self._read(response, deadline)
         raise failure
+
+    def _over_budget(self, status: int | None) -> TransientSourceError:
+        where = "answer" if status is None else f"answer (HTTP {status})"
+        return TransientSourceError(
+            f"Kaleyra's {where} took longer than the "
+            f"{seconds(self.retry.total_seconds)} s budget; the connection was cut",
+            code="timeout",
+            status=status,
+        )
 
     def _translate(
         self, error: requests.RequestException, timeout: tuple[float, float]
@@ -372,6 +527,8 @@ class KaleyraClient:
         if failure is not None:
             if isinstance(failure, TransientSourceError):
                 failure.retry_after = retry_after
+            elif status == 404:
+                failure.args = (f"{failure}; {NOT_FOUND_HINT}",)
             raise failure
         if problem:
             kind = one_line(response.headers.get("Content-Type", "no content type"), limit=60)
@@ -397,14 +554,11 @@ class KaleyraClient:
                 if len(content) > self.max_bytes:
                     raise self._too_large(status, "it kept coming")
                 if time.monotonic() > deadline:
-                    raise TransientSourceError(
-                        "Kaleyra's answer took longer than the "
-                        f"{seconds(self.retry.total_seconds)} s budget",
-                        code="timeout",
-                        status=status,
-                    )
+                    raise self._over_budget(status)
         except requests.RequestException as error:
-            if _timed_out(error):
+            if _cut_short():
+                failure = self._over_budget(status)
+            elif _timed_out(error):
                 failure = TransientSourceError(
                     f"Kaleyra stopped sending mid-answer (HTTP {status}): read timed out",
                     code="timeout",
@@ -416,6 +570,8 @@ class KaleyraClient:
                     code="connection",
                     status=status,
                 )
+        if failure is None and _cut_short():  # the cut can also look like a clean end
+            failure = self._over_budget(status)
         if failure is not None:
             raise failure
         return bytes(content)

@@ -3,8 +3,10 @@
 Health is data freshness: ``/healthz`` answers 200 while the last successful sync recorded
 in the database (by any process, so a replica that only records ``skipped`` stays healthy)
 is younger than the limit the daemon sets from its schedule, and 503 otherwise, both with a
-JSON body. The server binds all interfaces (``0.0.0.0``) so that a container's port can be
-published or probed; it serves nothing but these two read-only pages.
+JSON body. The server binds ``REGIONSYNC_METRICS_HOST`` (loopback by default; a container sets
+``0.0.0.0`` so its port can be published or probed), serves nothing but these two read-only
+pages, and bounds its connections (see :mod:`regionsync.httpserver`) so that no client can
+starve the daemon.
 
 The metrics are made to alert on (see README, *Health and metrics*, and
 ``docker/prometheus/alerts.yml``): the consecutive failures are the database's count, so a
@@ -18,7 +20,7 @@ import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -41,6 +43,7 @@ from regionsync.errors import (
     StoreError,
     TransientSourceError,
 )
+from regionsync.httpserver import LOOPBACK, BoundedHTTPServer, ServerThread
 from regionsync.outbox import Backlog
 from regionsync.runs import Counts
 from regionsync.status import StatusReport
@@ -65,9 +68,9 @@ FAILURE_REASONS = (
 CHANGE_KINDS = ("added", "changed", "removed", "restored")
 CHANNEL_DISABLED_CODES = frozenset({"RCS601", "RCS_CHANNEL_DISABLED"})
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104  # a container's probe and scraper come from outside
 
 Clock = Callable[[], datetime]
+Health = Callable[[], tuple[bool, dict[str, Any]]]
 
 
 def _utcnow() -> datetime:
@@ -295,9 +298,9 @@ class DaemonMetrics:
             return bytes(generate_latest(self.registry))
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedHTTPServer):
     metrics: DaemonMetrics
+    health: Health
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -312,7 +315,7 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         path = self.path.split("?", 1)[0]
         if path == "/healthz":
-            fresh, body = self.server.metrics.health()
+            fresh, body = self.server.health()
             self._send(200 if fresh else 503, json.dumps(body).encode(), "application/json")
         elif path == "/metrics":
             self._send(200, self.server.metrics.exposition(), CONTENT_TYPE_LATEST)
@@ -338,30 +341,44 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class MetricsServer:
-    """``/healthz`` and ``/metrics`` over HTTP, from a daemon thread."""
+    """``/healthz`` and ``/metrics`` over HTTP, from a daemon thread, on bounded connections.
 
-    def __init__(self, metrics: DaemonMetrics, port: int, host: str = ALL_INTERFACES) -> None:
-        self._server = _Server((host, port), _Handler)
-        self._server.metrics = metrics
-        self._thread = threading.Thread(
-            target=self._server.serve_forever,
-            kwargs={"poll_interval": 0.2},
-            name="regionsync-metrics",
-            daemon=True,
+    ``health`` answers ``/healthz`` (default: ``metrics.health``), so the daemon can add
+    what it knows beyond run outcomes.
+    """
+
+    def __init__(
+        self,
+        metrics: DaemonMetrics,
+        port: int,
+        host: str = LOOPBACK,
+        *,
+        health: Health | None = None,
+        max_connections: int = 16,
+        idle_timeout: float = 5.0,
+        lifetime: float = 10.0,
+    ) -> None:
+        server = _Server(
+            (host, port),
+            _Handler,
+            max_connections=max_connections,
+            idle_timeout=idle_timeout,
+            lifetime=lifetime,
         )
+        server.metrics = metrics
+        server.health = health or metrics.health
+        self._serving = ServerThread(server, name="regionsync-metrics")
 
     @property
     def port(self) -> int:
-        return int(self._server.server_address[1])
+        return self._serving.port
 
     def start(self) -> MetricsServer:
-        self._thread.start()
+        self._serving.start()
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serving.stop()
 
 
 # Notifications (see README, *Notifications*) ---------------------------------------------

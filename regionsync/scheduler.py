@@ -5,16 +5,19 @@ One sync at start, then on ``REGIONSYNC_SCHEDULE``. The job never raises: a fail
 and the next tick tries again. Job options:
 
 - ``max_instances=1``: a sync still running when the next tick comes makes APScheduler skip
-  that tick (the advisory lock would make it ``skipped`` anyway);
+  that tick (the advisory lock would make it ``skipped`` anyway); the daemon reports every
+  skipped tick (``daemon.tick_skipped``, a metric, ``/healthz``), and a sync cannot run for
+  long because its fetch ends within the fetch budget whatever the API does;
 - ``coalesce=True``: ticks missed while the process could not run (suspended host, clock
   jump) become one run;
 - ``misfire_grace_time`` = the schedule's period (the interval, or a crontab's longest gap
   between fire times): APScheduler's default of 1 s would drop a run that starts a second
   late, while a run later than a whole period is never needed because the next tick is due.
 
-Stopping: the first SIGTERM or SIGINT takes no new runs, lets a sync in progress finish and
-exits 0; a second one exits at once with 128 + the signal number (130 for SIGINT, 143 for
-SIGTERM), leaving the run in progress ``running`` until the next sync closes it as abandoned.
+Stopping: the first SIGTERM or SIGINT takes no new runs, lets a sync in progress finish
+(within the fetch budget and its apply) and exits 0; a second one exits at once with 128 +
+the signal number (130 for SIGINT, 143 for SIGTERM), leaving the run in progress
+``running`` until the next sync closes it as abandoned.
 The signal handler only writes a byte to a pipe; a thread reads it and stops the scheduler,
 so no lock is ever taken inside a signal handler.
 """
@@ -30,19 +33,21 @@ from types import FrameType
 from typing import Any
 
 import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
 from regionsync import schedule as schedules
+from regionsync.daemon_health import DaemonHealth
 from regionsync.delivery import Notifier
 from regionsync.errors import ConfigError, RegionSyncError, StoreError
 from regionsync.metrics import DaemonMetrics, MetricsServer, failure_reason
 from regionsync.outbox import OutboxPolicy
 from regionsync.schema import require_current
 from regionsync.settings import Settings
-from regionsync.status import gather
+from regionsync.status import StatusReport, gather
 from regionsync.store import create_engine
 from regionsync.sync import ApiSource, Guard, Source, run_sync
 
@@ -65,7 +70,8 @@ def run_daemon(settings: Settings) -> int:
     try:
         reachable = _check_database(engine)
         metrics = DaemonMetrics(max_age=period * HEALTH_PERIODS, period=period)
-        server = _serve_metrics(metrics, settings.metrics_port)
+        health = DaemonHealth(metrics)
+        server = _serve_metrics(health, settings.metrics_host, settings.metrics_port)
         try:
             daemon = Daemon(
                 engine,
@@ -76,6 +82,7 @@ def run_daemon(settings: Settings) -> int:
                 period=period,
                 notifier=Notifier.from_settings(engine, settings.notifications),
                 notify=OutboxPolicy.from_settings(settings.notifications),
+                health=health,
             )
             if reachable:
                 daemon.refresh_status()
@@ -86,6 +93,7 @@ def run_daemon(settings: Settings) -> int:
                 misfire_grace_s=daemon.misfire_grace_time,
                 health_max_age_s=metrics.max_age.total_seconds(),
                 metrics_port=server.port if server else None,
+                metrics_host=settings.metrics_host if server else None,
                 database=settings.database_display,
                 source=source.description,
                 webhook=settings.notifications.webhook_display,
@@ -113,14 +121,15 @@ def _check_database(engine: Engine) -> bool:
     return True
 
 
-def _serve_metrics(metrics: DaemonMetrics, port: int | None) -> MetricsServer | None:
+def _serve_metrics(health: DaemonHealth, host: str, port: int | None) -> MetricsServer | None:
     if port is None:
         return None
     try:
-        return MetricsServer(metrics, port).start()
+        return MetricsServer(health.metrics, port, host, health=health.health).start()
     except OSError as error:
         raise ConfigError(
-            "REGIONSYNC_METRICS_PORT", f"cannot listen on port {port}: {error.strerror or error}"
+            "REGIONSYNC_METRICS_PORT",
+            f"cannot listen on {host} port {port}: {error.strerror or error}",
         ) from None
 
 
@@ -138,6 +147,7 @@ class Daemon:
         period: timedelta,
         notifier: Notifier | None = None,
         notify: OutboxPolicy | None = None,
+        health: DaemonHealth | None = None,
     ) -> None:
         self.engine = engine
         self.notifier = notifier
@@ -146,6 +156,7 @@ class Daemon:
         self.schedule = schedule
         self.guard = guard
         self.metrics = metrics
+        self.health = health or DaemonHealth(metrics)
         self.misfire_grace_time = max(1, int(period.total_seconds()))
         self.scheduler = BlockingScheduler(
             timezone=schedule.timezone,
@@ -167,16 +178,29 @@ class Daemon:
                 logger.info("daemon.run_not_started", reason="the daemon is stopping")
                 return
             self._running = True
+        self.health.sync_started()
         try:
             self._sync()
         finally:
+            self.health.sync_finished()
             with self._state:
                 self._running = False
                 self._state.notify_all()
 
+    def _on_max_instances(self, event: JobSubmissionEvent) -> None:
+        """APScheduler skipped a tick because the previous sync is still running."""
+        running = self.health.running_for()
+        skipped = self.health.tick_skipped("still_running")
+        logger.warning(
+            "daemon.tick_skipped",
+            reason="the previous sync is still running",
+            running_for_s=None if running is None else round(running, 3),
+            skipped_so_far=skipped,
+        )
+
     def _sync(self) -> None:
         started = time.monotonic()
-        database_down = False
+        database_down = skipped = False
         self.metrics.sync_started()
         try:
             result = run_sync(
@@ -207,6 +231,8 @@ class Daemon:
         if not database_down:  # no second wait for a database that just failed to answer
             self.deliver_notifications()
             self.refresh_status()
+            if skipped:
+                self._report_lock_held()
         self._log_next_run()
 
     def deliver_notifications(self) -> None:
@@ -220,12 +246,30 @@ class Daemon:
             failed=len(report.failed) + len(report.expired),
         )
 
-    def refresh_status(self) -> None:
-        """Update the health and region gauges from the database, if it answers."""
+    def refresh_status(self) -> StatusReport | None:
+        """Update the health, region and lock gauges from the database, if it answers."""
         try:
-            self.metrics.record_status(gather(self.engine, limit=1))
+            report = gather(self.engine, limit=1)
         except RegionSyncError as error:
             logger.debug("daemon.status_unavailable", error=str(error))
+            return None
+        self.metrics.record_status(report)
+        self.health.record_lock(report.lock)
+        return report
+
+    def _report_lock_held(self) -> None:
+        skipped = self.health.tick_skipped("lock_held")
+        lock = self.health.lock_report() or {}
+        log = logger.warning if lock.get("stuck") else logger.info
+        log(
+            "daemon.tick_skipped",
+            reason="another session holds the sync lock",
+            skipped_so_far=skipped,
+            holder_pid=lock.get("pid"),
+            holder_user=lock.get("user"),
+            held_at_least_s=lock.get("held_at_least_seconds"),
+            stuck=lock.get("stuck", False),
+        )
 
     def _log_next_run(self) -> None:
         now = datetime.now(UTC)
@@ -253,6 +297,7 @@ class Daemon:
             coalesce=True,
             misfire_grace_time=self.misfire_grace_time,
         )
+        self.scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
         watcher = threading.Thread(target=self._watch_signals, name="regionsync-stop", daemon=True)
         watcher.start()
         previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}

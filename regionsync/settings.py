@@ -44,6 +44,7 @@ _INTERVAL = re.compile(r"\s*(\d+)\s*([a-zA-Z]+)\s*")
 #: Variables with these prefixes are regionsync's; one it does not read is warned about.
 PREFIXES = ("REGIONSYNC_", "KALEYRA_")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_METRICS_HOST = "127.0.0.1"
 
 LogFormat = Literal["json", "console"]
 
@@ -139,6 +140,7 @@ class Settings:
     log_level: str = "INFO"
     max_removal_fraction: float = DEFAULT_MAX_REMOVAL_FRACTION
     metrics_port: int | None = None
+    metrics_host: str = DEFAULT_METRICS_HOST
     notifications: NotificationSettings = field(default_factory=lambda: NotificationSettings())
     #: The PostgreSQL schema of this account (see README, *Several accounts in one database*).
     db_schema: str = "public"
@@ -270,6 +272,7 @@ class Settings:
                     "REGIONSYNC_METRICS_PORT", "must be a port number from 1 to 65535"
                 )
             metrics_port = int(raw_port)
+        metrics_host = _metrics_host(get("REGIONSYNC_METRICS_HOST"))
 
         schedule = get("REGIONSYNC_SCHEDULE") or DEFAULT_SCHEDULE
         check_schedule(schedule)
@@ -288,6 +291,7 @@ class Settings:
             log_level=log_level,
             max_removal_fraction=fraction,
             metrics_port=metrics_port,
+            metrics_host=metrics_host,
             notifications=NotificationSettings.from_env(get),
             **db_schema_settings(get, sqlite=database_url.get_backend_name() == "sqlite"),
             max_reject_fraction=_fraction(
@@ -563,6 +567,26 @@ def logging_hints(env: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
         if sep and at and colon and password:
             secrets |= {password, unquote(password)}
     return (fmt if fmt in ("json", "console") else None), tuple(s for s in secrets if s)
+
+
+def _metrics_host(raw: str | None) -> str:
+    """The address ``/healthz`` and ``/metrics`` listen on: loopback unless told otherwise."""
+    if raw is None:
+        return DEFAULT_METRICS_HOST
+    host = raw.removeprefix("[").removesuffix("]")
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    if host.isascii() and all(
+        label and len(label) <= 63 and label.replace("-", "").isalnum() for label in labels
+    ):
+        return host
+    raise ConfigError(
+        "REGIONSYNC_METRICS_HOST",
+        "must be an IP address or a host name (127.0.0.1 by default, 0.0.0.0 for all)",
+    )
 
 
 def read_env_file(path: Path) -> dict[str, str]:

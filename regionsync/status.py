@@ -13,6 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from regionsync import outbox, runs
+from regionsync.lock import LockHolder, lock_holder
 from regionsync.models import regions_table
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
@@ -33,6 +34,18 @@ class StatusReport:
     consecutive_failures: int = 0
     #: Active regions whose carrier is enabled.
     enabled_regions: int = 0
+    #: Who holds the sync lock right now (PostgreSQL only), see :func:`lock_holder`.
+    lock: LockHolder | None = None
+
+    @property
+    def lock_warning(self) -> str | None:
+        """One line when the sync lock is held longer than a run can take, else None."""
+        if self.lock is None or not self.lock.is_stuck():
+            return None
+        return (
+            f"WARNING: the sync lock is held longer than a run can take ({self.lock.describe()}); "
+            "every run is skipped until that session ends"
+        )
 
     @property
     def last_success_age(self) -> timedelta | None:
@@ -54,6 +67,7 @@ class StatusReport:
             "removed_regions": self.removed_regions,
             **(self.deliveries.as_json(self.checked_at) if self.deliveries else {}),
             "consecutive_failures": self.consecutive_failures,
+            "lock": self.lock.as_json() if self.lock else None,
             "recent_runs": [
                 {k: v.isoformat() if isinstance(v, datetime) else v for k, v in run.items()}
                 for run in self.recent_runs
@@ -77,6 +91,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
         ).scalar_one()
         deliveries = outbox.backlog(connection)
         failures = connection.execute(_consecutive_failures()).scalar_one()
+        holder = lock_holder(connection)
     return StatusReport(
         recent_runs=recent,
         active_regions=active,
@@ -86,6 +101,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
         deliveries=deliveries,
         consecutive_failures=failures,
         enabled_regions=enabled,
+        lock=holder,
     )
 
 

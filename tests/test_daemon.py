@@ -4,9 +4,11 @@ PostgreSQL, with a schedule of seconds. Plus ``/healthz`` and ``/metrics`` serve
 from __future__ import annotations
 
 import copy
+import dataclasses
 import itertools
 import json
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -25,15 +27,24 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
+from regionsync.daemon_health import DaemonHealth
+from regionsync.errors import ConfigError
 from regionsync.fakeapi import FakeKaleyra, sample_regions
+from regionsync.lock import ADVISORY_LOCK_KEY as LOCK_KEY
 from regionsync.metrics import DaemonMetrics, MetricsServer
+from regionsync.schedule import parse_schedule
+from regionsync.scheduler import Daemon as SchedulerDaemon
 from regionsync.schema import migrate
-from regionsync.status import StatusReport
+from regionsync.status import StatusReport, gather
+from regionsync.sync import Guard
 from tests.fakeapi_fixtures import API_KEY, running_fake
+from tests.sources import ListSource, region
 from tests.support import admin_url, settings_for
+from tests.tcpproxy import TcpProxy
 
 #: The API says "come back in 10 minutes": each run fails at once instead of retrying.
 OUTAGE = "http503:retry-after=600"
+REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 # Helpers ---------------------------------------------------------------------------------
@@ -160,15 +171,33 @@ def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     """Start ``python -m regionsync daemon``; every one still running is killed afterwards."""
     started: list[Daemon] = []
 
-    def start(url: URL, fake: FakeKaleyra, **env: str) -> Daemon:
+    def start(
+        url: URL,
+        fake: FakeKaleyra,
+        *,
+        budget: float | None = None,
+        nofile: int | None = None,
+        **env: str,
+    ) -> Daemon:
+        """``budget``: the fetch budget in seconds; ``nofile``: its file descriptor limit."""
         port = free_port()
         log = tmp_path / f"daemon-{len(started)}.log"
+        command = ["-m", "regionsync", "daemon"]
+        if budget is not None:
+            command = ["-m", "tests.budgeted", str(budget), "daemon"]
+
+        def limit_fds() -> None:
+            if nofile is not None:
+                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
+
         with log.open("wb") as out:
             process = subprocess.Popen(
-                [sys.executable, "-m", "regionsync", "daemon"],
+                [sys.executable, *command],
                 env=daemon_env(url, fake, REGIONSYNC_METRICS_PORT=str(port), **env),
                 stdout=out,
                 stderr=subprocess.STDOUT,
+                cwd=REPOSITORY,
+                preexec_fn=limit_fds if nofile is not None else None,
             )
         daemon = Daemon(process, port, log)
         started.append(daemon)
@@ -496,11 +525,11 @@ def test_daemon_refuses_a_metrics_port_in_use_with_exit_2(
     pg_engine: Engine, pg_url: URL, fake: FakeKaleyra
 ) -> None:
     with socket.socket() as taken:
-        taken.bind(("0.0.0.0", 0))  # noqa: S104  # where the daemon would listen
+        taken.bind(("127.0.0.1", 0))  # where the daemon listens by default
         taken.listen()
         port = str(taken.getsockname()[1])
         error = refused(daemon_env(pg_url, fake, REGIONSYNC_METRICS_PORT=port))
-    assert f"REGIONSYNC_METRICS_PORT: cannot listen on port {port}" in error
+    assert f"REGIONSYNC_METRICS_PORT: cannot listen on 127.0.0.1 port {port}" in error
     assert runs(pg_engine) == []
 
 
@@ -596,3 +625,293 @@ def test_metrics_count_runs_by_status_and_reset_consecutive_failures_on_success(
     assert samples['regionsync_regions{state="active"}'] == 7
     assert samples['regionsync_regions{state="removed"}'] == 2
     assert samples["regionsync_health_max_age_seconds"] == 2700
+
+
+# Hung APIs, skipped ticks, a squatted lock, a dead database, a flooded metrics port --------
+
+
+@pytest.mark.slow
+def test_sigterm_during_a_dripping_fetch_stops_within_the_fetch_budget(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    fake.fail("drip:0.5")  # a byte every half second: every read succeeds, the answer never ends
+    daemon = start_daemon(pg_url, fake, budget=3.0, REGIONSYNC_SCHEDULE="1h")
+    daemon.wait_until(
+        lambda: fake.request_count() == 1 and count(pg_engine, "running") == 1, "the fetch"
+    )
+    sent = time.monotonic()
+    daemon.send(signal.SIGTERM)
+    assert daemon.exit_code(timeout=20) == 0, daemon.tail()
+    assert time.monotonic() - sent < 3.0 + 2.0  # the budget, and a margin for the apply
+
+    [run] = runs(pg_engine)
+    assert run["status"] == "failed"
+    assert "3.0 s budget" in run["error"]
+    failed = daemon.event("daemon.run_failed")
+    assert "budget" in failed["error"]
+    assert failed["consecutive_failures"] == 1
+    assert daemon.names()[-1] == "daemon.stopped"
+
+
+@pytest.mark.slow
+def test_a_tick_that_finds_the_previous_sync_running_is_reported(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    fake.fail("drip:0.2")
+    daemon = start_daemon(pg_url, fake, budget=2.5)  # ticks every second
+    daemon.wait_until(lambda: "daemon.tick_skipped" in daemon.names(), "a skipped tick")
+    skipped = daemon.event("daemon.tick_skipped")
+    assert skipped["reason"] == "the previous sync is still running"
+    assert skipped["level"] == "warning"
+    assert 0.5 < skipped["running_for_s"] < 2.5
+    _, health = daemon.health()
+    assert health["ticks_skipped"]["still_running"] >= 1
+    assert daemon.metrics()['regionsync_ticks_skipped_total{reason="still_running"}'] >= 1
+
+    daemon.wait_until(lambda: daemon.runs_counted("failed") >= 1, "the hung fetch to fail")
+    [failed, *_] = [r for r in runs(pg_engine) if r["status"] == "failed"]
+    assert "2.5 s budget" in failed["error"]
+    assert daemon.health()[1]["consecutive_failures"] >= 1
+
+    fake.clear_faults()
+    daemon.wait_until(lambda: runs(pg_engine)[-1]["status"] == "succeeded", "a success")
+    assert count(pg_engine, "skipped") == 0  # skipped ticks write no run: nothing was attempted
+    assert_stopped_cleanly(daemon, pg_engine)
+
+
+class Squatter:
+    """A session of another role that holds the sync's advisory lock."""
+
+    def __init__(self, url: URL) -> None:
+        self.role = f"squatter_{os.getpid()}_{time.monotonic_ns() % 10**6}"
+        self.admin = sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+        with self.admin.connect() as connection:
+            connection.exec_driver_sql(f'CREATE ROLE "{self.role}" LOGIN')
+        self.engine = sa.create_engine(url.set(username=self.role, password=None))
+        self.connection = self.engine.connect()
+        self.pid: int = self.connection.execute(sa.text("SELECT pg_backend_pid()")).scalar_one()
+        self.connection.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": LOCK_KEY})
+        self.connection.commit()
+
+    def close(self) -> None:
+        self.connection.close()
+        self.engine.dispose()
+        with self.admin.connect() as connection:
+            connection.exec_driver_sql(f'DROP ROLE "{self.role}"')
+        self.admin.dispose()
+
+
+@pytest.fixture
+def squatter(pg_engine: Engine, pg_url: URL) -> Iterator[Squatter]:
+    held = Squatter(pg_url)
+    yield held
+    held.close()
+
+
+@pytest.mark.slow
+def test_a_lock_held_by_another_role_is_reported_with_its_holder(
+    pg_engine: Engine,
+    pg_url: URL,
+    fake: FakeKaleyra,
+    start_daemon: Callable[..., Daemon],
+    squatter: Squatter,
+) -> None:
+    daemon = start_daemon(pg_url, fake)
+    daemon.wait_until(lambda: count(pg_engine, "skipped") >= 2, "two skipped runs")
+    daemon.wait_until(
+        lambda: daemon.metrics()['regionsync_ticks_skipped_total{reason="lock_held"}'] >= 2,
+        "the skipped ticks to be counted",
+    )
+    event = daemon.event("daemon.tick_skipped")
+    assert event["reason"] == "another session holds the sync lock"
+    assert (event["holder_pid"], event["holder_user"]) == (squatter.pid, squatter.role)
+    assert event["stuck"] is False
+    _, health = daemon.health()
+    assert health["ticks_skipped"]["lock_held"] >= 2
+    assert (health["lock"]["pid"], health["lock"]["user"]) == (squatter.pid, squatter.role)
+    assert health["lock"]["stuck"] is False
+    metrics = daemon.metrics()
+    assert metrics["regionsync_lock_stuck"] == 0
+    assert metrics["regionsync_lock_held_seconds"] > 0
+    assert fake.request_count() == 0  # nothing fetched without the lock
+    assert_stopped_cleanly(daemon, pg_engine)
+
+
+def test_a_lock_held_longer_than_a_run_can_take_is_flagged_stuck(
+    pg_engine: Engine, squatter: Squatter, capsys: pytest.CaptureFixture[str]
+) -> None:
+    metrics = DaemonMetrics(max_age=timedelta(minutes=45))
+    health = DaemonHealth(metrics, stuck_after=timedelta(seconds=0.5))
+    daemon = SchedulerDaemon(
+        pg_engine,
+        ListSource([region("r1")]),
+        schedule=parse_schedule("1s"),
+        guard=Guard(),
+        metrics=metrics,
+        period=timedelta(seconds=1),
+        health=health,
+    )
+    daemon.sync_once()
+    assert health.lock_report() is not None
+    assert health.lock_report()["stuck"] is False  # type: ignore[index]
+    time.sleep(0.7)
+    daemon.sync_once()
+    _, body = health.health()
+    assert body["lock"]["stuck"] is True
+    assert (body["lock"]["pid"], body["lock"]["user"]) == (squatter.pid, squatter.role)
+    assert body["ticks_skipped"] == {"still_running": 0, "lock_held": 2}
+    samples = metric_samples(metrics.exposition().decode())
+    assert samples["regionsync_lock_stuck"] == 1
+    assert samples["regionsync_lock_held_seconds"] >= 0.5
+
+    report = gather(pg_engine)
+    assert report.lock is not None
+    assert (report.lock.pid, report.lock.user) == (squatter.pid, squatter.role)
+    assert report.lock.held_at_least >= timedelta(seconds=0.5)  # idle since it took the lock
+    assert report.lock.is_stuck(timedelta(seconds=0.5))
+    assert report.lock_warning is None  # 15 minutes are far from over
+    assert report.as_json()["lock"]["pid"] == squatter.pid
+
+
+def test_status_warns_about_a_stuck_lock_naming_its_holder(
+    pg_engine: Engine, pg_url: URL, squatter: Squatter
+) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "regionsync", "status", "--json"],
+        env={**base_env(), "REGIONSYNC_DATABASE_URL": pg_url.render_as_string(False)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    lock = json.loads(done.stdout)["lock"]
+    assert (lock["pid"], lock["user"], lock["stuck"]) == (squatter.pid, squatter.role, False)
+    assert lock["stuck_after_seconds"] == 900
+
+    report = gather(pg_engine)
+    assert report.lock is not None
+    stuck = dataclasses.replace(
+        report, lock=dataclasses.replace(report.lock, held_at_least=timedelta(hours=2))
+    )
+    warning = stuck.lock_warning
+    assert warning is not None
+    assert f"pid {squatter.pid}, user {squatter.role}" in warning
+    assert stuck.as_json()["lock"]["stuck"] is True
+
+
+@pytest.mark.slow
+def test_daemon_carries_on_through_a_database_that_dies_and_comes_back(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    with TcpProxy((str(pg_url.host), int(pg_url.port or 5432))) as proxy:
+        via_proxy = pg_url.set(host="127.0.0.1", port=proxy.port)
+        daemon = start_daemon(via_proxy, fake)
+        daemon.wait_until(lambda: count(pg_engine, "succeeded") >= 1, "a first success")
+
+        proxy.cut()
+        failed = daemon.runs_counted("failed")
+        daemon.wait_until(lambda: daemon.runs_counted("failed") >= failed + 2, "two failures")
+        assert daemon.process.poll() is None
+        failures = [e for e in daemon.events() if e["event"] == "daemon.run_failed"]
+        assert all("database error" in e["error"] for e in failures)
+        assert daemon.metrics()["regionsync_consecutive_failures"] >= 2  # this process's count
+        assert "Traceback" not in daemon.log.read_text()
+
+        data, flipped, gone = changed_regions()
+        fake.set_regions(data)
+        proxy.restore()
+        daemon.wait_until(
+            lambda: any(r["changed"] == 1 and r["removed"] == 1 for r in runs(pg_engine)),
+            "the changes to be synced once the database is back",
+        )
+        assert_picked_up(pg_engine, flipped, gone)
+        daemon.wait_until(
+            lambda: daemon.metrics()["regionsync_consecutive_failures"] == 0, "recovery"
+        )
+        assert_stopped_cleanly(daemon, pg_engine)
+
+
+def idle_connections(port: int, number: int) -> list[socket.socket]:
+    """Open ``number`` connections that send half a request and then nothing."""
+    opened = []
+    for _ in range(number):
+        sock = socket.socket()
+        sock.settimeout(0.2)
+        try:
+            sock.connect(("127.0.0.1", port))
+            sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x")
+        except OSError:
+            sock.close()
+            continue
+        opened.append(sock)
+    return opened
+
+
+@pytest.mark.slow
+def test_a_flooded_metrics_port_at_the_fd_limit_never_breaks_syncs(
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+) -> None:
+    daemon = start_daemon(pg_url, fake, nofile=96)
+    daemon.wait_until(lambda: count(pg_engine, "succeeded") >= 1, "a first success")
+    flood = idle_connections(daemon.port, 300)
+    try:
+        assert len(flood) > 96  # more than the daemon could hold open: extras are closed
+        before = count(pg_engine, "succeeded")
+        daemon.wait_until(lambda: count(pg_engine, "succeeded") >= before + 3, "three syncs")
+        assert count(pg_engine, "failed") == 0
+        assert "daemon.run_failed" not in daemon.names()
+        # Idle half-sent requests are dropped, so the page answers again while they stay open.
+        daemon.wait_until(daemon.answers, "/healthz to answer", timeout=15)
+        assert daemon.health()[0] == 200
+    finally:
+        for sock in flood:
+            sock.close()
+    assert_stopped_cleanly(daemon, pg_engine)
+
+
+def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
+    sock.settimeout(timeout)
+    try:
+        return sock.recv(100) == b""
+    except ConnectionResetError:
+        return True
+    except TimeoutError:
+        return False
+
+
+def test_metrics_server_bounds_connections_and_drops_idle_and_dripped_requests() -> None:
+    metrics = DaemonMetrics(max_age=timedelta(minutes=45))
+    server = MetricsServer(metrics, 0, max_connections=4, idle_timeout=0.5, lifetime=1.5).start()
+    try:
+        idle = idle_connections(server.port, 4)
+        time.sleep(0.3)  # all four accepted and waiting for the rest of their request
+        extra = socket.create_connection(("127.0.0.1", server.port), timeout=2)
+        assert closed_by_peer(extra, 0.5)  # over the limit: closed at once
+        started = time.monotonic()
+        assert all(closed_by_peer(sock, 2) for sock in idle)  # dropped after 0.5 s idle
+        assert time.monotonic() - started < 1
+
+        dripper = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+        started = time.monotonic()
+        while not closed_by_peer(dripper, 0.2):  # never idle for 0.5 s, yet cut at 1.5 s
+            dripper.sendall(b"G")
+            assert time.monotonic() - started < 3
+        assert time.monotonic() - started > 1.2
+        assert http_get(server.port, "/healthz")[0] == 503  # and the page answers again
+        for sock in [*idle, extra, dripper]:
+            sock.close()
+    finally:
+        server.stop()
+
+
+def test_metrics_server_binds_loopback_unless_told_otherwise(pg_url: URL) -> None:
+    assert settings_for(pg_url).metrics_host == "127.0.0.1"
+    assert settings_for(pg_url, REGIONSYNC_METRICS_HOST="0.0.0.0").metrics_host == "0.0.0.0"  # noqa: S104
+    assert settings_for(pg_url, REGIONSYNC_METRICS_HOST="[::1]").metrics_host == "::1"
+    with pytest.raises(ConfigError, match="REGIONSYNC_METRICS_HOST"):
+        settings_for(pg_url, REGIONSYNC_METRICS_HOST="http://x/")
+    server = MetricsServer(DaemonMetrics(max_age=timedelta(minutes=1)), 0).start()
+    try:
+        assert server._serving.server.server_address[0] == "127.0.0.1"
+    finally:
+        server.stop()

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -233,6 +236,126 @@ def test_fault_modes_parse() -> None:
     assert parse_fault("rcs502-200").status == 200
     assert parse_fault("slow:1.5").delay == 1.5
     assert parse_fault("HUGE").kind == "huge"
+
+
+# Hostile modes -------------------------------------------------------------------------
+
+
+def raw_get(fake: FakeKaleyra, timeout: float = 5) -> tuple[bytes, float]:
+    """The raw bytes of an answer (headers included) and how long they took."""
+    started = time.monotonic()
+    with socket.create_connection(("127.0.0.1", int(fake.url.rsplit(":", 1)[1])), timeout) as s:
+        s.sendall(f"GET {PATH} HTTP/1.0\r\napi-key: {API_KEY}\r\n\r\n".encode())
+        received = b""
+        while chunk := s.recv(65536):
+            received += chunk
+    return received, time.monotonic() - started
+
+
+def test_drip_sends_headers_at_once_then_the_body_a_byte_at_a_time(fake: FakeKaleyra) -> None:
+    fake.set_regions([{"id": "r", "carrier_enabled": True}])
+    fake.fail("drip:0.01")
+    received, took = raw_get(fake)
+    head, _, body = received.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.0 200")
+    assert json.loads(body)["data"] == [{"id": "r", "carrier_enabled": True}]
+    assert took >= len(body) * 0.01
+
+
+def test_drip_headers_never_finishes_its_headers(fake: FakeKaleyra) -> None:
+    fake.fail("drip-headers:0.05")
+    with socket.create_connection(("127.0.0.1", int(fake.url.rsplit(":", 1)[1])), 5) as s:
+        s.sendall(f"GET {PATH} HTTP/1.0\r\n\r\n".encode())
+        time.sleep(0.5)
+        received = s.recv(65536)
+    assert received.startswith(b"HTTP/1.1 200 OK\r\nX-Padding: a")
+    assert b"\r\n\r\n" not in received
+
+
+def test_endless_is_a_chunked_body_that_never_ends(fake: FakeKaleyra) -> None:
+    fake.fail("endless")
+    with requests.get(fake.url + PATH, stream=True, timeout=5) as response:
+        assert response.headers["Transfer-Encoding"] == "chunked"
+        received = 0
+        for chunk in response.iter_content(1024 * 1024):
+            received += len(chunk)
+            if received > 20 * 1024 * 1024:
+                break
+    assert received > 20 * 1024 * 1024
+
+
+@pytest.mark.parametrize(("mode", "wbits"), [("gzip-bomb", 31), ("deflate-bomb", 15)])
+def test_bombs_are_small_and_inflate_past_the_cap(fake: FakeKaleyra, mode: str, wbits: int) -> None:
+    fake.fail(mode)
+    with requests.get(fake.url + PATH, stream=True, timeout=30) as response:
+        assert response.headers["Content-Encoding"] == mode.partition("-")[0]
+        compressed = response.raw.read(decode_content=False)
+    assert len(compressed) < 1024 * 1024
+    inflater = zlib.decompressobj(wbits)
+    inflated = len(inflater.decompress(compressed, 0))
+    assert inflated == fakeapi.BOMB_BYTES + len(b'{"code": "RCS902", "error": {}, "data": []}')
+
+
+def test_redirect_away_points_at_another_host(fake: FakeKaleyra) -> None:
+    fake.fail("redirect-away")
+    response = get(fake)
+    assert response.status_code == 302
+    assert response.headers["Location"] == "https://elsewhere.example" + PATH
+
+
+def hostile(fake: FakeKaleyra, mode: str) -> bytes:
+    fake.fail(mode)
+    response = get(fake)
+    assert response.status_code == 200
+    return response.content
+
+
+def test_hostile_records(fake: FakeKaleyra) -> None:
+    first = sample_regions()[0]
+    huge = json.loads(hostile(fake, "huge-value"))["data"]
+    assert len(huge[0]["display_name"]) == fakeapi.HUGE_VALUE_CHARS
+    assert huge[1:] == sample_regions()[1:]
+    assert json.loads(hostile(fake, "long-id"))["data"][0]["id"] == "a" * fakeapi.LONG_ID_CHARS
+    deep = json.loads(hostile(fake, "deep:50"))["data"][0]["extra"]
+    for _ in range(49):
+        [deep] = deep
+    assert deep == []
+    with pytest.raises(RecursionError):
+        json.loads(hostile(fake, "deep:1000000"))
+    junk = json.loads(hostile(fake, "junk:10"))["data"]
+    assert len(junk) == 10 + len(sample_regions())
+    assert junk[:3] == [None, 42, "region"]
+    with pytest.raises(UnicodeDecodeError):
+        hostile(fake, "latin1").decode("utf-8")
+    assert json.loads(hostile(fake, "latin1").decode("latin-1"))["data"][0]["extra"] == "Zürich"
+    nan = json.loads(hostile(fake, "nan"))["data"][0]
+    assert math.isnan(nan["extra"]["a"])
+    assert nan["extra"]["b"] == math.inf
+    assert nan["id"] == first["id"]
+    assert json.loads(hostile(fake, "nul"))["data"][0]["extra"] == "NUL\x00here"
+
+
+def test_set_raw_body_serves_exact_bytes(fake: FakeKaleyra) -> None:
+    fake.set_raw_body(b'{"data": [NaN]}\x00\xff', "text/plain")
+    response = get(fake)
+    assert (response.status_code, response.content) == (200, b'{"data": [NaN]}\x00\xff')
+    assert response.headers["Content-Type"] == "text/plain"
+    fake.set_regions([])
+    assert get(fake).json()["data"] == []
+
+
+@pytest.mark.parametrize("mode", ["drip:x", "deep:-1", "junk:1.5e9", "endless:9999"])
+def test_hostile_modes_refuse_bad_numbers(mode: str) -> None:
+    with pytest.raises(ValueError, match="unknown fault mode"):
+        parse_fault(mode)
+
+
+def test_hostile_modes_parse_with_defaults() -> None:
+    assert parse_fault("drip").delay == 1.0
+    assert parse_fault("endless").delay == 0.0
+    assert parse_fault("deep").delay == fakeapi.DEFAULT_DEPTH
+    assert parse_fault("junk:7").delay == 7
+    assert parse_fault("GZIP-BOMB").kind == "gzip-bomb"
 
 
 # Admin endpoints -----------------------------------------------------------------------

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -414,3 +416,127 @@ def test_api_key_never_appears_when_the_connection_fails() -> None:
         assert API_KEY not in repr(api)
     assert not [text for text in exception_texts(caught.value) if API_KEY in text]
     assert API_KEY not in repr(logs)
+
+
+# The wall-clock budget -----------------------------------------------------------------
+
+#: Two seconds in all, and per-read timeouts far longer, so only the wall clock can stop it.
+TWO_SECONDS = RetryPolicy(
+    attempts=3, total_seconds=2.0, backoff_initial=0.01, connect_timeout=30, read_timeout=30
+)
+
+
+@pytest.mark.parametrize(
+    "mode",
+    [
+        "drip:0.2",  # a byte every 0.2 s: each read succeeds, the whole never ends in time
+        "drip-headers:0.2",  # the same in the headers
+        "endless:0.05",  # a chunked body that never ends
+        "slow:30",
+    ],
+)
+def test_the_whole_fetch_ends_within_its_budget_whatever_the_server_does(
+    fake: FakeKaleyra, mode: str
+) -> None:
+    fake.fail(mode)
+    started = time.monotonic()
+    error = failing_fetch(fake, TWO_SECONDS)
+    elapsed = time.monotonic() - started
+    assert 1.9 < elapsed < 2.5, elapsed
+    assert isinstance(error, TransientSourceError)
+    assert error.code == "timeout"
+    assert "2.0 s" in str(error)
+
+
+def test_fetch_once_is_bounded_by_the_budget_too(fake: FakeKaleyra) -> None:
+    fake.fail("drip:0.2")
+    started = time.monotonic()
+    with client(fake, TWO_SECONDS) as api, pytest.raises(TransientSourceError) as caught:
+        api.fetch_once()
+    assert time.monotonic() - started < 2.5
+    assert caught.value.code == "timeout"
+
+
+def test_a_drip_that_ends_in_time_is_read_whole(fake: FakeKaleyra) -> None:
+    fake.set_regions([{"id": "r1", "carrier_enabled": True}])
+    fake.fail("drip:0.002")
+    with client(fake, TWO_SECONDS) as api:
+        snapshot = api.fetch()
+    assert [r.id for r in snapshot.records] == ["r1"]
+
+
+def test_the_deadline_timer_is_gone_after_the_fetch(fake: FakeKaleyra) -> None:
+    with client(fake, TWO_SECONDS) as api:
+        api.fetch()
+    assert [t for t in threading.enumerate() if t.name == "regionsync-fetch-deadline"] == []
+
+
+def test_http_404_names_the_settings_that_build_the_url(fake: FakeKaleyra) -> None:
+    fake.fail("http404")
+    error = failing_fetch(fake)
+    assert isinstance(error, PermanentSourceError)
+    for setting in ("KALEYRA_SID", "KALEYRA_POD", "KALEYRA_BASE_URL", "KALEYRA_REGIONS_PATH"):
+        assert setting in str(error)
+    assert len(fake.requests) == 1
+
+
+class DrippingTLSServer:
+    """Answers a TLS ClientHello with the start of a 16 KiB record, then a byte at a time."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self) -> None:
+        self.listener.settimeout(5)
+        try:
+            connection, _ = self.listener.accept()
+        except OSError:
+            return
+        with connection:
+            connection.recv(65536)  # the ClientHello
+            try:
+                connection.sendall(b"\x16\x03\x03\x40\x00")
+                while not self.stop.wait(0.2):
+                    connection.sendall(b"\x02")
+            except OSError:
+                return
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        return f"https://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_within_the_budget() -> None:
+    """The handshake is bounded by the connect timeout, capped by the time left."""
+    with DrippingTLSServer() as url:
+        settings = Settings.from_env(
+            {"KALEYRA_BASE_URL": url, "KALEYRA_SID": "demo", "KALEYRA_API_KEY": API_KEY}
+        )
+        started = time.monotonic()
+        with (
+            KaleyraClient(settings, retry=TWO_SECONDS) as api,
+            pytest.raises(TransientSourceError) as caught,
+        ):
+            api.fetch()
+        assert time.monotonic() - started < 2.5
+    assert caught.value.code == "timeout"
+
+
+def test_the_deadline_closes_the_descriptors_it_watched(fake: FakeKaleyra) -> None:
+    before = len(os.listdir("/proc/self/fd"))
+    fake.fail("drip:0.2", times=1)
+    with client(fake, TWO_SECONDS) as api, pytest.raises(TransientSourceError):
+        api.fetch()
+    with client(fake, TWO_SECONDS) as api:
+        api.fetch()
+    settle = time.monotonic() + 3  # the fake's side of the cut connection closes on its own
+    while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < settle:
+        time.sleep(0.05)
+    assert len(os.listdir("/proc/self/fd")) <= before
