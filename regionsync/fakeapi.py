@@ -1,7 +1,7 @@
 """A fake Kaleyra "Get an Agent's Regions" API, for trials and tests (``regionsync fake-api``).
 
 It serves the regions over plain HTTP on loopback, checks the SID and ``api-key`` as
-Kaleyra would, and can be told to fail in the ways DESIGN.md §1 lists (see
+Kaleyra would, and can be told to fail in the ways docs/contract.md §1 lists (see
 :data:`FAULT_MODES`), from Python or over its admin endpoints:
 
 - ``PUT /_fake/regions``: a JSON list of regions, or a whole body to serve as it is;
