@@ -85,7 +85,10 @@ def state(engine: Engine) -> tuple[int, int, int]:
 
 
 def strike_during_apply(
-    url: URL, fake: FakeKaleyra, engine: Engine, strike: Callable[[subprocess.Popen[str], int], None]
+    url: URL,
+    fake: FakeKaleyra,
+    engine: Engine,
+    strike: Callable[[subprocess.Popen[str], int], None],
 ) -> tuple[int, str]:
     """Start a run of the flipped snapshot, call ``strike`` once its apply is running;
     returns the run's exit code and standard error."""
