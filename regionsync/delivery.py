@@ -12,14 +12,11 @@ A pass never raises: what went wrong is logged and left in the table.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import random
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -32,10 +29,10 @@ from sqlalchemy.engine import Connection, Engine
 from regionsync import outbox, slack
 from regionsync.durations import format_duration
 from regionsync.errors import RegionSyncError
-from regionsync.lock import advisory_lock_key
+from regionsync.lock import exclusive
 from regionsync.runs import now as utcnow
 from regionsync.settings import NotificationSettings
-from regionsync.store import connection_schema, describe_db_error, sqlite_path
+from regionsync.store import describe_db_error
 from regionsync.webhooks import WebhookClient
 
 logger = structlog.get_logger("regionsync.notify")
@@ -256,34 +253,6 @@ class Notifier:
         return before, self.deliver_pending(only=delivery_id)
 
 
-@contextmanager
-def delivery_lock(engine: Engine) -> Iterator[Connection | None]:
-    """One delivery pass at a time: a PostgreSQL advisory lock, or a file lock for SQLite."""
-    path = sqlite_path(engine)
-    if path is not None:
-        fd = os.open(path.with_name(path.name + ".notify.lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                yield None
-                return
-            with engine.connect() as connection:
-                yield connection
-        finally:
-            os.close(fd)  # closing the descriptor releases the lock
-        return
-    with engine.connect() as connection:
-        key = {"key": advisory_lock_key(connection_schema(connection), DELIVERY_LOCK_KEY)}
-        acquired = connection.execute(sa.text("SELECT pg_try_advisory_lock(:key)"), key).scalar()
-        connection.commit()
-        if not acquired:
-            yield None
-            return
-        try:
-            yield connection
-        finally:
-            if not connection.invalidated:
-                connection.rollback()
-                connection.execute(sa.text("SELECT pg_advisory_unlock(:key)"), key)
-                connection.commit()
+def delivery_lock(engine: Engine) -> AbstractContextManager[Connection | None]:
+    """One delivery pass at a time, apart from the sync lock so a delivery never skips a sync."""
+    return exclusive(engine, name="the delivery lock", key=DELIVERY_LOCK_KEY, suffix=".notify.lock")

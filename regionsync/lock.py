@@ -96,9 +96,17 @@ def sync_lock(engine: Engine) -> Iterator[Connection | None]:
 
     The yielded connection has no transaction open; the caller begins and commits its own.
     """
+    with exclusive(engine, name="the sync lock", key=ADVISORY_LOCK_KEY, suffix=".lock") as c:
+        yield c
+
+
+@contextmanager
+def exclusive(engine: Engine, *, name: str, key: int, suffix: str) -> Iterator[Connection | None]:
+    """One holder at a time of the lock ``key`` (per schema), or of the file ``<db>{suffix}``
+    on SQLite; yields a connection without a transaction, or None when it is held."""
     path = sqlite_path(engine)
     if path is not None:
-        with _file_lock(path.with_name(path.name + ".lock")) as acquired:
+        with _file_lock(path.with_name(path.name + suffix)) as acquired:
             if not acquired:
                 yield None
                 return
@@ -108,9 +116,9 @@ def sync_lock(engine: Engine) -> Iterator[Connection | None]:
 
     with translated_errors("connecting to the database"):
         connection = engine.connect()
-    key = advisory_lock_key(connection_schema(connection))
+    key = advisory_lock_key(connection_schema(connection), key)
     try:
-        with translated_errors("taking the sync lock"):
+        with translated_errors(f"taking {name}"):
             acquired = connection.execute(
                 text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
             ).scalar_one()
