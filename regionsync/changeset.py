@@ -19,7 +19,7 @@ from datetime import datetime
 from typing import Any, Literal, get_args
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
@@ -392,14 +392,22 @@ def _rows(when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]) -> sa.Select[Any
 
 def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:
     """Rewrite the existing regions that change (restored ones included)."""
-    insert = postgresql.insert if connection.dialect.name == "postgresql" else sqlite.insert
-    stmt = insert(regions).from_select(_COLUMNS, _rows(when, ("changed", "updated", "restored")))
-    excluded = stmt.excluded
-    return stmt.on_conflict_do_update(
-        index_elements=[regions.c.id],
-        set_={
-            **{name: excluded[name] for name in STORED},
-            "updated_at": excluded.updated_at,
-            "removed_at": None,
-        },
-    )
+    rows = _rows(when, ("changed", "updated", "restored"))
+    if connection.dialect.name == "postgresql":
+        stmt = postgresql.insert(regions).from_select(_COLUMNS, rows)
+        return stmt.on_conflict_do_update(
+            index_elements=[regions.c.id], set_=_replaced(stmt.excluded)
+        )
+    from sqlalchemy.dialects import sqlite  # imported only where SQLite is used
+
+    lite = sqlite.insert(regions).from_select(_COLUMNS, rows)
+    return lite.on_conflict_do_update(index_elements=[regions.c.id], set_=_replaced(lite.excluded))
+
+
+def _replaced(excluded: Any) -> dict[str, Any]:
+    """An upsert's SET: every stored field and ``updated_at`` from the new row; present again."""
+    return {
+        **{name: excluded[name] for name in STORED},
+        "updated_at": excluded.updated_at,
+        "removed_at": None,
+    }

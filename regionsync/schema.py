@@ -1,19 +1,29 @@
-"""Migrations shipped inside the package, and the check that the schema is current."""
+"""Migrations shipped inside the package, and the check that the schema is current.
+
+Alembic (with Mako and its templates) is imported only to migrate: the check every ``run``
+makes reads ``alembic_version`` itself and compares it with :data:`HEAD`, which
+``tests/test_schema.py`` keeps equal to the newest migration's revision.
+"""
 
 from __future__ import annotations
 
 import importlib.util
 from importlib.resources import files
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from alembic import command
-from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
-from alembic.script import ScriptDirectory
+import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from regionsync.errors import SchemaError
 from regionsync.store import translated_errors
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+HEAD = "0003"
+"""The revision of the newest migration in ``migrations/versions``: the schema this code needs."""
+VERSION_TABLE = "alembic_version"
 
 
 def migrations_directory() -> Path:
@@ -41,6 +51,8 @@ def migrations_directory() -> Path:
 
 def alembic_config() -> Config:
     """An Alembic config pointing at the migrations (see :func:`migrations_directory`)."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", str(migrations_directory()))
     config.set_main_option("path_separator", "os")
@@ -48,27 +60,49 @@ def alembic_config() -> Config:
 
 
 def head_revision() -> str:
-    head = ScriptDirectory.from_config(alembic_config()).get_current_head()
-    assert head is not None
-    return head
+    """The schema revision this code needs (the newest migration's)."""
+    return HEAD
+
+
+def script_head() -> str | None:
+    """The head revision as Alembic reads it from the migration scripts (slow: imports them)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
 
 
 def current_revision(engine: Engine) -> str | None:
+    """The revision in ``alembic_version`` (None: not migrated), found through the search
+    path as Alembic finds it."""
     with translated_errors("reading the schema revision"), engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+        if not sa.inspect(connection).has_table(VERSION_TABLE):
+            return None
+        found = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").all()
+    if len(found) > 1:
+        heads = ", ".join(sorted(row[0] for row in found))
+        raise SchemaError(
+            f"the database has several schema revisions ({heads}); fix {VERSION_TABLE}"
+        )
+    return found[0][0] if found else None
 
 
 def migrate(engine: Engine) -> tuple[str | None, str]:
     """Upgrade to head (idempotent); returns the revisions before and after."""
+    from alembic import command
+
     before = current_revision(engine)
     config = alembic_config()
     with translated_errors("migrating the database"), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
-    return before, head_revision()
+    after = current_revision(engine)
+    assert after is not None
+    return before, after
 
 
 def downgrade(engine: Engine, revision: str = "base") -> None:
+    from alembic import command
+
     config = alembic_config()
     with translated_errors("downgrading the database"), engine.begin() as connection:
         config.attributes["connection"] = connection

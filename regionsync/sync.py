@@ -16,7 +16,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync import changeset, outbox, runs
+from regionsync import changeset, collection, outbox, runs
 from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
@@ -162,7 +162,7 @@ def run_sync(
     started = time.monotonic()
     require_current(engine)
     log = logger.bind(trigger=trigger, source=source.description)
-    with sync_lock(engine) as connection:
+    with collection.paused(), sync_lock(engine) as connection:
         if connection is None:
             with translated_errors("recording a skipped run"), engine.begin() as other:
                 run_id = runs.record_skipped(
@@ -217,16 +217,17 @@ def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> Sy
     log = logger.bind(trigger="dry-run", source=source.description)
     lines = RegionLines(log, guard.region_lines)
     try:
-        snapshot = _fetch(source, log, lines)
-        guard.check_rejects(snapshot)
-        # Staging happens inside a transaction that is rolled back, temporary tables included.
-        with (
-            translated_errors("comparing with the database"),
-            engine.connect() as connection,
-            connection.begin() as transaction,
-        ):
-            planned = _plan(connection, snapshot, guard, details=None)
-            transaction.rollback()
+        with collection.paused():
+            snapshot = _fetch(source, log, lines)
+            guard.check_rejects(snapshot)
+            # Staging happens inside a transaction that is rolled back, temporary tables included.
+            with (
+                translated_errors("comparing with the database"),
+                engine.connect() as connection,
+                connection.begin() as transaction,
+            ):
+                planned = _plan(connection, snapshot, guard, details=None)
+                transaction.rollback()
     finally:
         lines.summarise("not stored (dry run)")
     return SyncResult(

@@ -7,13 +7,13 @@ input (tests/test_bench.py) without running the benchmark.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import platform
-import resource
+import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Mapping, Sequence
@@ -43,6 +43,25 @@ class Timed:
     stderr_tail: str
 
 
+#: Starts the measured command and reports its own wall clock and rusage as JSON in a file.
+#: Linux carries a process's peak RSS across ``exec`` from the memory it was forked (or
+#: vforked) from, so a child started straight from this large process would report this
+#: process's peak; started from a small trampoline, it reports its own. The trampoline's
+#: own start-up (a bare interpreter) is outside the figures it reports.
+TRAMPOLINE = """
+import json, os, sys, time
+report, argv = sys.argv[1], sys.argv[2:]
+started = time.perf_counter()
+pid = os.posix_spawn(argv[0], argv, os.environ)
+_, status, usage = os.wait4(pid, 0)
+seconds = time.perf_counter() - started
+with open(report, "w") as out:
+    json.dump({"seconds": seconds, "status": status, "cpu": usage.ru_utime + usage.ru_stime,
+               "maxrss_kib": usage.ru_maxrss}, out)
+os._exit(os.waitstatus_to_exitcode(status) & 0xFF)
+"""
+
+
 def run_timed(
     command: Sequence[str],
     *,
@@ -53,16 +72,18 @@ def run_timed(
 ) -> Timed:
     """Run ``command`` to its end; kill its process group after ``timeout`` seconds.
 
-    ``os.wait4`` in a thread gives the exit time and the child's own ``ru_maxrss`` (which
-    ``RUSAGE_CHILDREN`` cannot: it keeps the largest child ever, not a per-child figure).
-    stderr goes to a file, never a pipe: an initial load may log a line per region.
+    It runs under :data:`TRAMPOLINE`, which times it from spawn to exit and reports its own
+    ``ru_maxrss`` (neither this process's nor, as ``RUSAGE_CHILDREN`` would, the largest
+    child's so far). stderr goes to a file, never a pipe: an initial load may log a line
+    per region.
     """
-    reaped: dict[str, object] = {}
-
+    report = stderr_path.with_suffix(".rusage.json")
+    report.unlink(missing_ok=True)
+    executable = shutil.which(command[0], path=env.get("PATH")) or command[0]
+    wrapped = [sys.executable, "-c", TRAMPOLINE, str(report), executable, *command[1:]]
     with stderr_path.open("wb") as err:
-        started = time.perf_counter()
         process = subprocess.Popen(
-            list(command),
+            wrapped,
             env=dict(env),
             cwd=cwd,
             stdin=subprocess.DEVNULL,
@@ -70,42 +91,24 @@ def run_timed(
             stderr=err,
             start_new_session=True,
         )
-
-        def reap() -> None:
-            _, status, usage = os.wait4(process.pid, 0)
-            reaped.update(end=time.perf_counter(), status=status, usage=usage)
-
-        stdout_chunks: list[bytes] = []
-        reader = threading.Thread(
-            target=lambda: stdout_chunks.append(process.stdout.read() if process.stdout else b""),
-            daemon=True,
-        )
-        waiter = threading.Thread(target=reap, daemon=True)
-        reader.start()
-        waiter.start()
         try:
-            waiter.join(timeout)
-            if waiter.is_alive():
-                raise BenchError(f"{' '.join(command[:4])} timed out after {timeout:.0f} s")
-        finally:
-            if waiter.is_alive():
-                _kill_group(process.pid)
-                waiter.join(10)
-            process.returncode = os.waitstatus_to_exitcode(int(reaped.get("status", 9)))
-            reader.join(10)
-            if process.stdout is not None:
-                process.stdout.close()
-    usage, end = reaped["usage"], reaped["end"]
-    assert isinstance(usage, resource.struct_rusage)
-    assert isinstance(end, float)
+            stdout, _ = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _kill_group(process.pid)
+            process.communicate(timeout=10)
+            raise BenchError(f"{' '.join(command[:4])} timed out after {timeout:.0f} s") from None
     text = stderr_path.read_bytes()
     lines = text.splitlines()
+    if not report.exists():  # the command could not be started
+        raise BenchError(f"{' '.join(command[:4])} did not start:\n{text[-2000:].decode()}")
+    measured = json.loads(report.read_text())
+    report.unlink()
     return Timed(
-        seconds=end - started,
-        cpu_seconds=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024,  # KiB on Linux
-        returncode=process.returncode,
-        stdout=b"".join(stdout_chunks).decode(errors="replace"),
+        seconds=measured["seconds"],
+        cpu_seconds=measured["cpu"],
+        peak_rss_mb=measured["maxrss_kib"] / 1024,  # KiB on Linux
+        returncode=os.waitstatus_to_exitcode(measured["status"]),
+        stdout=stdout.decode(errors="replace"),
         stderr_lines=len(lines),
         stderr_tail=b"\n".join(lines[-5:]).decode(errors="replace"),
     )

@@ -124,6 +124,23 @@ def test_a_timed_child_reports_its_own_peak_rss_and_output(tmp_path: Path) -> No
     assert (again.returncode, again.stderr_lines, again.stderr_tail) == (3, 1, "x")
 
 
+def test_a_child_does_not_report_the_peak_rss_of_the_process_measuring_it(
+    tmp_path: Path,
+) -> None:
+    # Linux keeps the memory a child was forked from in its peak RSS across exec: the
+    # benchmark holds large snapshots, its children must not be charged for them.
+    ballast = bytearray(200 * 1024 * 1024)
+    ballast[::4096] = b"x" * len(ballast[::4096])
+    small = run_timed(
+        [sys.executable, "-c", "pass"],
+        env={},
+        cwd=tmp_path,
+        timeout=60,
+        stderr_path=tmp_path / "a.log",
+    )
+    assert small.peak_rss_mb < 100 < len(ballast) / 2**20
+
+
 def test_a_child_past_its_timeout_is_killed(tmp_path: Path) -> None:
     started = time.monotonic()
     with pytest.raises(BenchError, match="timed out"):

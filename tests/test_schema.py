@@ -17,7 +17,15 @@ from sqlalchemy.engine import URL, Engine
 from regionsync.errors import SchemaError
 from regionsync.models import Base, history_table, regions_table, runs_table
 from regionsync.runs import Counts
-from regionsync.schema import current_revision, downgrade, head_revision, migrate, require_current
+from regionsync.schema import (
+    HEAD,
+    current_revision,
+    downgrade,
+    head_revision,
+    migrate,
+    require_current,
+    script_head,
+)
 from tests.support import as_utc
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,6 +57,19 @@ def test_migrate_up_down_up(empty_engine: Engine) -> None:
 
     migrate(empty_engine)
     assert current_revision(empty_engine) == head_revision()
+
+
+def test_head_is_the_newest_migration() -> None:
+    # The schema check reads HEAD instead of loading Alembic: a new migration must bump it.
+    assert script_head() == HEAD == head_revision()
+
+
+def test_several_revisions_in_alembic_version_are_refused(empty_engine: Engine) -> None:
+    migrate(empty_engine)
+    with empty_engine.begin() as connection:
+        connection.exec_driver_sql("INSERT INTO alembic_version VALUES ('0000')")
+    with pytest.raises(SchemaError, match=rf"several schema revisions \(0000, {HEAD}\)"):
+        current_revision(empty_engine)
 
 
 def test_models_match_migrations(engine: Engine) -> None:
