@@ -13,7 +13,8 @@ stored value, a new one stores NULL; an explicit JSON null is a value like any o
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -44,6 +45,8 @@ OPTIONAL = (
 )
 
 _temp = sa.MetaData()
+#: Temporary tables; on PostgreSQL they go with the transaction (no DROP statements to send).
+_TEMPORARY: dict[str, Any] = {"prefixes": ["TEMPORARY"], "postgresql_on_commit": "DROP"}
 staged = sa.Table(
     "regionsync_staged",
     _temp,
@@ -59,19 +62,17 @@ staged = sa.Table(
     sa.Column("hosting_region", sa.Text),
     # Canonical JSON text; jsonb on PostgreSQL, so that it compares as a JSON value.
     sa.Column("raw", sa.Text().with_variant(JSONB(), "postgresql"), nullable=False),
-    prefixes=["TEMPORARY"],
+    **_TEMPORARY,
 )
 #: Ids of rejected records: their regions stay exactly as they are.
-held = sa.Table(
-    "regionsync_held", _temp, sa.Column("id", sa.Text, primary_key=True), prefixes=["TEMPORARY"]
-)
+held = sa.Table("regionsync_held", _temp, sa.Column("id", sa.Text, primary_key=True), **_TEMPORARY)
 #: (region, field) for each optional field a record omitted; usually empty.
 absent = sa.Table(
     "regionsync_absent",
     _temp,
     sa.Column("id", sa.Text, nullable=False),
     sa.Column("field", sa.Text, nullable=False),
-    prefixes=["TEMPORARY"],
+    **_TEMPORARY,
 )
 #: One row per region the snapshot changes, with its tracked values before and after.
 changes = sa.Table(
@@ -83,7 +84,7 @@ changes = sa.Table(
     sa.Column("carrier_enabled_after", sa.Boolean),
     sa.Column("hosting_region_before", sa.Text),
     sa.Column("hosting_region_after", sa.Text),
-    prefixes=["TEMPORARY"],
+    **_TEMPORARY,
 )
 TEMP_TABLES = (staged, held, absent, changes)
 
@@ -129,6 +130,11 @@ class Plan:
     @property
     def total(self) -> int:
         return sum(self.counts.values())
+
+    @property
+    def history_rows(self) -> int:
+        """The rows applying it writes to ``region_history`` (updates write none)."""
+        return self.total - self.counts["updated"]
 
 
 def stage(connection: Connection, snapshot: Snapshot) -> None:
@@ -210,6 +216,9 @@ def _keep_stored_values(connection: Connection) -> None:
 
 
 def unstage(connection: Connection) -> None:
+    """Drop the temporary tables (SQLite; PostgreSQL drops them at the transaction's end)."""
+    if connection.dialect.name == "postgresql":
+        return
     for table in TEMP_TABLES:
         connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
 
@@ -353,7 +362,7 @@ def _details(connection: Connection, limit: int | None) -> list[Change]:
     return found
 
 
-def apply(connection: Connection, *, run_id: int, at: datetime) -> None:
+def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -> None:
     """Write the planned changes: removals, new regions, updates, then the history rows.
 
     History goes last so that the rows of newly added regions exist for its foreign key.
@@ -367,14 +376,57 @@ def apply(connection: Connection, *, run_id: int, at: datetime) -> None:
     connection.execute(regions.insert().from_select(_COLUMNS, _rows(when, ("added",))))
     connection.execute(_upsert(connection, when))
     columns = [column.name for column in changes.columns]
-    connection.execute(
-        history.insert().from_select(
-            ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
-            sa.select(sa.literal(run_id, BigId), when, *changes.c)
-            .where(changes.c.kind != "updated")
-            .order_by(changes.c.region_id),
-        )
+    insert_history = history.insert().from_select(
+        ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
+        sa.select(sa.literal(run_id, BigId), when, *changes.c)
+        .where(changes.c.kind != "updated")
+        .order_by(changes.c.region_id),
     )
+    if planned.history_rows >= BULK_HISTORY_ROWS:
+        with foreign_keys_checked_once(connection, history.name):
+            connection.execute(insert_history)
+    else:
+        connection.execute(insert_history)
+
+
+BULK_HISTORY_ROWS = 10_000
+"""From this many history rows on, their foreign keys are checked once, not row by row."""
+
+
+@contextmanager
+def foreign_keys_checked_once(connection: Connection, table: str) -> Iterator[None]:
+    """Inside the block, ``table`` has no foreign keys; after it, they are added back as
+    they were (``pg_get_constraintdef``), which checks every row in one join.
+
+    PostgreSQL checks a foreign key with one query per inserted row: for an initial load of
+    100,000 regions that was half of the history insert. Adding the key back is the bulk
+    check its manual recommends for loading ("Populating a Database"). It all happens in
+    the caller's transaction: a row that broke a key fails the sync, and nothing is kept.
+    The exclusive lock it takes makes readers of the table wait until the sync commits.
+    Without the rights to alter the table (not its owner), the keys stay and are checked
+    row by row. PostgreSQL only; elsewhere the block simply runs.
+    """
+    if connection.dialect.name != "postgresql":
+        yield
+        return
+    keys = connection.exec_driver_sql(
+        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+        "WHERE conrelid = %(table)s::regclass AND contype = 'f' ORDER BY conname",
+        {"table": table},
+    ).all()
+    quote = connection.dialect.identifier_preparer.quote
+    target = quote(table)
+    try:
+        with connection.begin_nested():
+            if keys:
+                drops = ", ".join(f"DROP CONSTRAINT {quote(name)}" for name, _ in keys)
+                connection.exec_driver_sql(f"ALTER TABLE {target} {drops}")
+    except sa.exc.ProgrammingError:  # not the owner: keep the row-by-row checks
+        keys = []
+    yield
+    if keys:
+        adds = ", ".join(f"ADD CONSTRAINT {quote(name)} {definition}" for name, definition in keys)
+        connection.exec_driver_sql(f"ALTER TABLE {target} {adds}")
 
 
 _COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]

@@ -278,7 +278,7 @@ def _apply(
     with connection.begin():
         planned = _plan(connection, snapshot, guard, details)
         if planned.total:
-            changeset.apply(connection, run_id=run_id, at=snapshot.received_at)
+            changeset.apply(connection, planned, run_id=run_id, at=snapshot.received_at)
         changeset.unstage(connection)
         runs.finish_run(connection, run_id, status="succeeded", counts=_counts(snapshot, planned))
 
