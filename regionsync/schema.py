@@ -75,7 +75,7 @@ def current_revision(engine: Engine) -> str | None:
     """The revision in ``alembic_version`` (None: not migrated), found through the search
     path as Alembic finds it."""
     with translated_errors("reading the schema revision"), engine.connect() as connection:
-        if not sa.inspect(connection).has_table(VERSION_TABLE):
+        if not _has_version_table(connection):
             return None
         found = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").all()
     if len(found) > 1:
@@ -107,6 +107,17 @@ def downgrade(engine: Engine, revision: str = "base") -> None:
     with translated_errors("downgrading the database"), engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
+
+
+def _has_version_table(connection: sa.Connection) -> bool:
+    """Whether ``alembic_version`` is visible (one catalog query, not a reflection)."""
+    if connection.dialect.name == "postgresql":
+        found = connection.exec_driver_sql(f"SELECT to_regclass('{VERSION_TABLE}')").scalar()
+    else:
+        found = connection.exec_driver_sql(
+            f"SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{VERSION_TABLE}'"
+        ).scalar()
+    return found is not None
 
 
 def require_current(engine: Engine) -> None:
