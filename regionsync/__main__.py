@@ -1,3 +1,3 @@
-from regionsync.cli import main
+from regionsync.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())
