@@ -61,9 +61,11 @@ def _guarded(name: str, check: Callable[[], Outcome]) -> Outcome:
 
 
 def _schedule(settings: Settings) -> Outcome:
-    from regionsync.schedule import load
+    from regionsync.schedule import load_schedule
 
-    return _guarded("schedule", lambda: Outcome("schedule", True, load(settings).describe()))
+    return _guarded(
+        "schedule", lambda: Outcome("schedule", True, load_schedule(settings).describe())
+    )
 
 
 def _database(settings: Settings) -> Iterator[Outcome]:

@@ -316,7 +316,7 @@ def _json_value(value: Any) -> Any:
 
 
 def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
-    from regionsync.scheduler import run_daemon
+    from regionsync.daemon import run_daemon
 
     return run_daemon(settings)
 

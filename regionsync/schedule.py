@@ -453,7 +453,7 @@ def _longest_month(month: int) -> int:
     return 29 if month == 2 else calendar.monthrange(2001, month)[1]
 
 
-def load(settings: Settings) -> Schedule:
+def load_schedule(settings: Settings) -> Schedule:
     """The configured schedule, in the configured time zone."""
     return parse_schedule(settings.schedule, settings.timezone)
 
@@ -462,14 +462,14 @@ def next_fire_times(
     settings: Settings, count: int, *, now: datetime | None = None
 ) -> list[datetime]:
     """What ``regionsync schedule --count N`` prints: the next fire times after ``now``."""
-    return load(settings).next_fire_times(count, now=now or datetime.now(UTC))
+    return load_schedule(settings).next_fire_times(count, now=now or datetime.now(UTC))
 
 
 __all__ = [
     "CronSpec",
     "CrontabTrigger",
     "Schedule",
-    "load",
+    "load_schedule",
     "next_fire_times",
     "parse_crontab",
     "parse_schedule",

@@ -569,7 +569,7 @@ def test_status_healthz_and_metrics_report_the_backlog(
 
 def test_a_daemon_tick_delivers_and_counts(sqlite_engine: Engine, receiver: WebhookServer) -> None:
     from regionsync import schedule
-    from regionsync.scheduler import Daemon
+    from regionsync.daemon import Daemon
     from regionsync.sync import Guard
 
     settings = settings_for(
@@ -579,7 +579,7 @@ def test_a_daemon_tick_delivers_and_counts(sqlite_engine: Engine, receiver: Webh
     daemon = Daemon(
         sqlite_engine,
         ListSource([region("a")]),
-        schedule=schedule.load(settings),
+        schedule=schedule.load_schedule(settings),
         guard=Guard(),
         metrics=metrics,
         period=timedelta(minutes=15),

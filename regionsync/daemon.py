@@ -39,12 +39,12 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
-from regionsync import schedule as schedules
 from regionsync.daemon_health import DaemonHealth
 from regionsync.delivery import Notifier
 from regionsync.errors import ConfigError, RegionSyncError, StoreError
 from regionsync.metrics import DaemonMetrics, MetricsServer, failure_reason
 from regionsync.outbox import OutboxPolicy
+from regionsync.schedule import Schedule, load_schedule
 from regionsync.schema import require_current
 from regionsync.settings import Settings
 from regionsync.status import StatusReport, gather
@@ -63,7 +63,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises :class:`ConfigError` or
     :class:`~regionsync.errors.SchemaError` (exit 2) when it cannot start."""
-    schedule = schedules.load(settings)
+    schedule = load_schedule(settings)
     source = ApiSource(settings)
     period = schedule.period(now=datetime.now(UTC))
     engine = create_engine(settings)
@@ -141,7 +141,7 @@ class Daemon:
         engine: Engine,
         source: Source,
         *,
-        schedule: schedules.Schedule,
+        schedule: Schedule,
         guard: Guard,
         metrics: DaemonMetrics,
         period: timedelta,
