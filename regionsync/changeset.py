@@ -23,7 +23,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from regionsync.models import BigId, UTCDateTime, history_table, regions_table
+from regionsync.models import BigId, UTCDateTime, region_history, regions
 from regionsync.records import RegionRecord, Snapshot
 
 Kind = Literal["added", "changed", "updated", "removed", "restored"]
@@ -87,8 +87,6 @@ changes = sa.Table(
 )
 TEMP_TABLES = (staged, held, absent, changes)
 
-regions = regions_table
-history = history_table
 s = staged.alias("s")
 r = regions.alias("r")
 c = changes.alias("c")
@@ -368,7 +366,7 @@ def apply(connection: Connection, *, run_id: int, at: datetime) -> None:
     connection.execute(_upsert(connection, when))
     columns = [column.name for column in changes.columns]
     connection.execute(
-        history.insert().from_select(
+        region_history.insert().from_select(
             ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
             sa.select(sa.literal(run_id, BigId), when, *changes.c)
             .where(changes.c.kind != "updated")

@@ -291,8 +291,9 @@ Index(
     sqlite_where=RegionHistory.change.in_(("added", "restored")),
 )
 
-#: The tables as Core ``Table`` objects, for set-based statements.
-regions_table = cast(Table, Region.__table__)
-history_table = cast(Table, RegionHistory.__table__)
-runs_table = cast(Table, SyncRun.__table__)
-deliveries_table = cast(Table, NotificationDelivery.__table__)
+#: The tables as Core ``Table`` objects, for set-based statements: each one by its own
+#: name, the one every module uses.
+regions = cast(Table, Region.__table__)
+region_history = cast(Table, RegionHistory.__table__)
+sync_runs = cast(Table, SyncRun.__table__)
+notification_deliveries = cast(Table, NotificationDelivery.__table__)

@@ -8,9 +8,8 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from regionsync.models import runs_table
+from regionsync.models import sync_runs
 
-runs = runs_table
 ABANDONED = "abandoned: the process running it stopped before it finished"
 
 
@@ -35,11 +34,11 @@ def now() -> datetime:
 def open_run(connection: Connection, *, trigger: str, source: str) -> int:
     """Insert a ``running`` row; the caller commits it before the apply starts."""
     run_id: int = connection.execute(
-        runs.insert()
+        sync_runs.insert()
         .values(
             started_at=now(), status="running", trigger=trigger, source=source, **Counts().as_dict()
         )
-        .returning(runs.c.id)
+        .returning(sync_runs.c.id)
     ).scalar_one()
     return run_id
 
@@ -47,8 +46,8 @@ def open_run(connection: Connection, *, trigger: str, source: str) -> int:
 def close_abandoned(connection: Connection, *, except_run: int) -> int:
     """Mark runs left ``running`` by a killed process as failed; only under the sync lock."""
     result = connection.execute(
-        runs.update()
-        .where(runs.c.status == "running", runs.c.id != except_run)
+        sync_runs.update()
+        .where(sync_runs.c.status == "running", sync_runs.c.id != except_run)
         .values(status="failed", finished_at=now(), error=ABANDONED)
     )
     return result.rowcount
@@ -65,13 +64,13 @@ def finish_run(
     values: dict[str, object] = {"status": status, "finished_at": now(), "error": error}
     if counts is not None:
         values.update(counts.as_dict())
-    connection.execute(runs.update().where(runs.c.id == run_id).values(**values))
+    connection.execute(sync_runs.update().where(sync_runs.c.id == run_id).values(**values))
 
 
 def record_skipped(connection: Connection, *, trigger: str, source: str, reason: str) -> int:
     moment = now()
     run_id: int = connection.execute(
-        runs.insert()
+        sync_runs.insert()
         .values(
             started_at=moment,
             finished_at=moment,
@@ -81,12 +80,14 @@ def record_skipped(connection: Connection, *, trigger: str, source: str, reason:
             error=reason,
             **Counts().as_dict(),
         )
-        .returning(runs.c.id)
+        .returning(sync_runs.c.id)
     ).scalar_one()
     return run_id
 
 
 def recent(connection: Connection, limit: int = 10) -> list[sa.RowMapping]:
     return list(
-        connection.execute(sa.select(runs).order_by(runs.c.id.desc()).limit(limit)).mappings()
+        connection.execute(
+            sa.select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
+        ).mappings()
     )

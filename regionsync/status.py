@@ -14,11 +14,9 @@ from sqlalchemy.engine import Engine
 
 from regionsync import outbox, runs
 from regionsync.lock import LockHolder, lock_holder
-from regionsync.models import regions_table
+from regionsync.models import regions, sync_runs
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
-
-regions = regions_table
 
 
 @dataclass(frozen=True)
@@ -87,7 +85,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
             )
         ).one()
         last_success = connection.execute(
-            sa.select(sa.func.max(runs.runs.c.finished_at)).where(runs.runs.c.status == "succeeded")
+            sa.select(sa.func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded")
         ).scalar_one()
         deliveries = outbox.backlog(connection)
         failures = connection.execute(_consecutive_failures()).scalar_one()
@@ -106,7 +104,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
 
 
 def _consecutive_failures() -> sa.Select[Any]:
-    table = runs.runs
+    table = sync_runs
     last_success = (
         sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0))
         .where(table.c.status == "succeeded")

@@ -15,7 +15,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL, Engine
 
 from regionsync.errors import SchemaError
-from regionsync.models import Base, history_table, regions_table, runs_table
+from regionsync.models import Base, region_history, regions, sync_runs
 from regionsync.runs import Counts
 from regionsync.schema import (
     HEAD,
@@ -115,7 +115,7 @@ def _seed_history(engine: Engine, rows: list[tuple[int, str, bool | None, str | 
     """rows: (day, change, carrier_enabled_after, hosting_region_after) for region "r1"."""
     with engine.begin() as c:
         c.execute(
-            regions_table.insert().values(
+            regions.insert().values(
                 id="r1",
                 display_name="Region One",
                 carrier_enabled=True,
@@ -128,7 +128,7 @@ def _seed_history(engine: Engine, rows: list[tuple[int, str, bool | None, str | 
         for run, (day, change, enabled, hosting) in enumerate(rows, start=1):
             at = T0 + timedelta(days=day)
             c.execute(
-                runs_table.insert().values(
+                sync_runs.insert().values(
                     id=run,
                     started_at=at,
                     status="succeeded",
@@ -138,7 +138,7 @@ def _seed_history(engine: Engine, rows: list[tuple[int, str, bool | None, str | 
                 )
             )
             c.execute(
-                history_table.insert().values(
+                region_history.insert().values(
                     region_id="r1",
                     sync_run_id=run,
                     changed_at=at,
