@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -30,6 +30,11 @@ from regionsync.settings import (
     logging_hints,
     read_env_file,
 )
+
+if TYPE_CHECKING:
+    from regionsync.browse import Page
+    from regionsync.status import StatusReport
+    from regionsync.sync import SyncResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -145,7 +150,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             raise
         delivered = _deliver_notifications(engine, settings)
     if result.status == "skipped":
-        print(f"run {result.run_id} skipped: {result.error}")
+        print(f"run {result.run_id} skipped: {result.reason}")
         _print_if(delivered)
         return EXIT_OK
     print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}")
@@ -172,11 +177,11 @@ def _rejects_verdict(args: argparse.Namespace, rejected: int) -> int:
     return EXIT_OK
 
 
-def _counts(result: Any) -> str:
+def _counts(result: SyncResult) -> str:
     return ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
 
 
-def _print_plan(result: Any) -> None:
+def _print_plan(result: SyncResult) -> None:
     print(f"dry run, nothing written: {_counts(result)}")
     for change in result.changes:
         shown = "; ".join(
@@ -283,7 +288,7 @@ def _transition(before: Any, after: Any) -> str:
 
 def _print_page(
     args: argparse.Namespace,
-    page: Any,
+    page: Page,
     columns: Sequence[str],
     shown: Sequence[str],
     *,
@@ -346,8 +351,10 @@ def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _print_status(report: Any, max_age: timedelta, fresh: bool, *, brief: bool = False) -> None:
-    age = report.last_success_age
+def _print_status(
+    report: StatusReport, max_age: timedelta, fresh: bool, *, brief: bool = False
+) -> None:
+    age = report.freshness.age
     freshness = "never" if age is None else f"{format_duration(age)} ago"
     verdict = "fresh" if fresh else f"STALE (older than {format_duration(max_age)})"
     print(f"last success: {freshness} - {verdict}")
@@ -377,19 +384,19 @@ def _print_status(report: Any, max_age: timedelta, fresh: bool, *, brief: bool =
         "rejected",
         "error",
     )
-    rows = [header]
+    rows: list[tuple[str, ...]] = [header]
     for run in report.recent_runs:
         rows.append(
             (
-                str(run["id"]),
-                run["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                run["status"],
-                run["trigger"],
+                str(run.id),
+                run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+                run.status,
+                run.trigger,
                 *(
-                    str(run[k])
+                    str(getattr(run, k))
                     for k in ("fetched", "added", "changed", "removed", "restored", "rejected")
                 ),
-                terminal.clean(run["error"] or "", limit=None),
+                terminal.clean(run.error or "", limit=None),
             )
         )
     widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
@@ -652,8 +659,8 @@ def _print_if(line: str | None) -> None:
         print(line)
 
 
-def _print_backlog(report: Any) -> None:
-    backlog = getattr(report, "deliveries", None)
+def _print_backlog(report: StatusReport) -> None:
+    backlog = report.deliveries
     if backlog is None:
         return
     oldest = backlog.oldest_pending_at

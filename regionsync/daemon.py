@@ -225,9 +225,10 @@ class Daemon:
             )
         else:
             skipped = result.status == "skipped"
-            self.metrics.record_run(
-                result.status, None if skipped else result.duration, counts=result.counts
-            )
+            if skipped:
+                self.metrics.record_run("skipped", None, counts=result.counts)
+            else:
+                self.metrics.record_run("succeeded", result.duration, counts=result.counts)
         if not database_down:  # no second wait for a database that just failed to answer
             self.deliver_notifications()
             self.refresh_status()

@@ -18,7 +18,13 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from regionsync.durations import format_duration
-from regionsync.models import notification_deliveries, region_history, regions, sync_runs
+from regionsync.models import (
+    DeliveryStatus,
+    notification_deliveries,
+    region_history,
+    regions,
+    sync_runs,
+)
 from regionsync.runs import now as utcnow
 from regionsync.settings import NOTIFY_ON_CHOICES, NotificationSettings
 
@@ -221,7 +227,7 @@ def record_attempt(
     delivery_id: str,
     *,
     at: datetime,
-    status: str,
+    status: DeliveryStatus,
     error: str | None = None,
     next_attempt_at: datetime | None = None,
 ) -> None:
@@ -252,7 +258,9 @@ def reschedule(connection: Connection, delivery_id: str, *, at: datetime) -> Non
     )
 
 
-def make_retryable(connection: Connection, delivery_id: str, *, now: datetime) -> str | None:
+def make_retryable(
+    connection: Connection, delivery_id: str, *, now: datetime
+) -> DeliveryStatus | None:
     """``--retry``: a failed (or pending) delivery becomes pending and due now.
 
     Its ``created_at`` restarts the age limit. Returns its status before, None if unknown.

@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -21,6 +21,7 @@ from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
 from regionsync.logs import redact
+from regionsync.models import RunTrigger
 from regionsync.records import Snapshot
 from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
 from regionsync.runs import Counts
@@ -84,18 +85,18 @@ class ApiSource:
 
 @dataclass
 class SyncResult:
-    """How a sync ended: ``succeeded``, ``skipped``, or ``dry-run``.
+    """How a sync that did not fail ended (a failed one raises).
 
     ``changes`` are the first changes by region id, as many as the run logs (all of them
-    for a dry run); ``counts`` counts them all.
+    for a dry run); ``counts`` counts them all. ``reason`` says why a run was skipped.
     """
 
-    status: str
+    status: Literal["succeeded", "skipped", "dry-run"]
     run_id: int | None = None
     counts: Counts = field(default_factory=Counts)
     changes: list[Change] = field(default_factory=list)
     duration: float = 0.0
-    error: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def run_sync(
     engine: Engine,
     source: Source,
     *,
-    trigger: str = "cli",
+    trigger: RunTrigger = "cli",
     guard: Guard | None = None,
     notify: outbox.OutboxPolicy | None = None,
 ) -> SyncResult:
@@ -165,11 +166,11 @@ def run_sync(
     with collection.paused(), sync_lock(engine) as connection:
         if connection is None:
             with translated_errors("recording a skipped run"), engine.begin() as other:
-                run_id = runs.record_skipped(
-                    other, trigger=trigger, source=source.description, reason=SKIPPED_REASON
+                run_id = runs.open_run(
+                    other, trigger=trigger, source=source.description, skipped=SKIPPED_REASON
                 )
             log.info("sync.skipped", run_id=run_id, reason=SKIPPED_REASON)
-            return SyncResult("skipped", run_id, error=SKIPPED_REASON)
+            return SyncResult("skipped", run_id, reason=SKIPPED_REASON)
 
         with translated_errors("recording the run"), connection.begin():
             run_id = runs.open_run(connection, trigger=trigger, source=source.description)
