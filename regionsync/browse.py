@@ -129,10 +129,11 @@ def changes(
 def _page(
     engine: Engine, query: sa.Select[Any], counted: sa.Select[Any], limit: int, action: str
 ) -> Page:
-    require_current(engine)
-    with translated_errors(action), engine.connect() as connection:
-        rows = [dict(row) for row in connection.execute(query.limit(limit)).mappings()]
-        total = connection.execute(counted).scalar_one()
+    with translated_errors(action):
+        require_current(engine)
+        with engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query.limit(limit)).mappings()]
+            total = connection.execute(counted).scalar_one()
     return Page(rows=rows, total=total)
 
 

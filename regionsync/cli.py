@@ -675,7 +675,8 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.schema import require_current
     from regionsync.store import translated_errors
 
-    with _database(settings) as engine:
+    action = "reading the notifications" if args.retry is None else "retrying the delivery"
+    with _database(settings) as engine, translated_errors(action):
         require_current(engine)
         if args.retry is not None:
             notifier = Notifier.from_settings(engine, settings.notifications)
@@ -691,7 +692,7 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_OK
             print(f"{args.retry} not delivered; see `regionsync notifications`", file=sys.stderr)
             return EXIT_FAILED
-        with translated_errors("reading the notifications"), engine.connect() as connection:
+        with engine.connect() as connection:
             rows = undelivered(connection, limit=args.limit)
     if args.json:
         shown = [

@@ -48,7 +48,7 @@ from regionsync.schedule import Schedule, load_schedule
 from regionsync.schema import require_current
 from regionsync.settings import Settings
 from regionsync.status import StatusReport, gather
-from regionsync.store import create_engine
+from regionsync.store import create_engine, translated_errors
 from regionsync.sync import ApiSource, Guard, Source, run_sync
 
 logger = structlog.get_logger("regionsync.daemon")
@@ -110,7 +110,8 @@ def run_daemon(settings: Settings) -> int:
 def _check_database(engine: Engine) -> bool:
     """Refuse an unmigrated schema (exit 2); an unreachable database is only logged."""
     try:
-        require_current(engine)
+        with translated_errors("reading the schema revision"):
+            require_current(engine)
     except StoreError as error:
         logger.warning(
             "daemon.database_unavailable",

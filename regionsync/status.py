@@ -92,9 +92,10 @@ class StatusReport:
         }
 
 
+@translated_errors("reading the status")
 def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
     require_current(engine)
-    with translated_errors("reading the status"), engine.connect() as connection:
+    with engine.connect() as connection:
         recent = runs.recent(connection, limit)
         active, removed, enabled = connection.execute(
             sa.select(
