@@ -146,15 +146,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             result = run_sync(engine, source, trigger="cli", guard=guard, notify=notify)
         except RegionSyncError:
-            _print_if(_deliver_notifications(engine, settings))  # earlier runs' still go out
+            _print_notifications(engine, settings)  # earlier runs' still go out
             raise
-        delivered = _deliver_notifications(engine, settings)
-    if result.status == "skipped":
-        print(f"run {result.run_id} skipped: {result.reason}")
-        _print_if(delivered)
-        return EXIT_OK
-    print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}")
-    _print_if(delivered)
+        if result.status == "skipped":
+            print(f"run {result.run_id} skipped: {result.reason}")
+        else:
+            print(
+                f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}"
+            )
+        _print_notifications(engine, settings)
     return _rejects_verdict(args, result.counts.rejected)
 
 
@@ -371,41 +371,23 @@ def _print_status(
     if not report.recent_runs:
         print("no runs yet")
         return
-    header = (
-        "run",
-        "started (UTC)",
-        "status",
-        "trigger",
-        "fetched",
-        "added",
-        "changed",
-        "removed",
-        "restored",
-        "rejected",
-        "error",
-    )
-    rows: list[tuple[str, ...]] = [header]
-    for run in report.recent_runs:
-        rows.append(
-            (
-                str(run.id),
-                run.started_at.strftime("%Y-%m-%d %H:%M:%S"),
-                run.status,
-                run.trigger,
-                *(
-                    str(getattr(run, k))
-                    for k in ("fetched", "added", "changed", "removed", "restored", "rejected")
-                ),
-                terminal.clean(run.error or "", limit=None),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            + "  "
-            + row[-1]
-        )
+    cells = [
+        [terminal.cell(getattr(run, name), limit=None) for name in _RUN_COLUMNS.values()]
+        for run in report.recent_runs
+    ]
+    for line in terminal.table(list(_RUN_COLUMNS), cells):
+        print(line)
+
+
+#: The columns of ``status``'s table of runs: heading -> ``RunRow`` field.
+_RUN_COLUMNS = {
+    "run": "id",
+    "started (UTC)": "started_at",
+    "status": "status",
+    "trigger": "trigger",
+    **{name: name for name in ("fetched", "added", "changed", "removed", "restored", "rejected")},
+    "error": "error",
+}
 
 
 def _duration(text: str) -> timedelta:
@@ -643,20 +625,17 @@ def build_parser() -> argparse.ArgumentParser:
 # Notifications (see README, *Notifications*) ---------------------------------------------
 
 
-def _deliver_notifications(engine: Engine, settings: Settings) -> str | None:
-    """After a run: deliver what is pending, within its deadline; never fails the run."""
+def _print_notifications(engine: Engine, settings: Settings) -> None:
+    """After a run: deliver what is pending, within its deadline, and say what happened;
+    never fails the run."""
     from regionsync.delivery import Notifier
 
     notifier = Notifier.from_settings(engine, settings.notifications)
     if notifier is None:
-        return None
+        return
     counts = {k: v for k, v in notifier.deliver_pending().summary().items() if v}
-    return "notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else None
-
-
-def _print_if(line: str | None) -> None:
-    if line is not None:
-        print(line)
+    if counts:
+        print("notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
 def _print_backlog(report: StatusReport) -> None:
@@ -695,10 +674,7 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> int:
         with engine.connect() as connection:
             rows = undelivered(connection, limit=args.limit)
     if args.json:
-        shown = [
-            {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
-            for row in rows
-        ]
+        shown = [{k: _json_value(v) for k, v in row.items()} for row in rows]
         print(json.dumps(shown, indent=2))
         return EXIT_OK
     if not rows:

@@ -78,7 +78,6 @@ class PassReport:
     expired: list[str] = field(default_factory=list)
     retried_attempts: int = 0
     skipped: bool = False
-    timed_out: bool = False
 
     def summary(self) -> dict[str, int]:
         return {
@@ -131,7 +130,6 @@ class Notifier:
         worker.start()
         worker.join(self.policy.deadline + 1.0)
         if worker.is_alive():
-            report.timed_out = True
             logger.warning(
                 "notify.deadline_exceeded",
                 deadline_s=self.policy.deadline,

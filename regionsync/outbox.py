@@ -250,14 +250,6 @@ def record_attempt(
     )
 
 
-def reschedule(connection: Connection, delivery_id: str, *, at: datetime) -> None:
-    connection.execute(
-        notification_deliveries.update()
-        .where(notification_deliveries.c.id == delivery_id)
-        .values(next_attempt_at=at)
-    )
-
-
 def make_retryable(
     connection: Connection, delivery_id: str, *, now: datetime
 ) -> DeliveryStatus | None:

@@ -117,13 +117,6 @@ class CronSpec:
         """The minutes after midnight it fires at, in order."""
         return sorted(h * 60 + m for h in self.hours for m in self.minutes)
 
-    def matches_day(self, day: date) -> bool:
-        if day.month not in self.months:
-            return False
-        in_days = day.day in self.days
-        in_weekdays = day.isoweekday() % 7 in self.weekdays
-        return in_days or in_weekdays if self.either_day else in_days and in_weekdays
-
     def matching_days(self, start: date, count: int) -> Iterator[date]:
         """The days it fires on among the ``count`` days from ``start``, in order.
 
