@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -55,16 +55,10 @@ RUN_OUTCOMES: tuple[RunOutcome, ...] = get_args(RunOutcome)
 #: ``rejected``: any other permanent refusal or unusable answer (404, RCS405, a bad body);
 #: ``timeout`` and ``transient``: retries spent; ``guard``: a safety guard stopped the apply;
 #: ``database``: the database failed or is not migrated; ``internal``: a bug.
-FAILURE_REASONS = (
-    "auth",
-    "channel_disabled",
-    "rejected",
-    "timeout",
-    "transient",
-    "guard",
-    "database",
-    "internal",
-)
+FailureReason = Literal[
+    "auth", "channel_disabled", "rejected", "timeout", "transient", "guard", "database", "internal"
+]
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
 #: The region changes counted per kind, as :class:`~regionsync.runs.Counts` counts them
 #: (``changed`` includes the untracked-field updates).
 CHANGE_KINDS: tuple[HistoryChange, ...] = get_args(HistoryChange)
@@ -79,7 +73,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def failure_reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> FailureReason:
     """The ``reason`` label of a failed run: one of :data:`FAILURE_REASONS`."""
     if isinstance(error, GuardError):
         return "guard"
@@ -224,7 +218,7 @@ class DaemonMetrics:
         status: RunOutcome,
         duration: float | None,
         *,
-        reason: str = "internal",
+        reason: FailureReason = "internal",
         counts: Counts | None = None,
     ) -> None:
         """Count one attempt; ``duration`` is None for a skipped one (nothing was synced).
