@@ -14,7 +14,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from regionsync.models import history_table, regions_table
+from regionsync import models
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
 
@@ -70,7 +70,7 @@ def regions(
 ) -> Page:
     """Regions by display name: the present ones (``active``) unless ``state`` says
     otherwise; ``enabled``/``disabled`` are present regions by ``carrier_enabled``."""
-    table = regions_table
+    table = models.regions
     conditions: list[sa.ColumnElement[bool]] = []
     if state in ("active", "enabled", "disabled"):
         conditions.append(table.c.removed_at.is_(None))
@@ -99,7 +99,7 @@ def changes(
     limit: int = 100,
 ) -> Page:
     """History rows, newest first, with the region's current display name."""
-    history, table = history_table, regions_table
+    history, table = models.region_history, models.regions
     conditions: list[sa.ColumnElement[bool]] = []
     if since is not None:
         conditions.append(history.c.changed_at >= since)
@@ -129,10 +129,11 @@ def changes(
 def _page(
     engine: Engine, query: sa.Select[Any], counted: sa.Select[Any], limit: int, action: str
 ) -> Page:
-    require_current(engine)
-    with translated_errors(action), engine.connect() as connection:
-        rows = [dict(row) for row in connection.execute(query.limit(limit)).mappings()]
-        total = connection.execute(counted).scalar_one()
+    with translated_errors(action):
+        require_current(engine)
+        with engine.connect() as connection:
+            rows = [dict(row) for row in connection.execute(query.limit(limit)).mappings()]
+            total = connection.execute(counted).scalar_one()
     return Page(rows=rows, total=total)
 
 

@@ -24,7 +24,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from regionsync.models import BigId, UTCDateTime, history_table, regions_table
+from regionsync.models import BigId, UTCDateTime, region_history, regions
 from regionsync.records import RegionRecord, Snapshot
 
 Kind = Literal["added", "changed", "updated", "removed", "restored"]
@@ -88,8 +88,6 @@ changes = sa.Table(
 )
 TEMP_TABLES = (staged, held, absent, changes)
 
-regions = regions_table
-history = history_table
 s = staged.alias("s")
 r = regions.alias("r")
 c = changes.alias("c")
@@ -376,14 +374,14 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
     connection.execute(regions.insert().from_select(_COLUMNS, _rows(when, ("added",))))
     connection.execute(_upsert(connection, when))
     columns = [column.name for column in changes.columns]
-    insert_history = history.insert().from_select(
+    insert_history = region_history.insert().from_select(
         ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
         sa.select(sa.literal(run_id, BigId), when, *changes.c)
         .where(changes.c.kind != "updated")
         .order_by(changes.c.region_id),
     )
     if planned.history_rows >= BULK_HISTORY_ROWS:
-        with foreign_keys_checked_once(connection, history.name):
+        with foreign_keys_checked_once(connection, region_history.name):
             connection.execute(insert_history)
     else:
         connection.execute(insert_history)

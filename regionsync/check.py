@@ -21,9 +21,9 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from regionsync.errors import RegionSyncError
+from regionsync.errors import RegionSyncError, StoreError
 from regionsync.settings import Settings
-from regionsync.store import describe_db_error
+from regionsync.store import translated_errors
 
 #: One quick attempt: a probe should answer in seconds, not wait out the sync's retries.
 KALEYRA_SECONDS = 20.0
@@ -61,9 +61,11 @@ def _guarded(name: str, check: Callable[[], Outcome]) -> Outcome:
 
 
 def _schedule(settings: Settings) -> Outcome:
-    from regionsync.schedule import load
+    from regionsync.schedule import load_schedule
 
-    return _guarded("schedule", lambda: Outcome("schedule", True, load(settings).describe()))
+    return _guarded(
+        "schedule", lambda: Outcome("schedule", True, load_schedule(settings).describe())
+    )
 
 
 def _database(settings: Settings) -> Iterator[Outcome]:
@@ -74,11 +76,11 @@ def _database(settings: Settings) -> Iterator[Outcome]:
             yield Outcome("database", False, f"{path} does not exist yet: run `regionsync migrate`")
             return
     try:
-        with _read_only(settings) as connection:
+        with translated_errors(shown), _read_only(settings) as connection:
             server = _server_version(connection)
             current = MigrationContext.configure(connection).get_current_revision()
-    except sa.exc.SQLAlchemyError as error:
-        yield Outcome("database", False, f"{shown}: {describe_db_error(error)}")
+    except StoreError as error:
+        yield Outcome("database", False, str(error))
         return
     yield Outcome("database", True, f"{shown} answers ({server})")
     yield _revision(current)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -31,6 +31,11 @@ from regionsync.settings import (
     logging_hints,
     read_env_file,
 )
+
+if TYPE_CHECKING:
+    from regionsync.browse import Page
+    from regionsync.status import StatusReport
+    from regionsync.sync import SyncResult
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -142,15 +147,15 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             result = run_sync(engine, source, trigger="cli", guard=guard, notify=notify)
         except RegionSyncError:
-            _print_if(_deliver_notifications(engine, settings))  # earlier runs' still go out
+            _print_notifications(engine, settings)  # earlier runs' still go out
             raise
-        delivered = _deliver_notifications(engine, settings)
-    if result.status == "skipped":
-        print(f"run {result.run_id} skipped: {result.error}")
-        _print_if(delivered)
-        return EXIT_OK
-    print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}")
-    _print_if(delivered)
+        if result.status == "skipped":
+            print(f"run {result.run_id} skipped: {result.reason}")
+        else:
+            print(
+                f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}"
+            )
+        _print_notifications(engine, settings)
     return _rejects_verdict(args, result.counts.rejected)
 
 
@@ -173,11 +178,11 @@ def _rejects_verdict(args: argparse.Namespace, rejected: int) -> int:
     return EXIT_OK
 
 
-def _counts(result: Any) -> str:
+def _counts(result: SyncResult) -> str:
     return ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
 
 
-def _print_plan(result: Any) -> None:
+def _print_plan(result: SyncResult) -> None:
     print(f"dry run, nothing written: {_counts(result)}")
     for change in result.changes:
         shown = "; ".join(
@@ -284,7 +289,7 @@ def _transition(before: Any, after: Any) -> str:
 
 def _print_page(
     args: argparse.Namespace,
-    page: Any,
+    page: Page,
     columns: Sequence[str],
     shown: Sequence[str],
     *,
@@ -317,7 +322,7 @@ def _json_value(value: Any) -> Any:
 
 
 def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
-    from regionsync.scheduler import run_daemon
+    from regionsync.daemon import run_daemon
 
     return run_daemon(settings)
 
@@ -347,8 +352,10 @@ def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
     return EXIT_OK
 
 
-def _print_status(report: Any, max_age: timedelta, fresh: bool, *, brief: bool = False) -> None:
-    age = report.last_success_age
+def _print_status(
+    report: StatusReport, max_age: timedelta, fresh: bool, *, brief: bool = False
+) -> None:
+    age = report.freshness.age
     freshness = "never" if age is None else f"{format_duration(age)} ago"
     verdict = "fresh" if fresh else f"STALE (older than {format_duration(max_age)})"
     print(f"last success: {freshness} - {verdict}")
@@ -365,41 +372,23 @@ def _print_status(report: Any, max_age: timedelta, fresh: bool, *, brief: bool =
     if not report.recent_runs:
         print("no runs yet")
         return
-    header = (
-        "run",
-        "started (UTC)",
-        "status",
-        "trigger",
-        "fetched",
-        "added",
-        "changed",
-        "removed",
-        "restored",
-        "rejected",
-        "error",
-    )
-    rows = [header]
-    for run in report.recent_runs:
-        rows.append(
-            (
-                str(run["id"]),
-                run["started_at"].strftime("%Y-%m-%d %H:%M:%S"),
-                run["status"],
-                run["trigger"],
-                *(
-                    str(run[k])
-                    for k in ("fetched", "added", "changed", "removed", "restored", "rejected")
-                ),
-                terminal.clean(run["error"] or "", limit=None),
-            )
-        )
-    widths = [max(len(row[i]) for row in rows) for i in range(len(header) - 1)]
-    for row in rows:
-        print(
-            "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=False))
-            + "  "
-            + row[-1]
-        )
+    cells = [
+        [terminal.cell(getattr(run, name), limit=None) for name in _RUN_COLUMNS.values()]
+        for run in report.recent_runs
+    ]
+    for line in terminal.table(list(_RUN_COLUMNS), cells):
+        print(line)
+
+
+#: The columns of ``status``'s table of runs: heading -> ``RunRow`` field.
+_RUN_COLUMNS = {
+    "run": "id",
+    "started (UTC)": "started_at",
+    "status": "status",
+    "trigger": "trigger",
+    **{name: name for name in ("fetched", "added", "changed", "removed", "restored", "rejected")},
+    "error": "error",
+}
 
 
 def _duration(text: str) -> timedelta:
@@ -637,24 +626,21 @@ def build_parser() -> argparse.ArgumentParser:
 # Notifications (see README, *Notifications*) ---------------------------------------------
 
 
-def _deliver_notifications(engine: Engine, settings: Settings) -> str | None:
-    """After a run: deliver what is pending, within its deadline; never fails the run."""
+def _print_notifications(engine: Engine, settings: Settings) -> None:
+    """After a run: deliver what is pending, within its deadline, and say what happened;
+    never fails the run."""
     from regionsync.delivery import Notifier
 
     notifier = Notifier.from_settings(engine, settings.notifications)
     if notifier is None:
-        return None
+        return
     counts = {k: v for k, v in notifier.deliver_pending().summary().items() if v}
-    return "notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()) if counts else None
+    if counts:
+        print("notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
-def _print_if(line: str | None) -> None:
-    if line is not None:
-        print(line)
-
-
-def _print_backlog(report: Any) -> None:
-    backlog = getattr(report, "deliveries", None)
+def _print_backlog(report: StatusReport) -> None:
+    backlog = report.deliveries
     if backlog is None:
         return
     oldest = backlog.oldest_pending_at
@@ -669,7 +655,8 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.schema import require_current
     from regionsync.store import translated_errors
 
-    with _database(settings) as engine:
+    action = "reading the notifications" if args.retry is None else "retrying the delivery"
+    with _database(settings) as engine, translated_errors(action):
         require_current(engine)
         if args.retry is not None:
             notifier = Notifier.from_settings(engine, settings.notifications)
@@ -685,13 +672,10 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> int:
                 return EXIT_OK
             print(f"{args.retry} not delivered; see `regionsync notifications`", file=sys.stderr)
             return EXIT_FAILED
-        with translated_errors("reading the notifications"), engine.connect() as connection:
+        with engine.connect() as connection:
             rows = undelivered(connection, limit=args.limit)
     if args.json:
-        shown = [
-            {k: v.isoformat() if hasattr(v, "isoformat") else v for k, v in row.items()}
-            for row in rows
-        ]
+        shown = [{k: _json_value(v) for k, v in row.items()} for row in rows]
         print(json.dumps(shown, indent=2))
         return EXIT_OK
     if not rows:

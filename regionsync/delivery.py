@@ -22,7 +22,6 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
@@ -32,7 +31,7 @@ from regionsync.errors import RegionSyncError
 from regionsync.lock import exclusive
 from regionsync.runs import now as utcnow
 from regionsync.settings import NotificationSettings
-from regionsync.store import describe_db_error
+from regionsync.store import translated_errors
 from regionsync.webhooks import WebhookClient
 
 logger = structlog.get_logger("regionsync.notify")
@@ -79,7 +78,6 @@ class PassReport:
     expired: list[str] = field(default_factory=list)
     retried_attempts: int = 0
     skipped: bool = False
-    timed_out: bool = False
 
     def summary(self) -> dict[str, int]:
         return {
@@ -132,7 +130,6 @@ class Notifier:
         worker.start()
         worker.join(self.policy.deadline + 1.0)
         if worker.is_alive():
-            report.timed_out = True
             logger.warning(
                 "notify.deadline_exceeded",
                 deadline_s=self.policy.deadline,
@@ -142,12 +139,10 @@ class Notifier:
 
     def _guarded_pass(self, report: PassReport, deadline: float, only: str | None) -> None:
         try:
-            self._pass(report, deadline, only)
-        except (RegionSyncError, sa.exc.SQLAlchemyError) as error:
-            message = (
-                describe_db_error(error) if isinstance(error, sa.exc.SQLAlchemyError) else error
-            )
-            logger.warning("notify.pass_failed", error=str(message))
+            with translated_errors("delivering notifications"):
+                self._pass(report, deadline, only)
+        except RegionSyncError as error:
+            logger.warning("notify.pass_failed", error=str(error))
         except Exception as error:  # noqa: BLE001 - a delivery must never take the sync down
             # No traceback: its frames' locals may hold the signing key.
             logger.error("notify.pass_failed", error=f"internal error: {type(error).__name__}")
@@ -255,4 +250,4 @@ class Notifier:
 
 def delivery_lock(engine: Engine) -> AbstractContextManager[Connection | None]:
     """One delivery pass at a time, apart from the sync lock so a delivery never skips a sync."""
-    return exclusive(engine, name="the delivery lock", key=DELIVERY_LOCK_KEY, suffix=".notify.lock")
+    return exclusive(engine, key=DELIVERY_LOCK_KEY, suffix=".notify.lock")

@@ -1,7 +1,9 @@
 """The one exception tree of regionsync.
 
-Foreign errors (requests, psycopg, SQLAlchemy) are translated where they are met; the CLI
-turns this tree into exit codes in one place, using ``exit_code``::
+Foreign errors are translated at one boundary each: requests' where Kaleyra (or the
+webhook) is called, SQLAlchemy's (and psycopg's, which it wraps) at each public entry point
+that uses the database (:func:`regionsync.store.translated_errors`). The CLI turns this
+tree into exit codes in one place, using ``exit_code``::
 
     RegionSyncError                 exit 1
     ├── ConfigError                 exit 2  a setting is missing or malformed

@@ -60,18 +60,11 @@ class BoundedHTTPServer(ThreadingHTTPServer):
         self._slots = threading.BoundedSemaphore(max_connections)
         self._open: dict[socket.socket, float] = {}
         self._open_lock = threading.Lock()
-        self.refused = 0
         super().__init__(address, handler)
 
     @property
     def port(self) -> int:
         return int(self.server_address[1])
-
-    @property
-    def connections(self) -> int:
-        """Connections being served now."""
-        with self._open_lock:
-            return len(self._open)
 
     def get_request(self) -> tuple[socket.socket, Any]:
         try:
@@ -83,7 +76,6 @@ class BoundedHTTPServer(ThreadingHTTPServer):
 
     def process_request(self, request: Any, client_address: Any) -> None:
         if not self._slots.acquire(blocking=False):
-            self.refused += 1
             self.shutdown_request(request)
             return
         request.settimeout(self.idle_timeout)

@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from regionsync.store import connection_schema, sqlite_path, translated_errors
+from regionsync.store import connection_schema, sqlite_path
 
 #: The advisory lock key: "regionsy" as a 64-bit integer, so other apps are unlikely to clash.
 ADVISORY_LOCK_KEY = int.from_bytes(b"regionsy", "big", signed=True)
@@ -96,14 +96,17 @@ def sync_lock(engine: Engine) -> Iterator[Connection | None]:
 
     The yielded connection has no transaction open; the caller begins and commits its own.
     """
-    with exclusive(engine, name="the sync lock", key=ADVISORY_LOCK_KEY, suffix=".lock") as c:
-        yield c
+    with exclusive(engine, key=ADVISORY_LOCK_KEY, suffix=".lock") as connection:
+        yield connection
 
 
 @contextmanager
-def exclusive(engine: Engine, *, name: str, key: int, suffix: str) -> Iterator[Connection | None]:
+def exclusive(engine: Engine, *, key: int, suffix: str) -> Iterator[Connection | None]:
     """One holder at a time of the lock ``key`` (per schema), or of the file ``<db>{suffix}``
-    on SQLite; yields a connection without a transaction, or None when it is held."""
+    on SQLite; yields a connection without a transaction, or None when it is held.
+
+    Database errors pass through as SQLAlchemy's: the caller's entry point translates them.
+    """
     path = sqlite_path(engine)
     if path is not None:
         with _file_lock(path.with_name(path.name + suffix)) as acquired:
@@ -114,15 +117,13 @@ def exclusive(engine: Engine, *, name: str, key: int, suffix: str) -> Iterator[C
                 yield connection
         return
 
-    with translated_errors("connecting to the database"):
-        connection = engine.connect()
+    connection = engine.connect()
     key = advisory_lock_key(connection_schema(connection), key)
     try:
-        with translated_errors(f"taking {name}"):
-            acquired = connection.execute(
-                text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
-            ).scalar_one()
-            connection.commit()
+        acquired = connection.execute(
+            text("SELECT pg_try_advisory_lock(:key)"), {"key": key}
+        ).scalar_one()
+        connection.commit()
         if not acquired:
             yield None
             return
@@ -168,7 +169,8 @@ def _release_advisory(connection: Connection, key: int) -> None:
         connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": key})
         connection.commit()
     except SQLAlchemyError:
-        # A dead connection has released its session's lock already; drop it from the pool.
+        # Deliberate, not a translation: a dead connection has released its session's lock
+        # already, so there is nothing to report; drop it from the pool.
         connection.invalidate()
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, Literal, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -44,28 +44,24 @@ from regionsync.errors import (
     TransientSourceError,
 )
 from regionsync.httpserver import LOOPBACK, BoundedHTTPServer, ServerThread
+from regionsync.models import HistoryChange, RunOutcome
 from regionsync.outbox import Backlog
 from regionsync.runs import Counts
-from regionsync.status import StatusReport
+from regionsync.status import Freshness, StatusReport
 
-RUN_STATUSES = ("succeeded", "failed", "skipped")
+RUN_OUTCOMES: tuple[RunOutcome, ...] = get_args(RunOutcome)
 #: The ``reason`` of a failed run: the error's class, never its message, so the label stays
 #: bounded. ``auth``: 401/403; ``channel_disabled``: RCS601 / RCS_CHANNEL_DISABLED;
 #: ``rejected``: any other permanent refusal or unusable answer (404, RCS405, a bad body);
 #: ``timeout`` and ``transient``: retries spent; ``guard``: a safety guard stopped the apply;
 #: ``database``: the database failed or is not migrated; ``internal``: a bug.
-FAILURE_REASONS = (
-    "auth",
-    "channel_disabled",
-    "rejected",
-    "timeout",
-    "transient",
-    "guard",
-    "database",
-    "internal",
-)
-#: The region changes counted per kind (``changed`` includes the untracked-field updates).
-CHANGE_KINDS = ("added", "changed", "removed", "restored")
+FailureReason = Literal[
+    "auth", "channel_disabled", "rejected", "timeout", "transient", "guard", "database", "internal"
+]
+FAILURE_REASONS: tuple[FailureReason, ...] = get_args(FailureReason)
+#: The region changes counted per kind, as :class:`~regionsync.runs.Counts` counts them
+#: (``changed`` includes the untracked-field updates).
+CHANGE_KINDS: tuple[HistoryChange, ...] = get_args(HistoryChange)
 CHANNEL_DISABLED_CODES = frozenset({"RCS601", "RCS_CHANNEL_DISABLED"})
 DURATION_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 
@@ -77,7 +73,7 @@ def _utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-def failure_reason(error: BaseException) -> str:
+def failure_reason(error: BaseException) -> FailureReason:
     """The ``reason`` label of a failed run: one of :data:`FAILURE_REASONS`."""
     if isinstance(error, GuardError):
         return "guard"
@@ -130,7 +126,7 @@ class DaemonMetrics:
             ["status"],
             registry=self.registry,
         )
-        for status in RUN_STATUSES:
+        for status in RUN_OUTCOMES:
             self._runs.labels(status=status)
         self._failures = Counter(
             "regionsync_sync_failures",
@@ -219,10 +215,10 @@ class DaemonMetrics:
 
     def record_run(
         self,
-        status: str,
+        status: RunOutcome,
         duration: float | None,
         *,
-        reason: str = "internal",
+        reason: FailureReason = "internal",
         counts: Counts | None = None,
     ) -> None:
         """Count one attempt; ``duration`` is None for a skipped one (nothing was synced).
@@ -277,12 +273,11 @@ class DaemonMetrics:
         with self._lock:
             last, report = self._last_success_at, self._report
             failures = self._recorded_failures + self._failures_since
-        age = None if last is None else (now - last).total_seconds()
-        fresh = age is not None and age < self.max_age.total_seconds()
+        freshness = Freshness(last, now)
+        fresh = freshness.is_fresh(self.max_age)
         body = {
             "status": "ok" if fresh else "stale",
-            "last_success_at": None if last is None else last.isoformat(),
-            "last_success_age_seconds": None if age is None else round(age, 3),
+            **freshness.as_json(),
             "max_age_seconds": self.max_age.total_seconds(),
             "consecutive_failures": failures,
             "active_regions": report.active_regions if report else None,

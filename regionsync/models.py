@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, Literal, cast, get_args
 
 from sqlalchemy import (
     JSON,
@@ -38,10 +38,19 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-CHANGE_KINDS = ("added", "changed", "removed", "restored")
-RUN_STATUSES = ("running", "succeeded", "failed", "skipped")
-RUN_TRIGGERS = ("cli", "daemon")
-DELIVERY_STATUSES = ("pending", "delivered", "failed")
+# The closed sets of the tables' text columns: each CHECK constraint below is generated
+# from its type, and the code and the metrics use the same types.
+
+HistoryChange = Literal["added", "changed", "removed", "restored"]
+"""``region_history.change``: ``changed`` means a tracked field changed."""
+RunOutcome = Literal["succeeded", "failed", "skipped"]
+"""How a finished run ended (``skipped``: another sync held the lock)."""
+RunStatus = Literal["running", RunOutcome]
+"""``sync_runs.status``: ``running`` until the run ends."""
+RunTrigger = Literal["cli", "daemon"]
+"""``sync_runs.trigger``: what started the run."""
+DeliveryStatus = Literal["pending", "delivered", "failed"]
+"""``notification_deliveries.status``: ``failed`` means given up."""
 
 
 def canonical_json(value: Any) -> str:
@@ -78,15 +87,17 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
-def _in(column: str, values: tuple[str, ...]) -> str:
-    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+def _in(column: str, values: Any) -> str:
+    """The CHECK text allowing a ``Literal`` type's members, in their order (as the
+    migrations spell it out)."""
+    return f"{column} IN ({', '.join(repr(v) for v in get_args(values))})"
 
 
 class SyncRun(Base):
     __tablename__ = "sync_runs"
     __table_args__ = (
-        CheckConstraint(_in("status", RUN_STATUSES), name="status"),
-        CheckConstraint(_in("trigger", RUN_TRIGGERS), name="trigger"),
+        CheckConstraint(_in("status", RunStatus), name="status"),
+        CheckConstraint(_in("trigger", RunTrigger), name="trigger"),
         Index(None, "status", "started_at"),
         {"comment": "One row per sync attempt: when, how it ended, and what it counted."},
     )
@@ -98,10 +109,10 @@ class SyncRun(Base):
     finished_at: Mapped[datetime | None] = mapped_column(
         UTCDateTime, comment="When the run ended (UTC); NULL while running."
     )
-    status: Mapped[str] = mapped_column(
+    status: Mapped[RunStatus] = mapped_column(
         Text, comment="running, succeeded, failed, or skipped (another sync held the lock)."
     )
-    trigger: Mapped[str] = mapped_column(
+    trigger: Mapped[RunTrigger] = mapped_column(
         Text, comment="What started the run: cli (regionsync run) or daemon."
     )
     source: Mapped[str] = mapped_column(
@@ -180,7 +191,7 @@ class RegionHistory(Base):
     __tablename__ = "region_history"
     __table_args__ = (
         UniqueConstraint("region_id", "sync_run_id"),
-        CheckConstraint(_in("change", CHANGE_KINDS), name="change"),
+        CheckConstraint(_in("change", HistoryChange), name="change"),
         Index(None, "changed_at"),
         Index(None, "sync_run_id"),
         {
@@ -201,7 +212,9 @@ class RegionHistory(Base):
     changed_at: Mapped[datetime] = mapped_column(
         UTCDateTime, comment="When that sync received its snapshot (UTC); one value per run."
     )
-    change: Mapped[str] = mapped_column(Text, comment="added, changed, removed, or restored.")
+    change: Mapped[HistoryChange] = mapped_column(
+        Text, comment="added, changed, removed, or restored."
+    )
     carrier_enabled_before: Mapped[bool | None] = mapped_column(
         Boolean, comment="carrier_enabled before the change; NULL when the region was absent."
     )
@@ -222,7 +235,7 @@ class NotificationDelivery(Base):
     __tablename__ = "notification_deliveries"
     __table_args__ = (
         UniqueConstraint("sync_run_id", "part"),
-        CheckConstraint(_in("status", DELIVERY_STATUSES), name="status"),
+        CheckConstraint(_in("status", DeliveryStatus), name="status"),
         Index(None, "status", "next_attempt_at"),
         {
             "comment": "The notification outbox: one row per webhook delivery of a sync's "
@@ -251,7 +264,7 @@ class NotificationDelivery(Base):
         UTCDateTime,
         comment="When the sync's transaction wrote it, or an operator last retried it (UTC).",
     )
-    status: Mapped[str] = mapped_column(
+    status: Mapped[DeliveryStatus] = mapped_column(
         Text,
         comment="pending (not yet accepted by the receiver), delivered, or failed (given up).",
     )
@@ -291,8 +304,9 @@ Index(
     sqlite_where=RegionHistory.change.in_(("added", "restored")),
 )
 
-#: The tables as Core ``Table`` objects, for set-based statements.
-regions_table = cast(Table, Region.__table__)
-history_table = cast(Table, RegionHistory.__table__)
-runs_table = cast(Table, SyncRun.__table__)
-deliveries_table = cast(Table, NotificationDelivery.__table__)
+#: The tables as Core ``Table`` objects, for set-based statements: each one by its own
+#: name, the one every module uses.
+regions = cast(Table, Region.__table__)
+region_history = cast(Table, RegionHistory.__table__)
+sync_runs = cast(Table, SyncRun.__table__)
+notification_deliveries = cast(Table, NotificationDelivery.__table__)

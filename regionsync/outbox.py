@@ -18,11 +18,16 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from regionsync.durations import format_duration
-from regionsync.models import deliveries_table, history_table, regions_table, runs_table
+from regionsync.models import (
+    DeliveryStatus,
+    notification_deliveries,
+    region_history,
+    regions,
+    sync_runs,
+)
 from regionsync.runs import now as utcnow
 from regionsync.settings import NOTIFY_ON_CHOICES, NotificationSettings
 
-deliveries = deliveries_table
 CHANNEL = "regionsync_changes"
 EVENT_TYPE = "regions.changed"
 #: A run's changes are split into several deliveries past either limit.
@@ -58,7 +63,7 @@ def enqueue(connection: Connection, *, run_id: int, policy: OutboxPolicy | None)
     deliveries queued (0 when no webhook is configured or every change is filtered out).
     """
     run = connection.execute(
-        sa.select(*(runs_table.c[name] for name in COUNTED)).where(runs_table.c.id == run_id)
+        sa.select(*(sync_runs.c[name] for name in COUNTED)).where(sync_runs.c.id == run_id)
     ).one()
     counts = dict(zip(COUNTED, run, strict=True))
     if any(counts[name] for name in CHANGED):
@@ -97,7 +102,7 @@ def enqueue(connection: Connection, *, run_id: int, policy: OutboxPolicy | None)
         )
     moment = utcnow()
     connection.execute(
-        deliveries.insert(),
+        notification_deliveries.insert(),
         [{**row, "created_at": moment, "next_attempt_at": moment} for row in rows],
     )
     return len(rows)
@@ -132,7 +137,7 @@ def _notify_listeners(connection: Connection, run_id: int, counts: dict[str, int
 
 def _wanted(notify_on: frozenset[str]) -> sa.ColumnElement[bool]:
     """The history rows ``REGIONSYNC_NOTIFY_ON`` asks for, as one WHERE clause."""
-    h = history_table.c
+    h = region_history.c
     kinds = [kind for kind in ("added", "removed", "restored") if kind in notify_on]
     flips = [
         h[f"{name}_before"].is_distinct_from(h[f"{name}_after"])
@@ -150,7 +155,7 @@ def _wanted(notify_on: frozenset[str]) -> sa.ColumnElement[bool]:
 def _changes(
     connection: Connection, run_id: int, notify_on: frozenset[str]
 ) -> tuple[list[dict[str, Any]], datetime]:
-    h, r = history_table.c, regions_table.c
+    h, r = region_history.c, regions.c
     result = connection.execute(
         sa.select(
             h.region_id,
@@ -162,7 +167,7 @@ def _changes(
             h.hosting_region_after,
             h.changed_at,
         )
-        .join_from(history_table, regions_table, r.id == h.region_id)
+        .join_from(region_history, regions, r.id == h.region_id)
         .where(h.sync_run_id == run_id, _wanted(notify_on))
         .order_by(h.id)
     ).all()
@@ -192,22 +197,29 @@ def expire(connection: Connection, *, now: datetime, max_age: timedelta) -> list
     """Give up on pending deliveries older than ``max_age``; returns their ids."""
     error = f"gave up: still undelivered after {format_duration(max_age)}"
     expired = connection.execute(
-        deliveries.update()
-        .where(deliveries.c.status == "pending", deliveries.c.created_at < now - max_age)
+        notification_deliveries.update()
+        .where(
+            notification_deliveries.c.status == "pending",
+            notification_deliveries.c.created_at < now - max_age,
+        )
         .values(status="failed", last_error=error)
-        .returning(deliveries.c.id)
+        .returning(notification_deliveries.c.id)
     ).scalars()
     return sorted(expired)
 
 
 def due(connection: Connection, *, now: datetime, only: str | None = None) -> list[sa.Row[Any]]:
     """Pending deliveries whose time has come, oldest first."""
-    query = sa.select(deliveries).where(deliveries.c.status == "pending")
+    query = sa.select(notification_deliveries).where(notification_deliveries.c.status == "pending")
     if only is not None:
-        query = query.where(deliveries.c.id == only)
+        query = query.where(notification_deliveries.c.id == only)
     else:
-        query = query.where(deliveries.c.next_attempt_at <= now)
-    return list(connection.execute(query.order_by(deliveries.c.created_at, deliveries.c.id)))
+        query = query.where(notification_deliveries.c.next_attempt_at <= now)
+    return list(
+        connection.execute(
+            query.order_by(notification_deliveries.c.created_at, notification_deliveries.c.id)
+        )
+    )
 
 
 def record_attempt(
@@ -215,13 +227,13 @@ def record_attempt(
     delivery_id: str,
     *,
     at: datetime,
-    status: str,
+    status: DeliveryStatus,
     error: str | None = None,
     next_attempt_at: datetime | None = None,
 ) -> None:
     """One HTTP attempt's outcome: delivered, failed (given up), or pending (retry later)."""
     values: dict[str, Any] = {
-        "attempts": deliveries.c.attempts + 1,
+        "attempts": notification_deliveries.c.attempts + 1,
         "last_attempt_at": at,
         "status": status,
     }
@@ -231,27 +243,29 @@ def record_attempt(
         values["last_error"] = error
     if next_attempt_at is not None:
         values["next_attempt_at"] = next_attempt_at
-    connection.execute(deliveries.update().where(deliveries.c.id == delivery_id).values(**values))
-
-
-def reschedule(connection: Connection, delivery_id: str, *, at: datetime) -> None:
     connection.execute(
-        deliveries.update().where(deliveries.c.id == delivery_id).values(next_attempt_at=at)
+        notification_deliveries.update()
+        .where(notification_deliveries.c.id == delivery_id)
+        .values(**values)
     )
 
 
-def make_retryable(connection: Connection, delivery_id: str, *, now: datetime) -> str | None:
+def make_retryable(
+    connection: Connection, delivery_id: str, *, now: datetime
+) -> DeliveryStatus | None:
     """``--retry``: a failed (or pending) delivery becomes pending and due now.
 
     Its ``created_at`` restarts the age limit. Returns its status before, None if unknown.
     """
     status = connection.execute(
-        sa.select(deliveries.c.status).where(deliveries.c.id == delivery_id)
+        sa.select(notification_deliveries.c.status).where(
+            notification_deliveries.c.id == delivery_id
+        )
     ).scalar_one_or_none()
     if status in ("pending", "failed"):
         connection.execute(
-            deliveries.update()
-            .where(deliveries.c.id == delivery_id)
+            notification_deliveries.update()
+            .where(notification_deliveries.c.id == delivery_id)
             .values(status="pending", next_attempt_at=now, created_at=now)
         )
     return status
@@ -259,7 +273,7 @@ def make_retryable(connection: Connection, delivery_id: str, *, now: datetime) -
 
 def undelivered(connection: Connection, *, limit: int = 100) -> list[dict[str, Any]]:
     """Pending and failed deliveries for operators, oldest first, payload summarised."""
-    d = deliveries.c
+    d = notification_deliveries.c
     rows = connection.execute(
         sa.select(
             d.id,
@@ -311,7 +325,7 @@ class Backlog:
 
 
 def backlog(connection: Connection) -> Backlog:
-    d = deliveries.c
+    d = notification_deliveries.c
     pending, oldest, failed = connection.execute(
         sa.select(
             sa.func.count().filter(d.status == "pending"),

@@ -117,13 +117,6 @@ class CronSpec:
         """The minutes after midnight it fires at, in order."""
         return sorted(h * 60 + m for h in self.hours for m in self.minutes)
 
-    def matches_day(self, day: date) -> bool:
-        if day.month not in self.months:
-            return False
-        in_days = day.day in self.days
-        in_weekdays = day.isoweekday() % 7 in self.weekdays
-        return in_days or in_weekdays if self.either_day else in_days and in_weekdays
-
     def matching_days(self, start: date, count: int) -> Iterator[date]:
         """The days it fires on among the ``count`` days from ``start``, in order.
 
@@ -453,7 +446,7 @@ def _longest_month(month: int) -> int:
     return 29 if month == 2 else calendar.monthrange(2001, month)[1]
 
 
-def load(settings: Settings) -> Schedule:
+def load_schedule(settings: Settings) -> Schedule:
     """The configured schedule, in the configured time zone."""
     return parse_schedule(settings.schedule, settings.timezone)
 
@@ -462,14 +455,14 @@ def next_fire_times(
     settings: Settings, count: int, *, now: datetime | None = None
 ) -> list[datetime]:
     """What ``regionsync schedule --count N`` prints: the next fire times after ``now``."""
-    return load(settings).next_fire_times(count, now=now or datetime.now(UTC))
+    return load_schedule(settings).next_fire_times(count, now=now or datetime.now(UTC))
 
 
 __all__ = [
     "CronSpec",
     "CrontabTrigger",
     "Schedule",
-    "load",
+    "load_schedule",
     "next_fire_times",
     "parse_crontab",
     "parse_schedule",

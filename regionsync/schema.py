@@ -74,7 +74,7 @@ def script_head() -> str | None:
 def current_revision(engine: Engine) -> str | None:
     """The revision in ``alembic_version`` (None: not migrated), found through the search
     path as Alembic finds it."""
-    with translated_errors("reading the schema revision"), engine.connect() as connection:
+    with engine.connect() as connection:
         if not _has_version_table(connection):
             return None
         found = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").all()
@@ -86,13 +86,14 @@ def current_revision(engine: Engine) -> str | None:
     return found[0][0] if found else None
 
 
+@translated_errors("migrating the database")
 def migrate(engine: Engine) -> tuple[str | None, str]:
     """Upgrade to head (idempotent); returns the revisions before and after."""
     from alembic import command
 
     before = current_revision(engine)
     config = alembic_config()
-    with translated_errors("migrating the database"), engine.begin() as connection:
+    with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     after = current_revision(engine)
@@ -100,11 +101,12 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
     return before, after
 
 
+@translated_errors("downgrading the database")
 def downgrade(engine: Engine, revision: str = "base") -> None:
     from alembic import command
 
     config = alembic_config()
-    with translated_errors("downgrading the database"), engine.begin() as connection:
+    with engine.begin() as connection:
         config.attributes["connection"] = connection
         command.downgrade(config, revision)
 

@@ -14,16 +14,41 @@ from sqlalchemy.engine import Engine
 
 from regionsync import outbox, runs
 from regionsync.lock import LockHolder, lock_holder
-from regionsync.models import regions_table
+from regionsync.models import regions, sync_runs
+from regionsync.runs import RunRow
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
 
-regions = regions_table
+
+@dataclass(frozen=True)
+class Freshness:
+    """How old the last successful sync is: what ``status``, ``/healthz`` and the
+    ``sync_health`` view call fresh or stale."""
+
+    last_success_at: datetime | None
+    checked_at: datetime
+
+    @property
+    def age(self) -> timedelta | None:
+        if self.last_success_at is None:
+            return None
+        return self.checked_at - self.last_success_at
+
+    def is_fresh(self, max_age: timedelta) -> bool:
+        age = self.age
+        return age is not None and age < max_age
+
+    def as_json(self) -> dict[str, Any]:
+        age = self.age
+        return {
+            "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
+            "last_success_age_seconds": None if age is None else round(age.total_seconds(), 3),
+        }
 
 
 @dataclass(frozen=True)
 class StatusReport:
-    recent_runs: list[dict[str, Any]]
+    recent_runs: list[RunRow]
     active_regions: int
     removed_regions: int
     last_success_at: datetime | None
@@ -48,37 +73,30 @@ class StatusReport:
         )
 
     @property
-    def last_success_age(self) -> timedelta | None:
-        if self.last_success_at is None:
-            return None
-        return self.checked_at - self.last_success_at
+    def freshness(self) -> Freshness:
+        return Freshness(self.last_success_at, self.checked_at)
 
     def is_fresh(self, max_age: timedelta) -> bool:
-        age = self.last_success_age
-        return age is not None and age < max_age
+        return self.freshness.is_fresh(max_age)
 
     def as_json(self) -> dict[str, Any]:
-        age = self.last_success_age
         return {
             "checked_at": self.checked_at.isoformat(),
-            "last_success_at": self.last_success_at.isoformat() if self.last_success_at else None,
-            "last_success_age_seconds": round(age.total_seconds(), 3) if age else None,
+            **self.freshness.as_json(),
             "active_regions": self.active_regions,
             "removed_regions": self.removed_regions,
             **(self.deliveries.as_json(self.checked_at) if self.deliveries else {}),
             "consecutive_failures": self.consecutive_failures,
             "lock": self.lock.as_json() if self.lock else None,
-            "recent_runs": [
-                {k: v.isoformat() if isinstance(v, datetime) else v for k, v in run.items()}
-                for run in self.recent_runs
-            ],
+            "recent_runs": [run.as_json() for run in self.recent_runs],
         }
 
 
+@translated_errors("reading the status")
 def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
     require_current(engine)
-    with translated_errors("reading the status"), engine.connect() as connection:
-        recent = [dict(row) for row in runs.recent(connection, limit)]
+    with engine.connect() as connection:
+        recent = runs.recent(connection, limit)
         active, removed, enabled = connection.execute(
             sa.select(
                 sa.func.count().filter(regions.c.removed_at.is_(None)),
@@ -87,7 +105,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
             )
         ).one()
         last_success = connection.execute(
-            sa.select(sa.func.max(runs.runs.c.finished_at)).where(runs.runs.c.status == "succeeded")
+            sa.select(sa.func.max(sync_runs.c.finished_at)).where(sync_runs.c.status == "succeeded")
         ).scalar_one()
         deliveries = outbox.backlog(connection)
         failures = connection.execute(_consecutive_failures()).scalar_one()
@@ -106,7 +124,7 @@ def gather(engine: Engine, *, limit: int = 10) -> StatusReport:
 
 
 def _consecutive_failures() -> sa.Select[Any]:
-    table = runs.runs
+    table = sync_runs
     last_success = (
         sa.select(sa.func.coalesce(sa.func.max(table.c.id), 0))
         .where(table.c.status == "succeeded")

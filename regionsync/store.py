@@ -133,11 +133,17 @@ def describe_db_error(error: exc.SQLAlchemyError) -> str:
 
 @contextmanager
 def translated_errors(action: str) -> Iterator[None]:
-    """Turn SQLAlchemy/DBAPI errors met while doing ``action`` into :class:`StoreError`."""
+    """Turn SQLAlchemy/DBAPI errors met while doing ``action`` into :class:`StoreError`,
+    the original kept as its cause.
+
+    Used once per public entry point (``run_sync``, ``preview``, ``migrate``, ``gather``,
+    ``grant_readonly``, the browse reads, the notification passes, ``check``), so the code
+    below them deals in SQLAlchemy's errors and needs no catch of its own.
+    """
     try:
         yield
     except exc.SQLAlchemyError as error:
-        raise StoreError(f"{action}: {describe_db_error(error)}") from None
+        raise StoreError(f"{action}: {describe_db_error(error)}") from error
 
 
 # Several accounts in one database (see README, *Several accounts in one database*) ------

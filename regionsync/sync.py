@@ -10,7 +10,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import sqlalchemy as sa
 import structlog
@@ -21,6 +21,7 @@ from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
 from regionsync.logs import redact
+from regionsync.models import RunTrigger
 from regionsync.records import Snapshot
 from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
 from regionsync.runs import Counts
@@ -84,18 +85,18 @@ class ApiSource:
 
 @dataclass
 class SyncResult:
-    """How a sync ended: ``succeeded``, ``skipped``, or ``dry-run``.
+    """How a sync that did not fail ended (a failed one raises).
 
     ``changes`` are the first changes by region id, as many as the run logs (all of them
-    for a dry run); ``counts`` counts them all.
+    for a dry run); ``counts`` counts them all. ``reason`` says why a run was skipped.
     """
 
-    status: str
+    status: Literal["succeeded", "skipped", "dry-run"]
     run_id: int | None = None
     counts: Counts = field(default_factory=Counts)
     changes: list[Change] = field(default_factory=list)
     duration: float = 0.0
-    error: str | None = None
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,12 @@ class Guard:
             )
 
 
+@translated_errors("syncing")
 def run_sync(
     engine: Engine,
     source: Source,
     *,
-    trigger: str = "cli",
+    trigger: RunTrigger = "cli",
     guard: Guard | None = None,
     notify: outbox.OutboxPolicy | None = None,
 ) -> SyncResult:
@@ -164,14 +166,14 @@ def run_sync(
     log = logger.bind(trigger=trigger, source=source.description)
     with collection.paused(), sync_lock(engine) as connection:
         if connection is None:
-            with translated_errors("recording a skipped run"), engine.begin() as other:
-                run_id = runs.record_skipped(
-                    other, trigger=trigger, source=source.description, reason=SKIPPED_REASON
+            with engine.begin() as other:
+                run_id = runs.open_run(
+                    other, trigger=trigger, source=source.description, skipped=SKIPPED_REASON
                 )
             log.info("sync.skipped", run_id=run_id, reason=SKIPPED_REASON)
-            return SyncResult("skipped", run_id, error=SKIPPED_REASON)
+            return SyncResult("skipped", run_id, reason=SKIPPED_REASON)
 
-        with translated_errors("recording the run"), connection.begin():
+        with connection.begin():
             run_id = runs.open_run(connection, trigger=trigger, source=source.description)
             abandoned = runs.close_abandoned(connection, except_run=run_id)
         with structlog.contextvars.bound_contextvars(run_id=run_id):
@@ -182,6 +184,8 @@ def run_sync(
                 snapshot = _fetch(source, log, lines)
                 seen = Counts(fetched=snapshot.fetched, rejected=snapshot.rejected_count)
                 guard.check_rejects(snapshot)
+                # Translated here rather than only at the entry point: the failure is
+                # recorded in sync_runs.error, in our words.
                 with translated_errors("applying the sync"):
                     planned = _apply(connection, snapshot, run_id, guard, lines.remaining, notify)
             except BaseException as error:
@@ -209,6 +213,7 @@ def run_sync(
             return result
 
 
+@translated_errors("comparing with the database")
 def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> SyncResult:
     """``--dry-run``: fetch, validate and diff; write nothing, take no lock, record no run."""
     guard = guard or Guard()
@@ -221,11 +226,7 @@ def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> Sy
             snapshot = _fetch(source, log, lines)
             guard.check_rejects(snapshot)
             # Staging happens inside a transaction that is rolled back, temporary tables included.
-            with (
-                translated_errors("comparing with the database"),
-                engine.connect() as connection,
-                connection.begin() as transaction,
-            ):
+            with engine.connect() as connection, connection.begin() as transaction:
                 planned = _plan(connection, snapshot, guard, details=None)
                 transaction.rollback()
     finally:
@@ -320,6 +321,8 @@ def _record_failure(
         log.error("sync.failed", error=message, code=code, duration_s=duration)
     else:
         log.exception("sync.failed", error=message, duration_s=duration)
+    # Deliberately caught, not translated: failing to record the failure must not hide the
+    # error that ended the run, which the caller re-raises.
     try:
         with engine.begin() as fresh:
             runs.finish_run(fresh, run_id, status="failed", error=message, counts=counts)

@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from regionsync.models import history_table, regions_table, runs_table
+from regionsync.models import region_history, regions, sync_runs
 from regionsync.runs import Counts
 
 Values = tuple[bool, str | None]
@@ -89,12 +89,12 @@ def write_events(
             last_known[rid] = after
     with engine.begin() as c:
         for at, number in run_of.items():
-            c.execute(runs_table.insert().values(**run_row(number, at, "succeeded")))
+            c.execute(sync_runs.insert().values(**run_row(number, at, "succeeded")))
         for rid, first in first_seen.items():
             final = state_at(ordered, last_change[rid])[rid]
             enabled, hosting = last_known[rid]
             c.execute(
-                regions_table.insert().values(
+                regions.insert().values(
                     id=rid,
                     region_name=f"/v1/regions/{rid}",
                     display_name=(names or {}).get(rid, f"Region {rid}"),
@@ -109,7 +109,7 @@ def write_events(
         for at, rid, change, after in ordered:
             before = previous.get(rid)
             c.execute(
-                history_table.insert().values(
+                region_history.insert().values(
                     region_id=rid,
                     sync_run_id=run_of[at],
                     changed_at=at,
@@ -131,7 +131,7 @@ def seed(engine: Engine, now: datetime) -> Seeded:
         for offset, (day, status) in enumerate(
             [(-3, "skipped"), (-2, "failed"), (-1, "failed")], start=1
         ):
-            c.execute(runs_table.insert().values(**run_row(last + offset, seeded.day(day), status)))
+            c.execute(sync_runs.insert().values(**run_row(last + offset, seeded.day(day), status)))
     return seeded
 
 

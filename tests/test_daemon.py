@@ -27,13 +27,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
+from regionsync.daemon import Daemon as SchedulerDaemon
 from regionsync.daemon_health import DaemonHealth
 from regionsync.errors import ConfigError
 from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.lock import ADVISORY_LOCK_KEY as LOCK_KEY
 from regionsync.metrics import DaemonMetrics, MetricsServer
 from regionsync.schedule import parse_schedule
-from regionsync.scheduler import Daemon as SchedulerDaemon
 from regionsync.schema import migrate
 from regionsync.status import StatusReport, gather
 from regionsync.sync import Guard

@@ -35,6 +35,7 @@ from regionsync.fakeapi import FakeKaleyra
 from regionsync.fakehook import PATH, WebhookReceiver, WebhookServer
 from regionsync.grants import grant_readonly
 from regionsync.metrics import DaemonMetrics
+from regionsync.models import notification_deliveries
 from regionsync.outbox import OutboxPolicy
 from regionsync.settings import NotificationSettings, Settings
 from regionsync.status import gather
@@ -96,7 +97,9 @@ def sync(engine: Engine, source: ListSource, **policy: Any) -> int:
 
 def deliveries(engine: Engine) -> list[dict[str, Any]]:
     with engine.connect() as c:
-        rows = c.execute(sa.select(outbox.deliveries).order_by(outbox.deliveries.c.created_at))
+        rows = c.execute(
+            sa.select(notification_deliveries).order_by(notification_deliveries.c.created_at)
+        )
         return [dict(r) for r in rows.mappings()]
 
 
@@ -453,7 +456,7 @@ def test_a_delivery_pending_past_the_max_age_is_marked_failed_not_sent(
     sync(engine, ListSource([region("a")]))
     with engine.begin() as c:
         c.execute(
-            outbox.deliveries.update().values(created_at=outbox.utcnow() - timedelta(hours=2))
+            notification_deliveries.update().values(created_at=outbox.utcnow() - timedelta(hours=2))
         )
     report = notifier(engine, receiver.url, REGIONSYNC_WEBHOOK_MAX_AGE="1h").deliver_pending()
     [row] = deliveries(engine)
@@ -569,7 +572,7 @@ def test_status_healthz_and_metrics_report_the_backlog(
 
 def test_a_daemon_tick_delivers_and_counts(sqlite_engine: Engine, receiver: WebhookServer) -> None:
     from regionsync import schedule
-    from regionsync.scheduler import Daemon
+    from regionsync.daemon import Daemon
     from regionsync.sync import Guard
 
     settings = settings_for(
@@ -579,7 +582,7 @@ def test_a_daemon_tick_delivers_and_counts(sqlite_engine: Engine, receiver: Webh
     daemon = Daemon(
         sqlite_engine,
         ListSource([region("a")]),
-        schedule=schedule.load(settings),
+        schedule=schedule.load_schedule(settings),
         guard=Guard(),
         metrics=metrics,
         period=timedelta(minutes=15),

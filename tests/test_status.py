@@ -20,7 +20,7 @@ def record(engine: Engine, *statuses: str) -> None:
     with engine.begin() as connection:
         for status in statuses:
             if status == "skipped":
-                runs.record_skipped(connection, trigger="cli", source="test", reason="held")
+                runs.open_run(connection, trigger="cli", source="test", skipped="held")
                 continue
             run_id = runs.open_run(connection, trigger="cli", source="test")
             runs.finish_run(connection, run_id, status=status)

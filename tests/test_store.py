@@ -32,9 +32,10 @@ def test_a_failure_to_connect_says_what_was_tried(pg_url: URL) -> None:
         with store.translated_errors("connecting"), engine.connect():
             raise AssertionError("connected to port 1")
     except store.StoreError as error:
-        message = str(error)
+        message, cause = str(error), error.__cause__
     finally:
         engine.dispose()
+    assert isinstance(cause, sa.exc.OperationalError), "the original is kept as the cause"
     assert message.startswith(f"connecting: cannot connect to {pg_url.host}:1/{pg_url.database}")
     assert "(from REGIONSYNC_DATABASE_URL=postgresql+psycopg://" in message
     assert ":***@" in message

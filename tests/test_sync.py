@@ -270,7 +270,7 @@ def test_run_finding_the_lock_held_is_skipped(engine: Engine) -> None:
     finally:
         release()
     assert isinstance(result, SyncResult)
-    assert result.status == "skipped"
+    assert (result.status, result.reason) == ("skipped", "another sync holds the lock")
     assert source.fetches == 0, "a skipped run must not fetch"
     assert regions(engine) == {}
     assert last_run(engine)["status"] == "skipped"

@@ -39,16 +39,16 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
-from regionsync import schedule as schedules
 from regionsync.daemon_health import DaemonHealth
 from regionsync.delivery import Notifier
 from regionsync.errors import ConfigError, RegionSyncError, StoreError
 from regionsync.metrics import DaemonMetrics, MetricsServer, failure_reason
 from regionsync.outbox import OutboxPolicy
+from regionsync.schedule import Schedule, load_schedule
 from regionsync.schema import require_current
 from regionsync.settings import Settings
 from regionsync.status import StatusReport, gather
-from regionsync.store import create_engine
+from regionsync.store import create_engine, translated_errors
 from regionsync.sync import ApiSource, Guard, Source, run_sync
 
 logger = structlog.get_logger("regionsync.daemon")
@@ -63,7 +63,7 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises :class:`ConfigError` or
     :class:`~regionsync.errors.SchemaError` (exit 2) when it cannot start."""
-    schedule = schedules.load(settings)
+    schedule = load_schedule(settings)
     source = ApiSource(settings)
     period = schedule.period(now=datetime.now(UTC))
     engine = create_engine(settings)
@@ -110,7 +110,8 @@ def run_daemon(settings: Settings) -> int:
 def _check_database(engine: Engine) -> bool:
     """Refuse an unmigrated schema (exit 2); an unreachable database is only logged."""
     try:
-        require_current(engine)
+        with translated_errors("reading the schema revision"):
+            require_current(engine)
     except StoreError as error:
         logger.warning(
             "daemon.database_unavailable",
@@ -141,7 +142,7 @@ class Daemon:
         engine: Engine,
         source: Source,
         *,
-        schedule: schedules.Schedule,
+        schedule: Schedule,
         guard: Guard,
         metrics: DaemonMetrics,
         period: timedelta,
@@ -225,9 +226,10 @@ class Daemon:
             )
         else:
             skipped = result.status == "skipped"
-            self.metrics.record_run(
-                result.status, None if skipped else result.duration, counts=result.counts
-            )
+            if skipped:
+                self.metrics.record_run("skipped", None, counts=result.counts)
+            else:
+                self.metrics.record_run("succeeded", result.duration, counts=result.counts)
         if not database_down:  # no second wait for a database that just failed to answer
             self.deliver_notifications()
             self.refresh_status()
