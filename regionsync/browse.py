@@ -14,7 +14,7 @@ from typing import Any, Literal
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from regionsync import models
+from regionsync import tables
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
 
@@ -70,7 +70,7 @@ def regions(
 ) -> Page:
     """Regions by display name: the present ones (``active``) unless ``state`` says
     otherwise; ``enabled``/``disabled`` are present regions by ``carrier_enabled``."""
-    table = models.regions
+    table = tables.regions
     conditions: list[sa.ColumnElement[bool]] = []
     if state in ("active", "enabled", "disabled"):
         conditions.append(table.c.removed_at.is_(None))
@@ -99,7 +99,7 @@ def changes(
     limit: int = 100,
 ) -> Page:
     """History rows, newest first, with the region's current display name."""
-    history, table = models.region_history, models.regions
+    history, table = tables.region_history, tables.regions
     conditions: list[sa.ColumnElement[bool]] = []
     if since is not None:
         conditions.append(history.c.changed_at >= since)

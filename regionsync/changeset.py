@@ -24,8 +24,8 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from regionsync.models import BigId, UTCDateTime, region_history, regions
 from regionsync.records import RegionRecord, Snapshot
+from regionsync.tables import BigId, UTCDateTime, region_history, regions
 
 Kind = Literal["added", "changed", "updated", "removed", "restored"]
 """``changed``: a tracked field changed; ``updated``: only untracked fields (no history)."""

@@ -44,10 +44,10 @@ from regionsync.errors import (
     TransientSourceError,
 )
 from regionsync.httpserver import LOOPBACK, BoundedHTTPServer, ServerThread
-from regionsync.models import HistoryChange, RunOutcome
 from regionsync.outbox import Backlog
 from regionsync.runs import Counts
 from regionsync.status import Freshness, StatusReport
+from regionsync.tables import HistoryChange, RunOutcome
 
 RUN_OUTCOMES: tuple[RunOutcome, ...] = get_args(RunOutcome)
 #: The ``reason`` of a failed run: the error's class, never its message, so the label stays

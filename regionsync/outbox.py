@@ -18,15 +18,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from regionsync.durations import format_duration
-from regionsync.models import (
+from regionsync.runs import now as utcnow
+from regionsync.settings import NOTIFY_ON_CHOICES, NotificationSettings
+from regionsync.tables import (
     DeliveryStatus,
     notification_deliveries,
     region_history,
     regions,
     sync_runs,
 )
-from regionsync.runs import now as utcnow
-from regionsync.settings import NOTIFY_ON_CHOICES, NotificationSettings
 
 CHANNEL = "regionsync_changes"
 EVENT_TYPE = "regions.changed"

@@ -550,7 +550,7 @@ class RecordValidator:
             if problem is not None:
                 return "", problem
             if has_float:  # msgspec writes some floats differently (1e16, not 1e+16)
-                from regionsync.models import canonical_json
+                from regionsync.tables import canonical_json
 
                 encoded = canonical_json(item).encode()
             elif encoded is None:

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from regionsync.models import RunOutcome, RunStatus, RunTrigger, sync_runs
+from regionsync.tables import RunOutcome, RunStatus, RunTrigger, sync_runs
 
 ABANDONED = "abandoned: the process running it stopped before it finished"
 

@@ -14,10 +14,10 @@ from sqlalchemy.engine import Engine
 
 from regionsync import outbox, runs
 from regionsync.lock import LockHolder, lock_holder
-from regionsync.models import regions, sync_runs
 from regionsync.runs import RunRow
 from regionsync.schema import require_current
 from regionsync.store import translated_errors
+from regionsync.tables import regions, sync_runs
 
 
 @dataclass(frozen=True)

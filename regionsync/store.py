@@ -16,8 +16,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 
 from regionsync.errors import ConfigError, StoreError
-from regionsync.models import canonical_json
 from regionsync.settings import Settings
+from regionsync.tables import canonical_json
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 

@@ -21,12 +21,12 @@ from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
 from regionsync.logs import redact
-from regionsync.models import RunTrigger
 from regionsync.records import Snapshot
 from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
 from regionsync.runs import Counts
 from regionsync.schema import require_current
 from regionsync.store import describe_db_error, translated_errors
+from regionsync.tables import RunTrigger
 
 if TYPE_CHECKING:
     from regionsync.kaleyra import RetryPolicy

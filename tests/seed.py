@@ -22,8 +22,8 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
-from regionsync.models import region_history, regions, sync_runs
 from regionsync.runs import Counts
+from regionsync.tables import region_history, regions, sync_runs
 
 Values = tuple[bool, str | None]
 #: (when, region, change, (carrier_enabled, hosting_region) after; None = absent)

@@ -35,11 +35,11 @@ from regionsync.fakeapi import FakeKaleyra
 from regionsync.fakehook import PATH, WebhookReceiver, WebhookServer
 from regionsync.grants import grant_readonly
 from regionsync.metrics import DaemonMetrics
-from regionsync.models import notification_deliveries
 from regionsync.outbox import OutboxPolicy
 from regionsync.settings import NotificationSettings, Settings
 from regionsync.status import gather
 from regionsync.sync import run_sync
+from regionsync.tables import notification_deliveries
 from tests.sources import ListSource, region
 from tests.support import admin_url, settings_for
 

@@ -20,7 +20,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
-from regionsync.models import canonical_json
 from regionsync.records import (
     LISTED_ANONYMOUS_REJECTIONS,
     MAX_DEPTH,
@@ -40,6 +39,7 @@ from regionsync.records import (
     parse_body,
     validate_record,
 )
+from regionsync.tables import canonical_json
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
 

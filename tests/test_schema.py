@@ -16,7 +16,7 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import URL, Engine
 
 from regionsync.errors import SchemaError
-from regionsync.models import Base, region_history, regions, sync_runs
+from regionsync.models import Base
 from regionsync.runs import Counts
 from regionsync.schema import (
     HEAD,
@@ -27,6 +27,7 @@ from regionsync.schema import (
     require_current,
     script_head,
 )
+from regionsync.tables import region_history, regions, sync_runs
 from tests.support import as_utc
 
 REPO = Path(__file__).resolve().parents[1]
