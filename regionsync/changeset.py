@@ -88,9 +88,10 @@ changes = sa.Table(
 )
 TEMP_TABLES = (staged, held, absent, changes)
 
-s = staged.alias("s")
-r = regions.alias("r")
-c = changes.alias("c")
+#: The aliases the statements join: a snapshot row, the stored row of its region, its change.
+incoming = staged.alias("s")
+current = regions.alias("r")
+change = changes.alias("c")
 
 
 @dataclass(frozen=True)
@@ -222,13 +223,13 @@ def unstage(connection: Connection) -> None:
 
 
 def _distinct(names: tuple[str, ...]) -> sa.ColumnElement[bool]:
-    return sa.or_(*(r.c[name].is_distinct_from(s.c[name]) for name in names))
+    return sa.or_(*(current.c[name].is_distinct_from(incoming.c[name]) for name in names))
 
 
 #: How a staged region compares with its row in ``regions``.
 _KIND = sa.case(
-    (r.c.id.is_(None), "added"),
-    (r.c.removed_at.is_not(None), "restored"),
+    (current.c.id.is_(None), "added"),
+    (current.c.removed_at.is_not(None), "restored"),
     (_distinct(TRACKED), "changed"),
     (_distinct(UNTRACKED), "updated"),
     else_="unchanged",
@@ -254,8 +255,8 @@ def plan(connection: Connection, snapshot: Snapshot, *, details: int | None = No
     result = Plan()
     columns = [column.name for column in changes.columns]
     present = (
-        sa.select(s.c.id.label("region_id"), _KIND.label("kind"), *_before_after())
-        .select_from(s.outerjoin(r, r.c.id == s.c.id))
+        sa.select(incoming.c.id.label("region_id"), _KIND.label("kind"), *_before_after())
+        .select_from(incoming.outerjoin(current, current.c.id == incoming.c.id))
         .subquery("present")
     )
     connection.execute(
@@ -308,12 +309,12 @@ def _count(connection: Connection, *where: sa.ColumnElement[bool]) -> int:
 
 def _before_after() -> list[sa.ColumnElement[Any]]:
     """The tracked values before (NULL when the region was absent) and after."""
-    was_present = r.c.removed_at.is_(None)
+    was_present = current.c.removed_at.is_(None)
     return [
-        sa.case((was_present, r.c.carrier_enabled)).label("carrier_enabled_before"),
-        s.c.carrier_enabled.label("carrier_enabled_after"),
-        sa.case((was_present, r.c.hosting_region)).label("hosting_region_before"),
-        s.c.hosting_region.label("hosting_region_after"),
+        sa.case((was_present, current.c.carrier_enabled)).label("carrier_enabled_before"),
+        incoming.c.carrier_enabled.label("carrier_enabled_after"),
+        sa.case((was_present, current.c.hosting_region)).label("hosting_region_before"),
+        incoming.c.hosting_region.label("hosting_region_after"),
     ]
 
 
@@ -325,13 +326,15 @@ def _details(connection: Connection, limit: int | None) -> list[Change]:
         sa.select(
             first.c.region_id,
             first.c.kind,
-            *(r.c[name].label(f"{name}_before") for name in shown),
-            *(s.c[name].label(f"{name}_after") for name in shown),
-            sa.type_coerce(r.c.raw.is_distinct_from(s.c.raw), sa.Boolean).label("raw_changed"),
+            *(current.c[name].label(f"{name}_before") for name in shown),
+            *(incoming.c[name].label(f"{name}_after") for name in shown),
+            sa.type_coerce(current.c.raw.is_distinct_from(incoming.c.raw), sa.Boolean).label(
+                "raw_changed"
+            ),
         )
         .select_from(
-            first.outerjoin(s, s.c.id == first.c.region_id).outerjoin(
-                r, r.c.id == first.c.region_id
+            first.outerjoin(incoming, incoming.c.id == first.c.region_id).outerjoin(
+                current, current.c.id == first.c.region_id
             )
         )
         .order_by(first.c.region_id)
@@ -433,10 +436,10 @@ _COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]
 def _rows(when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]) -> sa.Select[Any]:
     """The staged rows of regions planned as one of ``kinds``, as ``regions`` rows."""
     return (
-        sa.select(s.c.id, *(s.c[name] for name in STORED), when, when, sa.null())
-        .select_from(s.join(c, c.c.region_id == s.c.id))
+        sa.select(incoming.c.id, *(incoming.c[name] for name in STORED), when, when, sa.null())
+        .select_from(incoming.join(change, change.c.region_id == incoming.c.id))
         # The WHERE also keeps SQLite from reading an upsert's ON CONFLICT as the join's ON.
-        .where(c.c.kind.in_(kinds))
+        .where(change.c.kind.in_(kinds))
     )
 
 
