@@ -11,7 +11,8 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from regionsync.records import RegionRecord, Snapshot, validate_record
+from regionsync.kaleyra_answer import validate_record
+from regionsync.records import RegionRecord, Snapshot
 from regionsync.sync import Guard, preview, run_sync
 from tests.sources import ListSource, region
 from tests.test_sync import history, rows
