@@ -65,22 +65,22 @@ OPTIONAL_FIELDS = (*STRING_FIELDS, "management_type_value")
 class Origin:
     """Where an answer came from: what its snapshot and its failures say about it."""
 
+    #: The snapshot's source: the URL, or ``file:`` and the file's full path.
     source: str
-    """The snapshot's source: the URL, or ``file:`` and the file's full path."""
+    #: What ends a failure's message: ``HTTP 400``, ``in file saved.json``.
     where: str
-    """What ends a failure's message: ``HTTP 400``, ``in file saved.json``."""
+    #: The HTTP status; None for a saved file.
     status: int | None = None
-    """The HTTP status; None for a saved file."""
+    #: The HTTP reason phrase, named when neither the body nor a code says more.
     reason: str = ""
-    """The HTTP reason phrase, named when neither the body nor a code says more."""
     content_type: str = ""
+    #: What ``Retry-After`` asked, carried by a transient failure.
     retry_after: float | None = None
-    """What ``Retry-After`` asked, carried by a transient failure."""
+    #: Applied to a failure's message and code: the client removes its key from them,
+    #: should the server echo it back.
     scrub: Callable[[str], str] = str
-    """Applied to a failure's message and code: the client removes its key from them, should
-    the server echo it back."""
+    #: The saved response's file, named first in its messages.
     path: Path | None = None
-    """The saved response's file, named first in its messages."""
 
     @classmethod
     def saved(cls, path: Path) -> Origin:
