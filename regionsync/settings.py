@@ -3,6 +3,10 @@
 No other module reads ``os.environ``: the CLI builds :class:`Settings` and passes it in.
 Secrets are held in :class:`Secret` and the database URL's password is masked, so
 ``repr(settings)`` is safe to log.
+
+Each variable (or group) has its own small parser. Not pydantic-settings: a new dependency
+whose errors (several lines, naming fields) we would reword into our one line naming the
+variable (exit 2), while empty-as-unset and the unknown-variable warnings stay ours anyway.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_METRICS_HOST = "127.0.0.1"
 
 LogFormat = Literal["json", "console"]
+#: How a parser reads a variable: its stripped value, None when unset or empty.
+Get = Callable[[str], str | None]
 
 
 class Secret:
@@ -252,13 +258,6 @@ class KaleyraConfig:
 
 
 # One parser per variable (or group), each raising ConfigError naming it --------------------
-#
-# Not pydantic-settings: it would be a new dependency for what these few functions do, and
-# its errors (several lines, naming fields, not variables) would need rewording anyway into
-# the one line naming the variable that exits 2; empty-as-unset and the warnings about
-# unknown variables would still be ours.
-
-Get = Callable[[str], str | None]
 
 
 def _database(get: Get, env: Mapping[str, str]) -> dict[str, Any]:
@@ -381,7 +380,7 @@ def check_db_schema(raw: str) -> str:
     return raw
 
 
-def db_schema_settings(get: Callable[[str], str | None], *, sqlite: bool) -> dict[str, Any]:
+def db_schema_settings(get: Get, *, sqlite: bool) -> dict[str, Any]:
     """``db_schema`` and ``db_schema_ignored``: validated even for SQLite, which ignores it."""
     raw = get("REGIONSYNC_DB_SCHEMA")
     schema = DEFAULT_DB_SCHEMA if raw is None else check_db_schema(raw)
@@ -482,7 +481,7 @@ class NotificationSettings:
         return tuple(s for s in hidden if s)
 
     @classmethod
-    def from_env(cls, get: Callable[[str], str | None]) -> NotificationSettings:
+    def from_env(cls, get: Get) -> NotificationSettings:
         raw_url = get("REGIONSYNC_WEBHOOK_URL")
         url = check_webhook_url(raw_url) if raw_url else None
         raw_secret = get("REGIONSYNC_WEBHOOK_SECRET")
@@ -528,7 +527,7 @@ def _ascii_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _fraction(name: str, get: Callable[[str], str | None], default: float) -> float:
+def _fraction(name: str, get: Get, default: float) -> float:
     """A number from 0 to 1, written in ASCII; ``default`` when unset."""
     raw = get(name)
     if raw is None:
@@ -542,7 +541,7 @@ def _fraction(name: str, get: Callable[[str], str | None], default: float) -> fl
     return value
 
 
-def _count(name: str, get: Callable[[str], str | None], default: int) -> int:
+def _count(name: str, get: Get, default: int) -> int:
     raw = get(name)
     if raw is None:
         return default
