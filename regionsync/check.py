@@ -150,19 +150,18 @@ def _server_version(connection: sa.Connection) -> str:
 
 def _kaleyra(settings: Settings) -> Outcome:
     def ask() -> Outcome:
-        settings.require_kaleyra()
+        config = settings.require_kaleyra()
         from regionsync.kaleyra import KaleyraClient, RetryPolicy
 
         policy = RetryPolicy(
             attempts=1, total_seconds=KALEYRA_SECONDS, connect_timeout=5.0, read_timeout=15.0
         )
-        with KaleyraClient(settings, retry=policy) as client:
-            snapshot = client.fetch()
+        snapshot = KaleyraClient(config, retry=policy).fetch()
         rejected = f", {snapshot.rejected_count} rejected" if snapshot.rejected_count else ""
         return Outcome(
             "kaleyra",
             True,
-            f"{settings.regions_url} answers the key: {len(snapshot.records)} regions{rejected}",
+            f"{config.regions_url} answers the key: {len(snapshot.records)} regions{rejected}",
         )
 
     return _guarded("kaleyra", ask)

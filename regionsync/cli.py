@@ -132,11 +132,20 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.outbox import OutboxPolicy
-    from regionsync.sync import ApiSource, FileSource, Guard, Source, preview, run_sync
+    from regionsync.records import Source
+    from regionsync.sync import Guard, preview, run_sync
 
+    source: Source
     if args.from_file:
+        from regionsync.saved_response import FileSource
+
         _require_readable(args.from_file)
-    source: Source = FileSource(args.from_file) if args.from_file else ApiSource(settings)
+        source = FileSource(args.from_file)
+    else:
+        config = settings.require_kaleyra()
+        from regionsync.kaleyra import KaleyraClient  # requests is imported only when used
+
+        source = KaleyraClient(config)
     guard = Guard.from_settings(settings, allow_mass_removal=args.allow_mass_removal)
     notify = OutboxPolicy.from_settings(settings.notifications)
     with _database(settings) as engine:
@@ -629,11 +638,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _print_notifications(engine: Engine, settings: Settings) -> None:
     """After a run: deliver what is pending, within its deadline, and say what happened;
     never fails the run."""
+    if not settings.notifications.enabled:
+        return  # and the HTTP client is not even imported
     from regionsync.delivery import Notifier
 
-    notifier = Notifier.from_settings(engine, settings.notifications)
-    if notifier is None:
-        return
+    notifier = Notifier(engine, settings.notifications)
     counts = {k: v for k, v in notifier.deliver_pending().summary().items() if v}
     if counts:
         print("notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()))

@@ -42,14 +42,16 @@ from sqlalchemy.engine import Engine
 from regionsync.daemon_health import DaemonHealth
 from regionsync.delivery import Notifier
 from regionsync.errors import ConfigError, RegionSyncError, StoreError
+from regionsync.kaleyra import KaleyraClient
 from regionsync.metrics import DaemonMetrics, MetricsServer, failure_reason
 from regionsync.outbox import OutboxPolicy
+from regionsync.records import Source
 from regionsync.schedule import Schedule, load_schedule
 from regionsync.schema import require_current
 from regionsync.settings import Settings
 from regionsync.status import StatusReport, gather
 from regionsync.store import create_engine, translated_errors
-from regionsync.sync import ApiSource, Guard, Source, run_sync
+from regionsync.sync import Guard, run_sync
 
 logger = structlog.get_logger("regionsync.daemon")
 
@@ -64,7 +66,7 @@ def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises :class:`ConfigError` or
     :class:`~regionsync.errors.SchemaError` (exit 2) when it cannot start."""
     schedule = load_schedule(settings)
-    source = ApiSource(settings)
+    source = KaleyraClient(settings.require_kaleyra())
     period = schedule.period(now=datetime.now(UTC))
     engine = create_engine(settings)
     try:

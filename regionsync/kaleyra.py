@@ -1,9 +1,9 @@
-"""The Kaleyra source: one GET of "Get an Agent's Regions", classified, retried when worth it.
+"""The Kaleyra source: one GET of "Get an Agent's Regions", retried when worth it.
 
 ``requests``/``urllib3`` errors are translated into :mod:`regionsync.errors` here and only
 here, and never chained: their text and attributes may hold the request (and so the key).
-Failures are classified as docs/contract.md §1 says, by :func:`classify_failure`: the body
-first, then the HTTP status.
+What an answer means (its records, or the failure it reports) is
+:func:`regionsync.kaleyra_answer.read_answer`'s to say.
 
 The whole fetch (connect, headers, body, every attempt) ends within the budget
 (:data:`FETCH_BUDGET_SECONDS`) whatever the server does. Socket timeouts bound each read, not
@@ -16,41 +16,30 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import random
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from types import TracebackType
 from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 import structlog
-import tenacity
 import urllib3
 
 from regionsync import __version__
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
+from regionsync.kaleyra_answer import MAX_BODY_BYTES, Origin, describe_size, read_answer
 from regionsync.logs import redact
-from regionsync.records import (
-    MAX_BODY_BYTES,
-    Snapshot,
-    bad_body,
-    classify_failure,
-    decode_body,
-    describe_size,
-    parse_body,
-)
-from regionsync.settings import Settings
+from regionsync.records import Snapshot
+from regionsync.settings import KaleyraConfig
 
 MAX_RESPONSE_BYTES = MAX_BODY_BYTES
 CHUNK_BYTES = 64 * 1024
-NOT_FOUND_HINT = (
-    "check KALEYRA_SID, KALEYRA_POD or KALEYRA_BASE_URL, and KALEYRA_REGIONS_PATH "
-    "(the URL must reach the agent's regions)"
-)
 #: The wall-clock budget of one fetch, all attempts and waits included.
 FETCH_BUDGET_SECONDS = 90.0
 
@@ -263,174 +252,137 @@ def _watched_session() -> requests.Session:
     return session
 
 
-class _Attempts:
-    """One :meth:`KaleyraClient.fetch`: its deadline, its waits, and why it stopped."""
+def _backoff(policy: RetryPolicy, attempt: int) -> float:
+    """The wait after a failed attempt: exponential, plus jitter, capped."""
+    exponential = policy.backoff_initial * 2 ** min(attempt - 1, 64)
+    jitter = random.uniform(0, policy.backoff_initial)  # noqa: S311 - jitter, not a secret
+    return min(policy.backoff_max, min(policy.backoff_max, float(exponential)) + jitter)
 
-    def __init__(self, policy: RetryPolicy) -> None:
-        self.policy = policy
-        self.started = time.monotonic()
-        self.deadline = self.started + policy.total_seconds
-        self.made = 0
-        self.backoff = tenacity.wait_exponential(
-            multiplier=policy.backoff_initial, max=policy.backoff_max
-        ) + tenacity.wait_random(0, policy.backoff_initial)
-        self.stopped_by = ""
-        self.asked = 0.0
-        self.left_then = 0.0
 
-    def left(self) -> float:
-        return self.deadline - time.monotonic()
+def _log_failure(error: SourceError, attempt: int, *, wait: float | None) -> None:
+    logger.warning(
+        "fetch.attempt_failed",
+        attempt=attempt,
+        code=error.code,
+        status=error.status,
+        error=str(error),
+        wait=wait,
+    )
 
-    def wait(self, state: tenacity.RetryCallState) -> float:
-        wait = min(self.policy.backoff_max, self.backoff(state))
-        error = state.outcome.exception() if state.outcome else None
-        if isinstance(error, TransientSourceError) and error.retry_after is not None:
-            wait = max(wait, error.retry_after)
-        return wait
 
-    def stop(self, state: tenacity.RetryCallState) -> bool:
-        error = state.outcome.exception() if state.outcome else None
-        left = self.left()
-        asked = error.retry_after if isinstance(error, TransientSourceError) else None
-        if state.attempt_number >= self.policy.attempts:
-            self.stopped_by = "attempts"
-        elif asked is not None and asked >= left:
-            self.stopped_by, self.asked, self.left_then = "retry-after", asked, max(left, 0.0)
-        elif state.upcoming_sleep >= left:
-            self.stopped_by = "budget"
-        return bool(self.stopped_by)
-
-    def give_up(self, last: TransientSourceError, count: int) -> TransientSourceError:
-        elapsed = time.monotonic() - self.started
-        logger.warning(
-            "fetch.gave_up",
-            attempts=count,
-            elapsed=round(elapsed, 3),
-            code=last.code,
-            status=last.status,
-            reason=self.stopped_by,
+def _give_up(
+    last: TransientSourceError,
+    attempts: int,
+    elapsed: float,
+    stopped_by: str,
+    left: float,
+    policy: RetryPolicy,
+) -> TransientSourceError:
+    """The last failure, saying why no attempt follows (``stopped_by``), and logged so."""
+    logger.warning(
+        "fetch.gave_up",
+        attempts=attempts,
+        elapsed=round(elapsed, 3),
+        code=last.code,
+        status=last.status,
+        reason=stopped_by,
+    )
+    tried = f"{attempts} attempt{'s' if attempts != 1 else ''} in {seconds(elapsed)} s"
+    if stopped_by == "retry-after":
+        message = (
+            f"Kaleyra asked to retry after {seconds(last.retry_after or 0.0)} s, more than the "
+            f"{seconds(max(left, 0.0))} s left; gave up after {tried}: {last}"
         )
-        tried = f"{count} attempt{'s' if count != 1 else ''} in {seconds(elapsed)} s"
-        if self.stopped_by == "retry-after":
-            message = (
-                f"Kaleyra asked to retry after {seconds(self.asked)} s, more than the "
-                f"{seconds(self.left_then)} s left; gave up after {tried}: {last}"
-            )
-        elif self.stopped_by == "budget":
-            message = (
-                f"{last} (gave up after {tried}: the "
-                f"{seconds(self.policy.total_seconds)} s retry budget is spent)"
-            )
-        else:
-            message = f"{last} (gave up after {tried})"
-        return TransientSourceError(
-            message, code=last.code, status=last.status, retry_after=last.retry_after
+    elif stopped_by == "budget":
+        message = (
+            f"{last} (gave up after {tried}: the "
+            f"{seconds(policy.total_seconds)} s retry budget is spent)"
         )
-
-    def before_sleep(self, state: tenacity.RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        logger.warning(
-            "fetch.attempt_failed",
-            attempt=state.attempt_number,
-            code=getattr(error, "code", None),
-            status=getattr(error, "status", None),
-            error=str(error),
-            wait=round(state.upcoming_sleep, 3),
-        )
+    else:
+        message = f"{last} (gave up after {tried})"
+    return TransientSourceError(
+        message, code=last.code, status=last.status, retry_after=last.retry_after
+    )
 
 
 class KaleyraClient:
-    """Fetches the agent's regions; translates every failure into a :class:`SourceError`."""
+    """The Kaleyra API as a :class:`~regionsync.records.Source`: fetches the agent's regions,
+    translating every failure into a :class:`SourceError`.
+
+    Each fetch opens its own session (unless given one), so that every connection it uses
+    is watched by its own deadline.
+    """
 
     def __init__(
         self,
-        settings: Settings,
+        config: KaleyraConfig,
         *,
         retry: RetryPolicy | None = None,
         session: requests.Session | None = None,
         max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
-        settings.require_kaleyra()
-        assert settings.kaleyra_api_key is not None
-        self.url = settings.regions_url
+        self.url = config.regions_url
         self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_bytes = max_bytes
-        self._key = settings.kaleyra_api_key
-        self._own_session = session is None
-        self._session = session if session is not None else _watched_session()
+        self._key = config.api_key
+        self._session = session
 
     def __repr__(self) -> str:
         return f"KaleyraClient(url={self.url!r}, retry={self.retry!r})"
 
-    def __enter__(self) -> KaleyraClient:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
-
-    def close(self) -> None:
-        """Close the session if this client created it."""
-        if self._own_session:
-            self._session.close()
+    @property
+    def description(self) -> str:
+        return self.url
 
     def fetch(self) -> Snapshot:
-        """Fetch with retries; raises :class:`TransientSourceError` once it gives up."""
-        attempts = _Attempts(self.retry)
-        retrying = tenacity.Retrying(
-            retry=tenacity.retry_if_exception_type(TransientSourceError),
-            wait=attempts.wait,
-            stop=attempts.stop,
-            before_sleep=attempts.before_sleep,
-        )
-        try:
-            with _Deadline(attempts.deadline):
-                return retrying(self._attempt, attempts.deadline, attempts)
-        except tenacity.RetryError as error:
-            last = error.last_attempt.exception()
-            count = error.last_attempt.attempt_number
-        assert isinstance(last, TransientSourceError)
-        raise attempts.give_up(last, count)
+        """Fetch, retrying transient failures within the policy's attempts and time budget;
+        raises the last failure, worded to say why it gave up."""
+        policy = self.retry
+        started = time.monotonic()
+        deadline = started + policy.total_seconds
+        attempt = 0
+        with _Deadline(deadline), self._session_for_fetch() as session:
+            while True:
+                attempt += 1
+                try:
+                    return self._attempt(session, attempt, deadline)
+                except TransientSourceError as error:
+                    last = error
+                left = deadline - time.monotonic()
+                asked = last.retry_after
+                wait = max(_backoff(policy, attempt), asked or 0.0)
+                if attempt >= policy.attempts:
+                    stopped_by = "attempts"
+                elif asked is not None and asked >= left:
+                    stopped_by = "retry-after"
+                elif wait >= left:
+                    stopped_by = "budget"
+                else:
+                    _log_failure(last, attempt, wait=round(wait, 3))
+                    time.sleep(wait)
+                    continue
+                elapsed = time.monotonic() - started
+                raise _give_up(last, attempt, elapsed, stopped_by, left, policy)
 
-    def fetch_once(self) -> Snapshot:
-        """One attempt, classified, no retry."""
-        deadline = time.monotonic() + self.retry.total_seconds
-        with _Deadline(deadline):
-            return self._attempt(deadline)
+    @contextlib.contextmanager
+    def _session_for_fetch(self) -> Iterator[requests.Session]:
+        if self._session is not None:
+            yield self._session
+            return
+        with _watched_session() as session:
+            yield session
 
-    def _attempt(self, deadline: float, attempts: _Attempts | None = None) -> Snapshot:
-        number = 1
-        if attempts is not None:
-            attempts.made += 1
-            number = attempts.made
+    def _attempt(self, session: requests.Session, number: int, deadline: float) -> Snapshot:
         logger.debug("fetch.attempt", attempt=number, url=self.url)
         try:
-            return self._get(deadline)
-        except SourceError as error:
-            self._redact(error)
-            if isinstance(error, PermanentSourceError):
-                logger.warning(
-                    "fetch.attempt_failed",
-                    attempt=number,
-                    code=error.code,
-                    status=error.status,
-                    error=str(error),
-                    wait=None,
-                )
+            return self._get(session, deadline)
+        except PermanentSourceError as error:
+            _log_failure(error, number, wait=None)
             raise
 
-    def _redact(self, error: SourceError) -> None:
-        """Guard against a server echoing the key back into a message."""
-        key = self._key.reveal()
-        error.args = tuple(
-            redact(arg, (key,)) if isinstance(arg, str) else arg for arg in error.args
-        )
-        if error.code is not None:
-            error.code = redact(error.code, (key,))
+    def _scrub(self, text: str) -> str:
+        """Text the server controls, without the key should it echo it back."""
+        return redact(text, (self._key.reveal(),))
 
     def _headers(self) -> dict[str, str]:
         return {
@@ -440,14 +392,14 @@ class KaleyraClient:
             "User-Agent": f"regionsync/{__version__}",
         }
 
-    def _get(self, deadline: float) -> Snapshot:
+    def _get(self, session: requests.Session, deadline: float) -> Snapshot:
         left = deadline - time.monotonic()
         if left <= 0:
             raise TransientSourceError("no time left to ask Kaleyra", code="timeout")
         timeout = (min(self.retry.connect_timeout, left), min(self.retry.read_timeout, left))
         failure: SourceError
         try:
-            response = self._session.get(
+            response = session.get(
                 self.url,
                 headers=self._headers(),
                 timeout=timeout,
@@ -461,7 +413,7 @@ class KaleyraClient:
             with response:
                 # A connection from a caller's session was made outside this deadline.
                 watching = _watching.get()
-                if watching is not None and self._own_session is False:
+                if watching is not None and session is self._session:
                     watching.watch(getattr(response.raw.connection, "sock", None))
                 return self._read(response, deadline)
         raise failure
@@ -479,7 +431,7 @@ class KaleyraClient:
         self, error: requests.RequestException, timeout: tuple[float, float]
     ) -> SourceError:
         host = urlsplit(self.url).netloc
-        reason = one_line(_root_reason(error))
+        reason = self._scrub(one_line(_root_reason(error)))
         if isinstance(error, requests.exceptions.SSLError):
             return PermanentSourceError(f"TLS connection to {host} failed: {reason}", code="tls")
         if isinstance(error, requests.exceptions.ConnectTimeout):
@@ -502,45 +454,26 @@ class KaleyraClient:
 
     def _read(self, response: requests.Response, deadline: float) -> Snapshot:
         status = response.status_code
-        where = f"HTTP {status}"
         if 300 <= status < 400:
             location = one_line(response.headers.get("Location", "nowhere"), limit=120)
             raise PermanentSourceError(
-                f"Kaleyra answered HTTP {status} redirecting to {location}; redirects are "
-                "not followed so the API key is not sent elsewhere (check KALEYRA_BASE_URL "
-                "and KALEYRA_REGIONS_PATH)",
+                f"Kaleyra answered HTTP {status} redirecting to {self._scrub(location)}; "
+                "redirects are not followed so the API key is not sent elsewhere (check "
+                "KALEYRA_BASE_URL and KALEYRA_REGIONS_PATH)",
                 code=f"HTTP {status}",
                 status=status,
             )
-        retry_after = parse_retry_after(response.headers.get("Retry-After"))
-        content = self._content(response, deadline)
-        body: Any = None
-        problem = ""
-        try:
-            body = decode_body(content)
-        except ValueError as error:
-            problem = str(error)
-        del content  # the decoded body holds what is needed; at 100,000 regions this is 25 MB
-
-        failure = classify_failure(
-            None if problem else body, status=status, where=where, reason=response.reason or ""
+        origin = Origin(
+            source=self.url,
+            where=f"HTTP {status}",
+            status=status,
+            reason=response.reason or "",
+            content_type=response.headers.get("Content-Type", ""),
+            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            scrub=self._scrub,
         )
-        if failure is not None:
-            if isinstance(failure, TransientSourceError):
-                failure.retry_after = retry_after
-            elif status == 404:
-                failure.args = (f"{failure}; {NOT_FOUND_HINT}",)
-            raise failure
-        if problem:
-            kind = one_line(response.headers.get("Content-Type", "no content type"), limit=60)
-            raise bad_body(
-                f"HTTP {status} with a body that is not JSON ({kind}): {problem}", status=status
-            )
-        try:
-            return parse_body(body, source=self.url, received_at=datetime.now(UTC))
-        except PermanentSourceError as error:
-            error.status = status
-            raise
+        # The content is not kept here: at 100,000 regions it is 25 MB, replaced once decoded.
+        return read_answer(self._content(response, deadline), origin, received_at=datetime.now(UTC))
 
     def _content(self, response: requests.Response, deadline: float) -> bytes:
         declared = response.headers.get("Content-Length", "")
@@ -566,8 +499,9 @@ class KaleyraClient:
                     status=status,
                 )
             else:
+                reason = self._scrub(one_line(_root_reason(error)))
                 failure = TransientSourceError(
-                    f"Kaleyra's answer broke off (HTTP {status}): {one_line(_root_reason(error))}",
+                    f"Kaleyra's answer broke off (HTTP {status}): {reason}",
                     code="connection",
                     status=status,
                 )

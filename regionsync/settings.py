@@ -3,6 +3,10 @@
 No other module reads ``os.environ``: the CLI builds :class:`Settings` and passes it in.
 Secrets are held in :class:`Secret` and the database URL's password is masked, so
 ``repr(settings)`` is safe to log.
+
+Each variable (or group) has its own small parser. Not pydantic-settings: a new dependency
+whose errors (several lines, naming fields) we would reword into our one line naming the
+variable (exit 2), while empty-as-unset and the unknown-variable warnings stay ours anyway.
 """
 
 from __future__ import annotations
@@ -47,6 +51,8 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_METRICS_HOST = "127.0.0.1"
 
 LogFormat = Literal["json", "console"]
+#: How a parser reads a variable: its stripped value, None when unset or empty.
+Get = Callable[[str], str | None]
 
 
 class Secret:
@@ -176,16 +182,8 @@ class Settings:
         found.extend(self.notifications.secrets)
         return tuple(s for s in found if s)
 
-    @property
-    def regions_url(self) -> str:
-        """The full URL of "Get an Agent's Regions"; needs the Kaleyra settings."""
-        self.require_kaleyra()
-        assert self.kaleyra_base_url is not None
-        assert self.kaleyra_sid is not None
-        return self.kaleyra_base_url + self.kaleyra_regions_path.format(sid=self.kaleyra_sid)
-
-    def require_kaleyra(self) -> None:
-        """Fetching from the API needs a SID, a key and a base URL (or pod)."""
+    def require_kaleyra(self) -> KaleyraConfig:
+        """What fetching from the API needs: a SID, a key and a base URL (or pod)."""
         if not self.kaleyra_sid:
             raise ConfigError("KALEYRA_SID", "is required to fetch from the Kaleyra API")
         if self.kaleyra_api_key is None:
@@ -194,111 +192,174 @@ class Settings:
             raise ConfigError(
                 "KALEYRA_POD", "set KALEYRA_POD (in or na) or KALEYRA_BASE_URL to reach Kaleyra"
             )
+        return KaleyraConfig(
+            base_url=self.kaleyra_base_url,
+            sid=self.kaleyra_sid,
+            api_key=self.kaleyra_api_key,
+            regions_path=self.kaleyra_regions_path,
+        )
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
         """Build and validate settings; raises :class:`ConfigError` naming the variable.
 
-        Every variable is read through ``get``, unconditionally: the names it asks for are
-        the known ones, and any other ``REGIONSYNC_*``/``KALEYRA_*`` is warned about (see
-        :func:`known_variables`).
+        Each variable (or group) has its own parser below, and every one is called,
+        unconditionally: the names read through ``get`` are the known ones, and any other
+        ``REGIONSYNC_*``/``KALEYRA_*`` is warned about (see :func:`known_variables`).
         """
         env = os.environ if env is None else env
 
         def get(name: str) -> str | None:
             value = env.get(name)
             if value is None or not value.strip():
-                return None
+                return None  # set but empty reads as unset
             return value.strip()
 
-        db_setting = "REGIONSYNC_DATABASE_URL" if get("REGIONSYNC_DATABASE_URL") else "DATABASE_URL"
-        raw_db = get(db_setting)
-        if raw_db is None:
-            database_url = _sqlite_url(default_sqlite_path(env))
-            embedded = True
-        else:
-            database_url = normalise_database_url(raw_db, setting=db_setting)
-            embedded = False
-
-        pod = get("KALEYRA_POD")
-        if pod is not None:
-            pod = pod.lower()
-            if pod not in POD_BASE_URLS:
-                raise ConfigError("KALEYRA_POD", f"must be one of: {', '.join(POD_BASE_URLS)}")
-        raw_base = get("KALEYRA_BASE_URL")
-        base_url = check_base_url(raw_base) if raw_base else POD_BASE_URLS.get(pod or "")
-
-        path = get("KALEYRA_REGIONS_PATH") or DEFAULT_REGIONS_PATH
-        if not path.startswith("/") or "{sid}" not in path:
-            raise ConfigError(
-                "KALEYRA_REGIONS_PATH",
-                "must start with / and contain {sid}, e.g. " + DEFAULT_REGIONS_PATH,
-            )
-        try:
-            path.format(sid="x")
-        except (KeyError, IndexError, ValueError):
-            raise ConfigError("KALEYRA_REGIONS_PATH", "may hold no placeholder but {sid}") from None
-
-        sid = get("KALEYRA_SID")
-        if sid is not None and not sid.isalnum():
-            raise ConfigError("KALEYRA_SID", "must be letters and digits only")
-        key = get("KALEYRA_API_KEY")
-        if key is not None and not _header_safe(key):
-            # Say what is wrong, never which character: the key is a secret.
-            raise ConfigError(
-                "KALEYRA_API_KEY", "must be printable Latin-1 text (it is sent as an HTTP header)"
-            )
-
-        timezone = get("REGIONSYNC_TIMEZONE") or "UTC"
-        try:
-            zoneinfo.ZoneInfo(timezone)
-        except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-            raise ConfigError("REGIONSYNC_TIMEZONE", f"unknown time zone {timezone!r}") from None
-
-        log_format = get("REGIONSYNC_LOG_FORMAT")
-        if log_format is not None and log_format.lower() not in ("json", "console"):
-            raise ConfigError("REGIONSYNC_LOG_FORMAT", "must be json or console")
-        log_level = (get("REGIONSYNC_LOG_LEVEL") or "INFO").upper()
-        if log_level not in LOG_LEVELS:
-            raise ConfigError("REGIONSYNC_LOG_LEVEL", f"must be one of: {', '.join(LOG_LEVELS)}")
-
-        fraction = _fraction("REGIONSYNC_MAX_REMOVAL_FRACTION", get, DEFAULT_MAX_REMOVAL_FRACTION)
-
-        metrics_port = None
-        raw_port = get("REGIONSYNC_METRICS_PORT")
-        if raw_port is not None:
-            if not _ascii_digits(raw_port) or not 1 <= int(raw_port) <= 65535:
-                raise ConfigError(
-                    "REGIONSYNC_METRICS_PORT", "must be a port number from 1 to 65535"
-                )
-            metrics_port = int(raw_port)
-        metrics_host = _metrics_host(get("REGIONSYNC_METRICS_HOST"))
-
-        schedule = get("REGIONSYNC_SCHEDULE") or DEFAULT_SCHEDULE
-        check_schedule(schedule)
-
+        database = _database(get, env)
+        sqlite = database["database_url"].get_backend_name() == "sqlite"
         return cls(
-            database_url=database_url,
-            embedded_database=embedded,
-            database_setting=None if embedded else db_setting,
-            kaleyra_sid=sid,
-            kaleyra_api_key=Secret(key) if key else None,
-            kaleyra_base_url=base_url,
-            kaleyra_regions_path=path,
-            schedule=schedule,
-            timezone=timezone,
-            log_format=log_format.lower() if log_format else None,  # type: ignore[arg-type]
-            log_level=log_level,
-            max_removal_fraction=fraction,
-            metrics_port=metrics_port,
-            metrics_host=metrics_host,
+            **database,
+            kaleyra_base_url=_base_url(get),
+            kaleyra_regions_path=_regions_path(get),
+            kaleyra_sid=_sid(get),
+            kaleyra_api_key=_api_key(get),
+            timezone=_timezone(get),
+            log_format=_log_format(get),
+            log_level=_log_level(get),
+            max_removal_fraction=_fraction(
+                "REGIONSYNC_MAX_REMOVAL_FRACTION", get, DEFAULT_MAX_REMOVAL_FRACTION
+            ),
+            metrics_port=_metrics_port(get),
+            metrics_host=_metrics_host(get("REGIONSYNC_METRICS_HOST")),
+            schedule=_schedule(get),
             notifications=NotificationSettings.from_env(get),
-            **db_schema_settings(get, sqlite=database_url.get_backend_name() == "sqlite"),
+            **db_schema_settings(get, sqlite=sqlite),
             max_reject_fraction=_fraction(
                 "REGIONSYNC_MAX_REJECT_FRACTION", get, DEFAULT_MAX_REJECT_FRACTION
             ),
             log_region_lines=_count("REGIONSYNC_LOG_REGION_LINES", get, DEFAULT_LOG_REGION_LINES),
         )
+
+
+@dataclass(frozen=True)
+class KaleyraConfig:
+    """Everything a fetch from Kaleyra needs, all of it present: see
+    :meth:`Settings.require_kaleyra`, the one place that checks."""
+
+    base_url: str
+    sid: str
+    api_key: Secret
+    regions_path: str = DEFAULT_REGIONS_PATH
+
+    @property
+    def regions_url(self) -> str:
+        """The full URL of "Get an Agent's Regions"."""
+        return self.base_url + self.regions_path.format(sid=self.sid)
+
+
+# One parser per variable (or group), each raising ConfigError naming it --------------------
+
+
+def _database(get: Get, env: Mapping[str, str]) -> dict[str, Any]:
+    """``REGIONSYNC_DATABASE_URL``, else ``DATABASE_URL``, else the embedded SQLite file."""
+    setting = "REGIONSYNC_DATABASE_URL" if get("REGIONSYNC_DATABASE_URL") else "DATABASE_URL"
+    raw = get(setting)
+    if raw is None:
+        return {
+            "database_url": _sqlite_url(default_sqlite_path(env)),
+            "embedded_database": True,
+            "database_setting": None,
+        }
+    return {
+        "database_url": normalise_database_url(raw, setting=setting),
+        "embedded_database": False,
+        "database_setting": setting,
+    }
+
+
+def _base_url(get: Get) -> str | None:
+    """``KALEYRA_BASE_URL``, else the URL of ``KALEYRA_POD``; both are always read."""
+    pod = get("KALEYRA_POD")
+    if pod is not None and pod.lower() not in POD_BASE_URLS:
+        raise ConfigError("KALEYRA_POD", f"must be one of: {', '.join(POD_BASE_URLS)}")
+    raw = get("KALEYRA_BASE_URL")
+    return check_base_url(raw) if raw else POD_BASE_URLS.get((pod or "").lower())
+
+
+def _regions_path(get: Get) -> str:
+    path = get("KALEYRA_REGIONS_PATH") or DEFAULT_REGIONS_PATH
+    if not path.startswith("/") or "{sid}" not in path:
+        raise ConfigError(
+            "KALEYRA_REGIONS_PATH",
+            "must start with / and contain {sid}, e.g. " + DEFAULT_REGIONS_PATH,
+        )
+    try:
+        path.format(sid="x")
+    except (KeyError, IndexError, ValueError):
+        raise ConfigError("KALEYRA_REGIONS_PATH", "may hold no placeholder but {sid}") from None
+    return path
+
+
+def _sid(get: Get) -> str | None:
+    sid = get("KALEYRA_SID")
+    if sid is not None and not sid.isalnum():
+        raise ConfigError("KALEYRA_SID", "must be letters and digits only")
+    return sid
+
+
+def _api_key(get: Get) -> Secret | None:
+    key = get("KALEYRA_API_KEY")
+    if key is None:
+        return None
+    if not _header_safe(key):
+        # Say what is wrong, never which character: the key is a secret.
+        raise ConfigError(
+            "KALEYRA_API_KEY", "must be printable Latin-1 text (it is sent as an HTTP header)"
+        )
+    return Secret(key)
+
+
+def _timezone(get: Get) -> str:
+    timezone = get("REGIONSYNC_TIMEZONE") or "UTC"
+    try:
+        zoneinfo.ZoneInfo(timezone)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise ConfigError("REGIONSYNC_TIMEZONE", f"unknown time zone {timezone!r}") from None
+    return timezone
+
+
+def _log_format(get: Get) -> LogFormat | None:
+    raw = get("REGIONSYNC_LOG_FORMAT")
+    if raw is None:
+        return None
+    fmt = raw.lower()
+    if fmt == "json":
+        return "json"
+    if fmt == "console":
+        return "console"
+    raise ConfigError("REGIONSYNC_LOG_FORMAT", "must be json or console")
+
+
+def _log_level(get: Get) -> str:
+    level = (get("REGIONSYNC_LOG_LEVEL") or "INFO").upper()
+    if level not in LOG_LEVELS:
+        raise ConfigError("REGIONSYNC_LOG_LEVEL", f"must be one of: {', '.join(LOG_LEVELS)}")
+    return level
+
+
+def _metrics_port(get: Get) -> int | None:
+    raw = get("REGIONSYNC_METRICS_PORT")
+    if raw is None:
+        return None
+    if not _ascii_digits(raw) or not 1 <= int(raw) <= 65535:
+        raise ConfigError("REGIONSYNC_METRICS_PORT", "must be a port number from 1 to 65535")
+    return int(raw)
+
+
+def _schedule(get: Get) -> str:
+    schedule = get("REGIONSYNC_SCHEDULE") or DEFAULT_SCHEDULE
+    check_schedule(schedule)
+    return schedule
 
 
 # Several accounts in one database (see README, *Several accounts in one database*) ------
@@ -319,7 +380,7 @@ def check_db_schema(raw: str) -> str:
     return raw
 
 
-def db_schema_settings(get: Callable[[str], str | None], *, sqlite: bool) -> dict[str, Any]:
+def db_schema_settings(get: Get, *, sqlite: bool) -> dict[str, Any]:
     """``db_schema`` and ``db_schema_ignored``: validated even for SQLite, which ignores it."""
     raw = get("REGIONSYNC_DB_SCHEMA")
     schema = DEFAULT_DB_SCHEMA if raw is None else check_db_schema(raw)
@@ -420,7 +481,7 @@ class NotificationSettings:
         return tuple(s for s in hidden if s)
 
     @classmethod
-    def from_env(cls, get: Callable[[str], str | None]) -> NotificationSettings:
+    def from_env(cls, get: Get) -> NotificationSettings:
         raw_url = get("REGIONSYNC_WEBHOOK_URL")
         url = check_webhook_url(raw_url) if raw_url else None
         raw_secret = get("REGIONSYNC_WEBHOOK_SECRET")
@@ -466,7 +527,7 @@ def _ascii_digits(text: str) -> bool:
     return text.isascii() and text.isdigit()
 
 
-def _fraction(name: str, get: Callable[[str], str | None], default: float) -> float:
+def _fraction(name: str, get: Get, default: float) -> float:
     """A number from 0 to 1, written in ASCII; ``default`` when unset."""
     raw = get(name)
     if raw is None:
@@ -480,7 +541,7 @@ def _fraction(name: str, get: Callable[[str], str | None], default: float) -> fl
     return value
 
 
-def _count(name: str, get: Callable[[str], str | None], default: int) -> int:
+def _count(name: str, get: Get, default: int) -> int:
     raw = get(name)
     if raw is None:
         return default

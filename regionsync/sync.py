@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Literal
 
 import sqlalchemy as sa
 import structlog
@@ -21,7 +20,7 @@ from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
 from regionsync.logs import redact
-from regionsync.records import Snapshot
+from regionsync.records import Snapshot, Source
 from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
 from regionsync.runs import Counts
 from regionsync.schema import require_current
@@ -29,58 +28,10 @@ from regionsync.store import describe_db_error, translated_errors
 from regionsync.tables import RunTrigger
 
 if TYPE_CHECKING:
-    from regionsync.kaleyra import RetryPolicy
     from regionsync.settings import Settings
 
 logger = structlog.get_logger("regionsync.sync")
 SKIPPED_REASON = "another sync holds the lock"
-
-
-class Source(Protocol):
-    """Where a snapshot comes from: the Kaleyra API or a saved response."""
-
-    @property
-    def description(self) -> str:
-        """Where the data comes from, safe to store and log (no secret)."""
-        ...
-
-    def fetch(self) -> Snapshot: ...
-
-
-@dataclass(frozen=True)
-class FileSource:
-    """A saved API response (``--from-file``): replay or backfill without the API."""
-
-    path: Path
-
-    @property
-    def description(self) -> str:
-        return f"file:{self.path.resolve()}"
-
-    def fetch(self) -> Snapshot:
-        from regionsync.records import load_file
-
-        return load_file(self.path)
-
-
-class ApiSource:
-    """Kaleyra's "Get an Agent's Regions"; the HTTP client is imported only when used."""
-
-    def __init__(self, settings: Settings, *, retry: RetryPolicy | None = None) -> None:
-        settings.require_kaleyra()
-        self.settings = settings
-        self.retry = retry
-
-    @property
-    def description(self) -> str:
-        return self.settings.regions_url
-
-    def fetch(self) -> Snapshot:
-        from regionsync.kaleyra import KaleyraClient
-
-        options: dict[str, Any] = {} if self.retry is None else {"retry": self.retry}
-        with KaleyraClient(self.settings, **options) as client:
-            return client.fetch()
 
 
 @dataclass
@@ -353,10 +304,7 @@ def _log_changes(planned: changeset.Plan, lines: RegionLines) -> None:
 
 
 __all__ = [
-    "ApiSource",
-    "FileSource",
     "Guard",
-    "Source",
     "SyncResult",
     "preview",
     "run_sync",

@@ -37,7 +37,7 @@ if code:
     sys.path.insert(0, code)
 
 from regionsync.errors import SourceError
-from regionsync.records import load_file
+from regionsync.saved_response import load_file
 
 before = status_mib("VmRSS")
 started, cpu = time.perf_counter(), time.process_time()

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from regionsync.fakeapi import FakeKaleyra, sample_regions
-from regionsync.kaleyra import RetryPolicy
+from regionsync.kaleyra import KaleyraClient, RetryPolicy
 from regionsync.settings import Settings
 
 #: Distinctive, so that a leak anywhere is easy to find.
@@ -43,6 +43,11 @@ def settings_for_fake(fake: FakeKaleyra, **env: str) -> Settings:
     """Settings pointing regionsync at ``fake`` with :data:`API_KEY`, plus any variables."""
     base = {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": fake.sid, "KALEYRA_API_KEY": API_KEY}
     return Settings.from_env({**base, **env})
+
+
+def client_for_fake(fake: FakeKaleyra, retry: RetryPolicy = FAST, **env: str) -> KaleyraClient:
+    """A client of ``fake`` (as :func:`settings_for_fake` configures it) with a retry policy."""
+    return KaleyraClient(settings_for_fake(fake, **env).require_kaleyra(), retry=retry)
 
 
 def exception_texts(error: BaseException) -> list[str]:

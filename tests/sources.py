@@ -7,7 +7,8 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from regionsync.records import Snapshot, decode_body, parse_body
+from regionsync.kaleyra_answer import Origin, read_answer
+from regionsync.records import Snapshot
 
 
 def region(
@@ -54,9 +55,8 @@ class ListSource:
         if self.during_fetch is not None:
             self.during_fetch()
         content = json.dumps(body(self.data)).encode()
-        return parse_body(
-            decode_body(content), source=self.description, received_at=datetime.now(UTC)
-        )
+        origin = Origin(source=self.description, where=f"from {self.description}")
+        return read_answer(content, origin, received_at=datetime.now(UTC))
 
 
 class FailingSource:

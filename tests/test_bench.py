@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from regionsync.records import parse_body
+from regionsync.kaleyra_answer import parse_body
 from tests import bench_sync
 from tests.bench_measure import (
     BenchError,

@@ -14,7 +14,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from regionsync import changeset, runs
-from regionsync.records import RegionRecord, Snapshot, validate_record
+from regionsync.kaleyra_answer import validate_record
+from regionsync.records import RegionRecord, Snapshot
 from regionsync.sync import Guard, preview, run_sync
 from tests.sources import ListSource, region
 from tests.test_sync import history, rows

@@ -473,8 +473,8 @@ def test_command_serves_the_sample_until_signalled(sig: signal.Signals) -> None:
         env = env_from(line)
         assert env["KALEYRA_SID"] == "ABC123"
         assert env["KALEYRA_API_KEY"] == "trial-key"
-        with KaleyraClient(Settings.from_env(env), retry=FAST) as api:
-            assert len(api.fetch().records) == 12
+        api = KaleyraClient(Settings.from_env(env).require_kaleyra(), retry=FAST)
+        assert len(api.fetch().records) == 12
     finally:
         process.send_signal(sig)
         assert process.wait(timeout=10) == 0
@@ -485,8 +485,8 @@ def test_command_takes_regions_and_a_fault(tmp_path: Path) -> None:
     path.write_text(json.dumps([{"id": "one", "carrier_enabled": False}]), encoding="utf-8")
     process, line = run_command("--regions", str(path), "--fault", "rcs502", "--fault-times", "1")
     try:
-        with KaleyraClient(Settings.from_env(env_from(line)), retry=FAST) as api:
-            snapshot = api.fetch()
+        api = KaleyraClient(Settings.from_env(env_from(line)).require_kaleyra(), retry=FAST)
+        snapshot = api.fetch()
         assert [r.id for r in snapshot.records] == ["one"]
         url = env_from(line)["KALEYRA_BASE_URL"]
         assert requests.get(url + "/_fake/requests", timeout=5).json() == {"count": 2}

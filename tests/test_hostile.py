@@ -32,9 +32,10 @@ from sqlalchemy.engine import URL, Engine
 from regionsync.errors import RegionSyncError, SourceError
 from regionsync.fakeapi import FakeKaleyra, sample_regions, success_body
 from regionsync.kaleyra import RetryPolicy
-from regionsync.records import Snapshot, bad_body, classify_failure, decode_json, parse_body
-from regionsync.sync import ApiSource, run_sync
-from tests.fakeapi_fixtures import API_KEY, FAST, running_fake, settings_for_fake
+from regionsync.kaleyra_answer import Origin, read_answer
+from regionsync.records import Snapshot
+from regionsync.sync import run_sync
+from tests.fakeapi_fixtures import API_KEY, client_for_fake, running_fake
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 BUDGET = 2.0
@@ -96,7 +97,7 @@ def run_here(engine: Engine, fake: FakeKaleyra) -> Outcome:
     """The same run in this process (no memory figure): the exit code the CLI would give."""
     started = time.monotonic()
     try:
-        run_sync(engine, ApiSource(settings_for_fake(fake), retry=TWO_SECONDS))
+        run_sync(engine, client_for_fake(fake, TWO_SECONDS))
     except RegionSyncError as failure:
         return Outcome(failure.exit_code, "", str(failure), time.monotonic() - started, 0.0)
     return Outcome(0, "", "", time.monotonic() - started, 0.0)
@@ -134,7 +135,7 @@ def last_run(engine: Engine) -> dict[str, Any]:
 @pytest.fixture
 def seeded(pg_engine: Engine, pg_url: URL, fake: FakeKaleyra) -> Engine:
     """The sample regions synced once, so a hostile run has something to spoil."""
-    run_sync(pg_engine, ApiSource(settings_for_fake(fake), retry=FAST))
+    run_sync(pg_engine, client_for_fake(fake))
     return pg_engine
 
 
@@ -407,14 +408,8 @@ def hostile_bodies(draw: st.DrawFn) -> bytes:
 
 def parse(content: bytes) -> Snapshot:
     """What the client does with a 200 body: decode, classify, validate."""
-    try:
-        body = decode_json(content)
-    except ValueError as error:
-        raise bad_body(str(error), status=200) from None
-    failure = classify_failure(body, status=200, where="HTTP 200")
-    if failure is not None:
-        raise failure
-    return parse_body(body, source="test", received_at=datetime.now(UTC))
+    origin = Origin(source="test", where="HTTP 200", status=200)
+    return read_answer(content, origin, received_at=datetime.now(UTC))
 
 
 def as_json(value: Any) -> Any:
@@ -465,7 +460,7 @@ def test_a_real_sync_of_a_hostile_body_applies_it_whole_or_not_at_all(
     fake.set_raw_body(content)
     failure: RegionSyncError | None = None
     try:
-        result = run_sync(pg_engine, ApiSource(settings_for_fake(fake), retry=FAST))
+        result = run_sync(pg_engine, client_for_fake(fake))
     except RegionSyncError as error:  # never an internal error: that would escape here
         failure = error
     event(f"sync {'failed: ' + type(failure).__name__ if failure else 'succeeded'}")

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -23,6 +24,7 @@ from regionsync.settings import Settings
 from tests.fakeapi_fixtures import (
     API_KEY,
     FAST,
+    client_for_fake,
     exception_texts,
     running_fake,
     settings_for_fake,
@@ -34,13 +36,9 @@ def fake() -> Iterator[FakeKaleyra]:
     yield from running_fake()
 
 
-def client(fake: FakeKaleyra, retry: RetryPolicy = FAST, **env: str) -> KaleyraClient:
-    return KaleyraClient(settings_for_fake(fake, **env), retry=retry)
-
-
 def failing_fetch(fake: FakeKaleyra, retry: RetryPolicy = FAST) -> SourceError:
-    with client(fake, retry) as api, pytest.raises(SourceError) as caught:
-        api.fetch()
+    with pytest.raises(SourceError) as caught:
+        client_for_fake(fake, retry).fetch()
     return caught.value
 
 
@@ -49,8 +47,7 @@ def failing_fetch(fake: FakeKaleyra, retry: RetryPolicy = FAST) -> SourceError:
 
 def test_fetch_returns_the_validated_snapshot(fake: FakeKaleyra) -> None:
     before = datetime.now(UTC)
-    with client(fake) as api:
-        snapshot = api.fetch()
+    snapshot = client_for_fake(fake).fetch()
     assert len(snapshot.records) == snapshot.fetched == 12
     assert snapshot.source == f"{fake.url}/v1/demo/rcs/agent/agent_regions"
     assert before <= snapshot.received_at <= datetime.now(UTC)
@@ -58,8 +55,7 @@ def test_fetch_returns_the_validated_snapshot(fake: FakeKaleyra) -> None:
 
 
 def test_request_carries_the_documented_headers(fake: FakeKaleyra) -> None:
-    with client(fake) as api:
-        api.fetch()
+    client_for_fake(fake).fetch()
     (request,) = fake.requests
     assert request.method == "GET"
     assert request.path == "/v1/demo/rcs/agent/agent_regions"
@@ -70,22 +66,20 @@ def test_request_carries_the_documented_headers(fake: FakeKaleyra) -> None:
 
 
 def test_the_prose_path_is_a_setting(fake: FakeKaleyra) -> None:
-    with client(fake, KALEYRA_REGIONS_PATH="/v1/{sid}/rcs/agent_regions") as api:
-        assert len(api.fetch().records) == 12
+    api = client_for_fake(fake, KALEYRA_REGIONS_PATH="/v1/{sid}/rcs/agent_regions")
+    assert len(api.fetch().records) == 12
     assert fake.requests[0].path == "/v1/demo/rcs/agent_regions"
 
 
 def test_transient_failures_are_retried_until_success(fake: FakeKaleyra) -> None:
     fake.fail("rcs502", times=2)
-    with client(fake) as api:
-        assert len(api.fetch().records) == 12
+    assert len(client_for_fake(fake).fetch().records) == 12
     assert len(fake.requests) == 3
 
 
 def test_records_are_validated_on_the_way_in(fake: FakeKaleyra) -> None:
     fake.set_regions([{"id": "ok", "carrier_enabled": True}, {"id": "bad", "carrier_enabled": 1}])
-    with client(fake) as api:
-        snapshot = api.fetch()
+    snapshot = client_for_fake(fake).fetch()
     assert [r.id for r in snapshot.records] == ["ok"]
     assert snapshot.held_ids == frozenset({"bad"})
 
@@ -158,24 +152,19 @@ def test_message_names_the_kaleyra_code(fake: FakeKaleyra) -> None:
 
 
 def test_bad_credentials_are_permanent_and_say_which_settings(fake: FakeKaleyra) -> None:
-    with (
-        KaleyraClient(
-            Settings.from_env(
-                {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": "demo", "KALEYRA_API_KEY": "wrong"}
-            ),
-            retry=FAST,
-        ) as api,
-        pytest.raises(PermanentSourceError) as caught,
-    ):
-        api.fetch()
+    settings = Settings.from_env(
+        {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": "demo", "KALEYRA_API_KEY": "wrong"}
+    )
+    with pytest.raises(PermanentSourceError) as caught:
+        KaleyraClient(settings.require_kaleyra(), retry=FAST).fetch()
     assert caught.value.status == 401
     assert "check KALEYRA_API_KEY and KALEYRA_SID" in str(caught.value)
     assert len(fake.requests) == 1
 
 
 def test_unknown_sid_is_permanent(fake: FakeKaleyra) -> None:
-    with client(fake, KALEYRA_SID="other") as api, pytest.raises(PermanentSourceError) as caught:
-        api.fetch()
+    with pytest.raises(PermanentSourceError) as caught:
+        client_for_fake(fake, KALEYRA_SID="other").fetch()
     assert caught.value.status == 404
 
 
@@ -187,9 +176,8 @@ def test_redirect_is_not_followed(fake: FakeKaleyra) -> None:
 
 
 def test_declared_size_over_the_cap_is_refused_unread(fake: FakeKaleyra) -> None:
-    settings = settings_for_fake(fake)
-    api = KaleyraClient(settings, retry=FAST, max_bytes=1000)
-    with api, pytest.raises(PermanentSourceError, match="larger than 1000 bytes") as caught:
+    api = KaleyraClient(settings_for_fake(fake).require_kaleyra(), retry=FAST, max_bytes=1000)
+    with pytest.raises(PermanentSourceError, match="larger than 1000 bytes") as caught:
         api.fetch()
     assert "declares" in str(caught.value)
     assert caught.value.code == "too-large"
@@ -216,17 +204,16 @@ def test_connection_refused_is_transient() -> None:
             "KALEYRA_API_KEY": API_KEY,
         }
     )
-    with KaleyraClient(settings, retry=FAST) as api, pytest.raises(TransientSourceError) as caught:
-        api.fetch()
+    with pytest.raises(TransientSourceError) as caught:
+        KaleyraClient(settings.require_kaleyra(), retry=FAST).fetch()
     assert caught.value.code == "connection"
     assert "Connection refused" in str(caught.value)
 
 
 def test_tls_failure_is_permanent(fake: FakeKaleyra) -> None:
     https_url = fake.url.replace("http://", "https://")
-    settings = settings_for_fake(fake, KALEYRA_BASE_URL=https_url)
-    with KaleyraClient(settings, retry=FAST) as api, pytest.raises(PermanentSourceError) as caught:
-        api.fetch()
+    with pytest.raises(PermanentSourceError) as caught:
+        client_for_fake(fake, KALEYRA_BASE_URL=https_url).fetch()
     assert caught.value.code == "tls"
 
 
@@ -235,8 +222,7 @@ def test_tls_failure_is_permanent(fake: FakeKaleyra) -> None:
 
 def test_retry_after_is_honoured(fake: FakeKaleyra) -> None:
     fake.fail("http429:retry-after=1", times=1)
-    with client(fake) as api:
-        api.fetch()
+    client_for_fake(fake).fetch()
     first, second = fake.requests
     assert second.time - first.time >= 0.95
 
@@ -272,10 +258,12 @@ def test_persistent_failures_give_up_within_the_total_budget(fake: FakeKaleyra) 
     assert "retry budget is spent" in str(error)
 
 
-def test_fetch_once_makes_one_attempt_and_reports_retry_after(fake: FakeKaleyra) -> None:
+def test_a_single_attempt_policy_makes_one_attempt_and_reports_retry_after(
+    fake: FakeKaleyra,
+) -> None:
     fake.fail("http429:retry-after=7")
-    with client(fake) as api, pytest.raises(TransientSourceError) as caught:
-        api.fetch_once()
+    with pytest.raises(TransientSourceError) as caught:
+        client_for_fake(fake, replace(FAST, attempts=1)).fetch()
     assert caught.value.retry_after == 7
     assert len(fake.requests) == 1
 
@@ -350,23 +338,9 @@ def test_plain_http_to_a_remote_host_is_refused_at_settings_time() -> None:
         Settings.from_env({"KALEYRA_BASE_URL": "http://rcs-api.in.kaleyra.io"})
 
 
-@pytest.mark.parametrize(
-    ("env", "setting"),
-    [
-        ({"KALEYRA_POD": "in", "KALEYRA_API_KEY": API_KEY}, "KALEYRA_SID"),
-        ({"KALEYRA_POD": "in", "KALEYRA_SID": "demo"}, "KALEYRA_API_KEY"),
-        ({"KALEYRA_SID": "demo", "KALEYRA_API_KEY": API_KEY}, "KALEYRA_POD"),
-    ],
-)
-def test_client_needs_the_kaleyra_settings(env: dict[str, str], setting: str) -> None:
-    with pytest.raises(ConfigError, match=setting):
-        KaleyraClient(Settings.from_env(env))
-
-
 def test_client_closes_only_its_own_session(fake: FakeKaleyra) -> None:
     session = requests.Session()
-    with KaleyraClient(settings_for_fake(fake), retry=FAST, session=session) as api:
-        api.fetch()
+    KaleyraClient(settings_for_fake(fake).require_kaleyra(), retry=FAST, session=session).fetch()
     assert session.get(fake.url + "/_fake/requests", timeout=5).json() == {"count": 1}
     session.close()
 
@@ -411,7 +385,8 @@ def test_api_key_never_appears_when_the_connection_fails() -> None:
         }
     )
     with structlog.testing.capture_logs() as logs:
-        with KaleyraClient(settings, retry=FAST) as api, pytest.raises(SourceError) as caught:
+        api = KaleyraClient(settings.require_kaleyra(), retry=FAST)
+        with pytest.raises(SourceError) as caught:
             api.fetch()
         assert API_KEY not in repr(api)
     assert not [text for text in exception_texts(caught.value) if API_KEY in text]
@@ -448,11 +423,11 @@ def test_the_whole_fetch_ends_within_its_budget_whatever_the_server_does(
     assert "2.0 s" in str(error)
 
 
-def test_fetch_once_is_bounded_by_the_budget_too(fake: FakeKaleyra) -> None:
+def test_a_single_attempt_is_bounded_by_the_budget_too(fake: FakeKaleyra) -> None:
     fake.fail("drip:0.2")
     started = time.monotonic()
-    with client(fake, TWO_SECONDS) as api, pytest.raises(TransientSourceError) as caught:
-        api.fetch_once()
+    with pytest.raises(TransientSourceError) as caught:
+        client_for_fake(fake, replace(TWO_SECONDS, attempts=1)).fetch()
     assert time.monotonic() - started < 2.5
     assert caught.value.code == "timeout"
 
@@ -460,14 +435,12 @@ def test_fetch_once_is_bounded_by_the_budget_too(fake: FakeKaleyra) -> None:
 def test_a_drip_that_ends_in_time_is_read_whole(fake: FakeKaleyra) -> None:
     fake.set_regions([{"id": "r1", "carrier_enabled": True}])
     fake.fail("drip:0.002")
-    with client(fake, TWO_SECONDS) as api:
-        snapshot = api.fetch()
+    snapshot = client_for_fake(fake, TWO_SECONDS).fetch()
     assert [r.id for r in snapshot.records] == ["r1"]
 
 
 def test_the_deadline_timer_is_gone_after_the_fetch(fake: FakeKaleyra) -> None:
-    with client(fake, TWO_SECONDS) as api:
-        api.fetch()
+    client_for_fake(fake, TWO_SECONDS).fetch()
     assert [t for t in threading.enumerate() if t.name == "regionsync-fetch-deadline"] == []
 
 
@@ -520,11 +493,8 @@ def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_within_the_budget() -> No
             {"KALEYRA_BASE_URL": url, "KALEYRA_SID": "demo", "KALEYRA_API_KEY": API_KEY}
         )
         started = time.monotonic()
-        with (
-            KaleyraClient(settings, retry=TWO_SECONDS) as api,
-            pytest.raises(TransientSourceError) as caught,
-        ):
-            api.fetch()
+        with pytest.raises(TransientSourceError) as caught:
+            KaleyraClient(settings.require_kaleyra(), retry=TWO_SECONDS).fetch()
         assert time.monotonic() - started < 2.5
     assert caught.value.code == "timeout"
 
@@ -532,10 +502,9 @@ def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_within_the_budget() -> No
 def test_the_deadline_closes_the_descriptors_it_watched(fake: FakeKaleyra) -> None:
     before = len(os.listdir("/proc/self/fd"))
     fake.fail("drip:0.2", times=1)
-    with client(fake, TWO_SECONDS) as api, pytest.raises(TransientSourceError):
-        api.fetch()
-    with client(fake, TWO_SECONDS) as api:
-        api.fetch()
+    with pytest.raises(TransientSourceError):
+        client_for_fake(fake, TWO_SECONDS).fetch()
+    client_for_fake(fake, TWO_SECONDS).fetch()
     settle = time.monotonic() + 3  # the fake's side of the cut connection closes on its own
     while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < settle:
         time.sleep(0.05)

@@ -26,13 +26,13 @@ from sqlalchemy.engine import URL, Engine
 from regionsync import store
 from regionsync.errors import RegionSyncError
 from regionsync.fakeapi import FakeKaleyra, sample_regions
-from regionsync.kaleyra import KaleyraClient, RetryPolicy
+from regionsync.kaleyra import RetryPolicy
 from regionsync.metrics import FAILURE_REASONS, DaemonMetrics, MetricsServer, failure_reason
 from regionsync.runs import Counts
 from regionsync.status import StatusReport, gather
-from regionsync.sync import ApiSource, Guard, run_sync
+from regionsync.sync import Guard, run_sync
 from tests import test_daemon as daemon_tests
-from tests.fakeapi_fixtures import FAST, running_fake, settings_for_fake
+from tests.fakeapi_fixtures import FAST, client_for_fake, running_fake
 from tests.support import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -68,11 +68,8 @@ def fake() -> Iterator[FakeKaleyra]:
 
 def fetch_error(fake: FakeKaleyra, fault: str, policy: RetryPolicy = FAST) -> RegionSyncError:
     fake.fail(fault)
-    with (
-        KaleyraClient(settings_for_fake(fake), retry=policy) as client,
-        pytest.raises(RegionSyncError) as caught,
-    ):
-        client.fetch()
+    with pytest.raises(RegionSyncError) as caught:
+        client_for_fake(fake, policy).fetch()
     return caught.value
 
 
@@ -104,7 +101,7 @@ def test_a_fetch_that_runs_out_of_time_is_a_timeout(fake: FakeKaleyra) -> None:
 def test_the_guard_the_database_and_bugs_have_their_own_reasons(
     pg_engine: Engine, fake: FakeKaleyra
 ) -> None:
-    source = ApiSource(settings_for_fake(fake), retry=FAST)
+    source = client_for_fake(fake)
     run_sync(pg_engine, source)
     fake.set_regions(sample_regions()[:1])
     with pytest.raises(RegionSyncError) as guarded:
@@ -277,7 +274,7 @@ def test_head_metrics_answers_200_with_headers_and_no_body(
 def test_status_counts_consecutive_failures_as_the_sync_health_view_does(
     engine: Engine, fake: FakeKaleyra
 ) -> None:
-    source = ApiSource(settings_for_fake(fake), retry=FAST)
+    source = client_for_fake(fake)
     run_sync(engine, source)
     fake.fail("http401")
     for _ in range(2):

@@ -20,7 +20,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
-from regionsync.records import (
+from regionsync.kaleyra_answer import (
     LISTED_ANONYMOUS_REJECTIONS,
     MAX_DEPTH,
     MAX_ID_CHARS,
@@ -28,17 +28,16 @@ from regionsync.records import (
     MAX_STRING_CHARS,
     OPTIONAL_FIELDS,
     STRING_FIELDS,
-    RegionRecord,
-    Rejection,
-    Snapshot,
+    Origin,
     TooManyRejectedError,
     classify_failure,
     decode_body,
     decode_json,
-    load_file,
     parse_body,
     validate_record,
 )
+from regionsync.records import RegionRecord, Rejection, Snapshot
+from regionsync.saved_response import load_file
 from regionsync.tables import canonical_json
 
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
@@ -431,7 +430,7 @@ def only_code(error_code: str, message: str = "boom") -> dict[str, Any]:
 def test_classifier_reads_the_body_first_then_the_status(
     body: Any, status: int | None, kind: type[SourceError], code: str
 ) -> None:
-    failure = classify_failure(body, status=status, where=f"HTTP {status}")
+    failure = classify_failure(body, Origin("t", f"HTTP {status}", status=status))
     assert type(failure) is kind
     assert failure is not None
     assert failure.code is not None
@@ -440,22 +439,22 @@ def test_classifier_reads_the_body_first_then_the_status(
 
 
 def test_classifier_message_names_the_code_in_one_line() -> None:
-    failure = classify_failure(RCS601, status=400, where="HTTP 400")
+    failure = classify_failure(RCS601, Origin("t", "HTTP 400", status=400))
     assert str(failure) == (
         "Kaleyra refused: RCS601 RCS Channel is not enabled for this User (HTTP 400)"
     )
     noisy = only_code("X", "line one\n  line two " + "y" * 500)
-    assert "\n" not in str(classify_failure(noisy, status=400, where="HTTP 400"))
+    assert "\n" not in str(classify_failure(noisy, Origin("t", "HTTP 400", status=400)))
 
 
 def test_classifier_points_at_the_credentials_on_401() -> None:
-    failure = classify_failure(None, status=401, where="HTTP 401", reason="Unauthorized")
+    failure = classify_failure(None, Origin("t", "HTTP 401", status=401, reason="Unauthorized"))
     assert "KALEYRA_API_KEY" in str(failure)
 
 
 @pytest.mark.parametrize("status", [200, 204, None])
 def test_classifier_leaves_success_bodies_alone(status: int | None) -> None:
-    assert classify_failure(success([]), status=status, where="x") is None
+    assert classify_failure(success([]), Origin("t", "x", status=status)) is None
 
 
 # load_file -----------------------------------------------------------------------------

@@ -22,8 +22,9 @@ from structlog.testing import capture_logs
 from regionsync import cli, lock, store
 from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.grants import quote_identifier
+from regionsync.kaleyra import KaleyraClient
 from regionsync.schema import head_revision
-from regionsync.sync import ApiSource, run_sync
+from regionsync.sync import run_sync
 from tests.fakeapi_fixtures import API_KEY, FAST, start_fake
 from tests.support import admin_url, settings_for
 
@@ -209,7 +210,9 @@ def test_the_lock_is_per_schema_and_public_keeps_the_old_key(
                 settings = settings_for(fresh_pg_url, **account_env(fresh_pg_url, fake, schema))
                 engine = store.create_engine(settings)
                 try:
-                    results[schema] = run_sync(engine, ApiSource(settings, retry=FAST)).status
+                    results[schema] = run_sync(
+                        engine, KaleyraClient(settings.require_kaleyra(), retry=FAST)
+                    ).status
                 finally:
                     engine.dispose()
     finally:

@@ -34,9 +34,10 @@ from regionsync import cli, fakehook, logs
 from regionsync.errors import TransientSourceError
 from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.grants import quote_identifier
+from regionsync.kaleyra import KaleyraClient
 from regionsync.schema import migrate
 from regionsync.store import create_engine
-from regionsync.sync import ApiSource, run_sync
+from regionsync.sync import run_sync
 from tests.fakeapi_fixtures import FAST
 from tests.support import admin_url, create_pg_database, drop_pg_database, settings_for
 
@@ -301,7 +302,7 @@ def test_a_sync_failing_after_retries_records_and_logs_no_secret(
     try:
         migrate(engine)
         with pytest.raises(TransientSourceError, match="HTTP 500"):
-            run_sync(engine, ApiSource(settings, retry=FAST), trigger="cli")
+            run_sync(engine, KaleyraClient(settings.require_kaleyra(), retry=FAST), trigger="cli")
         with engine.connect() as c:
             last = c.execute(
                 sa.text("SELECT status, error FROM sync_runs ORDER BY id DESC")

@@ -97,7 +97,10 @@ def test_fetching_needs_sid_key_and_pod() -> None:
 
 def test_pod_and_base_url_give_the_regions_url() -> None:
     na = Settings.from_env({"KALEYRA_POD": "NA", "KALEYRA_SID": "ABC123", "KALEYRA_API_KEY": KEY})
-    assert na.regions_url == "https://rcs-api.na.kaleyra.io/v1/ABC123/rcs/agent/agent_regions"
+    assert (
+        na.require_kaleyra().regions_url
+        == "https://rcs-api.na.kaleyra.io/v1/ABC123/rcs/agent/agent_regions"
+    )
     custom = Settings.from_env(
         {
             "KALEYRA_POD": "in",
@@ -107,7 +110,9 @@ def test_pod_and_base_url_give_the_regions_url() -> None:
             "KALEYRA_API_KEY": KEY,
         }
     )
-    assert custom.regions_url == "http://127.0.0.1:8080/v1/ABC123/rcs/agent_regions"
+    assert (
+        custom.require_kaleyra().regions_url == "http://127.0.0.1:8080/v1/ABC123/rcs/agent_regions"
+    )
 
 
 @pytest.mark.parametrize("host", ["127.0.0.1", "localhost", "[::1]", "127.8.9.10"])
