@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -68,9 +67,8 @@ def _write(path: Path, records: list[Any]) -> Path:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    with FakeKaleyra(sid="ACME42", api_key=KEY, regions=[region("a"), region("b")]) as server:
-        yield server
+def fake_options() -> dict[str, Any]:
+    return {"sid": "ACME42", "api_key": KEY, "regions": [region("a"), region("b")]}
 
 
 def kaleyra_env(fake: FakeKaleyra, key: str = KEY) -> dict[str, str]:

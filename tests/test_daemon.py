@@ -37,7 +37,7 @@ from regionsync.scheduler import Daemon as SchedulerDaemon
 from regionsync.schema import migrate
 from regionsync.status import StatusReport, gather
 from regionsync.sync import Guard
-from tests.fakeapi_fixtures import API_KEY, running_fake
+from tests.fakeapi_fixtures import API_KEY
 from tests.sources import ListSource, region
 from tests.support import admin_url, settings_for
 from tests.tcpproxy import TcpProxy
@@ -159,11 +159,6 @@ class Daemon:
 
     def tail(self, lines: int = 30) -> str:
         return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
 
 
 @pytest.fixture

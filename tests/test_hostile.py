@@ -17,7 +17,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -34,7 +33,7 @@ from regionsync.fakeapi import FakeKaleyra, sample_regions, success_body
 from regionsync.kaleyra import RetryPolicy
 from regionsync.records import Snapshot, bad_body, classify_failure, decode_json, parse_body
 from regionsync.sync import ApiSource, run_sync
-from tests.fakeapi_fixtures import API_KEY, FAST, running_fake, settings_for_fake
+from tests.fakeapi_fixtures import API_KEY, FAST, settings_for_fake
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 BUDGET = 2.0
@@ -56,11 +55,6 @@ class Outcome:
     stderr: str
     seconds: float
     max_rss_mib: float
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
 
 
 def run_process(url: URL, fake: FakeKaleyra, *args: str) -> Outcome:

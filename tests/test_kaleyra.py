@@ -6,7 +6,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -24,14 +23,8 @@ from tests.fakeapi_fixtures import (
     API_KEY,
     FAST,
     exception_texts,
-    running_fake,
     settings_for_fake,
 )
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
 
 
 def client(fake: FakeKaleyra, retry: RetryPolicy = FAST, **env: str) -> KaleyraClient:

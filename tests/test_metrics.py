@@ -32,7 +32,7 @@ from regionsync.runs import Counts
 from regionsync.status import StatusReport, gather
 from regionsync.sync import ApiSource, Guard, run_sync
 from tests import test_daemon as daemon_tests
-from tests.fakeapi_fixtures import FAST, running_fake, settings_for_fake
+from tests.fakeapi_fixtures import FAST, settings_for_fake
 from tests.support import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -59,11 +59,6 @@ def scrape(port: int) -> str:
 
 
 # failure_reason, from real failures -------------------------------------------------------
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
 
 
 def fetch_error(fake: FakeKaleyra, fault: str, policy: RetryPolicy = FAST) -> RegionSyncError:

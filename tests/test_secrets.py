@@ -32,7 +32,7 @@ from sqlalchemy.engine import URL
 
 from regionsync import cli, fakehook, logs
 from regionsync.errors import TransientSourceError
-from regionsync.fakeapi import FakeKaleyra, sample_regions
+from regionsync.fakeapi import FakeKaleyra
 from regionsync.grants import quote_identifier
 from regionsync.schema import migrate
 from regionsync.store import create_engine
@@ -107,18 +107,17 @@ def assert_database_clean(url: URL) -> None:
         engine.dispose()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def database() -> Iterator[URL]:
-    """A database of this module's own, reached with :data:`PASSWORD`."""
+    """A database of this test's own, reached with :data:`PASSWORD`: each test syncs afresh."""
     url = create_pg_database()
     yield url.set(password=PASSWORD)
     drop_pg_database(url)
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeKaleyra]:
-    with FakeKaleyra(sid=SID, api_key=KEY, regions=sample_regions()) as server:
-        yield server
+@pytest.fixture
+def fake_options() -> dict[str, Any]:
+    return {"sid": SID, "api_key": KEY}
 
 
 @pytest.fixture
@@ -457,6 +456,9 @@ def test_an_internal_error_logs_a_traceback_without_locals(
 
 
 def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Path) -> None:
+    engine = create_engine(settings_for(database))
+    migrate(engine)
+    engine.dispose()
     env = {
         **{k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))},
         **environment(database, fake, "json", REGIONSYNC_SCHEDULE="1s"),
