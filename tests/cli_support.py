@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -14,8 +13,7 @@ import structlog
 from sqlalchemy.engine import URL
 
 from regionsync import cli
-
-SCRUBBED = ("KALEYRA_", "REGIONSYNC_")
+from tests.support import scrub_environ
 
 
 @dataclass
@@ -37,9 +35,7 @@ def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) 
     handlers, level = root.handlers[:], root.level
 
     def run(*args: str, env: dict[str, str] | None = None) -> Done:
-        for name in list(os.environ):
-            if name.startswith(SCRUBBED) or name == "DATABASE_URL":
-                monkeypatch.delenv(name)
+        scrub_environ(monkeypatch)
         for name, value in {"REGIONSYNC_LOG_FORMAT": "json", **(env or {})}.items():
             monkeypatch.setenv(name, value)
         capsys.readouterr()

@@ -22,13 +22,13 @@ from sqlalchemy.engine import URL
 
 from regionsync.fakeapi import FakeKaleyra
 from tests.cli_support import (
-    SCRUBBED,
     Invoke,
     assert_one_line_error,
     table_counts,
     url_env,
 )
 from tests.sources import body, region
+from tests.support import clean_environ
 
 SAMPLE = Path(__file__).resolve().parents[1] / "regionsync" / "samples" / "regions.json"
 KEY = "live-key-0c9f3b8497f58a94e84b"
@@ -38,8 +38,7 @@ PASSWORD = "db-pass-w0rd-77"
 def subprocess_cli(
     *args: str, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
-    base.pop("DATABASE_URL", None)
+    base = clean_environ()
     return subprocess.run(
         [sys.executable, "-m", "regionsync", *args],
         env={**base, "REGIONSYNC_LOG_FORMAT": "json", **env},
@@ -316,7 +315,7 @@ def test_concurrent_runs_apply_once(pg_url: URL, pg_engine: sa.Engine, tmp_path:
         tmp_path / "2.json",
         [region(f"r{i}", enabled=i % 2 == 0) for i in range(150)] + [region("new")],
     )
-    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
+    base = clean_environ()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "regionsync", "run", "--from-file", str(changed)],
@@ -361,7 +360,7 @@ def test_a_killed_run_is_closed_as_abandoned_by_the_next(
 ) -> None:
     env = {**url_env(pg_url), **kaleyra_env(fake)}
     fake.fail("slow:30", times=1)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
+    base = clean_environ()
     victim = subprocess.Popen(
         [sys.executable, "-m", "regionsync", "run"],
         env={**base, **env},

@@ -39,7 +39,7 @@ from regionsync.status import StatusReport, gather
 from regionsync.sync import Guard
 from tests.fakeapi_fixtures import API_KEY
 from tests.sources import ListSource, region
-from tests.support import admin_url, settings_for
+from tests.support import admin_url, clean_environ, settings_for
 from tests.tcpproxy import TcpProxy
 
 #: The API says "come back in 10 minutes": each run fails at once instead of retrying.
@@ -56,15 +56,9 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
-    env.pop("DATABASE_URL", None)
-    return env
-
-
 def daemon_env(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
     return {
-        **base_env(),
+        **clean_environ(),
         "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
         "KALEYRA_BASE_URL": fake.url,
         "KALEYRA_SID": fake.sid,
@@ -773,7 +767,7 @@ def test_status_warns_about_a_stuck_lock_naming_its_holder(
 ) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "regionsync", "status", "--json"],
-        env={**base_env(), "REGIONSYNC_DATABASE_URL": pg_url.render_as_string(False)},
+        env={**clean_environ(), "REGIONSYNC_DATABASE_URL": pg_url.render_as_string(False)},
         capture_output=True,
         text=True,
         timeout=60,

@@ -23,6 +23,7 @@ from sqlalchemy.engine import URL, Engine
 from regionsync.fakeapi import FakeKaleyra
 from tests.fakeapi_fixtures import API_KEY
 from tests.sources import region
+from tests.support import clean_environ
 
 N = 50_000
 #: A statement of the apply (staging included) is running in the regionsync session.
@@ -46,7 +47,7 @@ def fake_options() -> dict[str, Any]:
 
 
 def env_for(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGIONSYNC_", "KALEYRA_"))}
+    env = clean_environ()
     return {
         **env,
         "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),

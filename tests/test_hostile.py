@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +33,7 @@ from regionsync.kaleyra import RetryPolicy
 from regionsync.records import Snapshot, bad_body, classify_failure, decode_json, parse_body
 from regionsync.sync import ApiSource, run_sync
 from tests.fakeapi_fixtures import API_KEY, FAST, settings_for_fake
+from tests.support import clean_environ
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 BUDGET = 2.0
@@ -59,7 +59,7 @@ class Outcome:
 
 def run_process(url: URL, fake: FakeKaleyra, *args: str) -> Outcome:
     """``regionsync run`` with a short fetch budget, and its peak resident memory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    env = clean_environ()
     env.update(
         REGIONSYNC_DATABASE_URL=url.render_as_string(hide_password=False),
         KALEYRA_BASE_URL=fake.url,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import collections
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -40,7 +39,7 @@ from regionsync.settings import NotificationSettings, Settings
 from regionsync.status import gather
 from regionsync.sync import run_sync
 from tests.sources import ListSource, region
-from tests.support import admin_url, settings_for
+from tests.support import admin_url, clean_environ, settings_for
 
 REPO = Path(__file__).resolve().parents[1]
 #: Distinctive, so that a leak anywhere is easy to find.
@@ -174,7 +173,7 @@ def test_receiver_down_then_up_every_delivery_arrives_exactly_once(
 
 
 def _cli_env(db_url: str, webhook_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGIONSYNC_", "KALEYRA_"))}
+    env = clean_environ()
     return {
         **env,
         "REGIONSYNC_DATABASE_URL": db_url,

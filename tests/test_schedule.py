@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
 import subprocess
 import sys
 from dataclasses import dataclass, replace
@@ -17,7 +16,7 @@ from structlog.testing import capture_logs
 
 from regionsync.errors import ConfigError
 from regionsync.schedule import CrontabTrigger, next_fire_times, parse_schedule
-from tests.support import settings_for
+from tests.support import clean_environ, settings_for
 
 #: A Friday, noon UTC.
 NOW = datetime(2024, 3, 1, 12, 0, tzinfo=UTC)
@@ -441,7 +440,7 @@ def test_generated_crontabs_fire_exactly_at_the_matching_minutes(
 
 
 def schedule_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base = clean_environ()
     return subprocess.run(
         [sys.executable, "-m", "regionsync", "schedule", *args],
         env={**base, "REGIONSYNC_LOG_FORMAT": "json", **env},

@@ -4,7 +4,6 @@ accounts in one database*): migrated, synced, locked, granted and reported apart
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import uuid
@@ -25,7 +24,7 @@ from regionsync.grants import quote_identifier
 from regionsync.schema import head_revision
 from regionsync.sync import ApiSource, run_sync
 from tests.fakeapi_fixtures import API_KEY, FAST, start_fake
-from tests.support import admin_url, settings_for
+from tests.support import admin_url, clean_environ, scrub_environ, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REGIONS = sample_regions()
@@ -60,9 +59,7 @@ def in_process(
 ) -> tuple[int, str, str]:
     """``regionsync ARGV`` in this process, with only ``env`` as regionsync's settings."""
     with monkeypatch.context() as patch:
-        for name in os.environ:
-            if name.startswith(("KALEYRA_", "REGIONSYNC_", "DATABASE_URL")):
-                patch.delenv(name)
+        scrub_environ(patch)
         for name, value in env.items():
             patch.setenv(name, value)
         capsys.readouterr()
@@ -160,7 +157,7 @@ def test_a_schema_not_migrated_yet_says_to_migrate_while_the_other_works(
 
 
 def run_subprocess(env: dict[str, str]) -> subprocess.Popen[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base = clean_environ()
     return subprocess.Popen(
         [sys.executable, "-m", "regionsync", "run"],
         env={**base, **env, "REGIONSYNC_LOG_FORMAT": "json"},
@@ -357,7 +354,7 @@ def test_sqlite_ignores_the_schema_with_a_warning(tmp_path: Path) -> None:
 
 def test_sqlite_commands_still_work_with_the_setting(tmp_path: Path) -> None:
     sample = ROOT / "regionsync" / "samples" / "regions.json"
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    base = clean_environ()
     env = {
         **base,
         "REGIONSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'one.db'}",
@@ -378,7 +375,7 @@ def test_sqlite_commands_still_work_with_the_setting(tmp_path: Path) -> None:
 
 def test_alembic_itself_migrates_and_checks_a_schema(fresh_pg_url: URL) -> None:
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))},
+        **clean_environ(),
         "REGIONSYNC_DATABASE_URL": fresh_pg_url.render_as_string(hide_password=False),
         "REGIONSYNC_DB_SCHEMA": "a",
     }

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -38,7 +37,14 @@ from regionsync.schema import migrate
 from regionsync.store import create_engine
 from regionsync.sync import ApiSource, run_sync
 from tests.fakeapi_fixtures import FAST
-from tests.support import admin_url, create_pg_database, drop_pg_database, settings_for
+from tests.support import (
+    admin_url,
+    clean_environ,
+    create_pg_database,
+    drop_pg_database,
+    scrub_environ,
+    settings_for,
+)
 
 #: Latin-1 only beyond ASCII: the key travels in an HTTP header.
 KEY = "k'e\"y\\é-LEAKKEY7f3a9c-ñ'\"\\"
@@ -159,9 +165,7 @@ class Runner:
 
     def __call__(self, env: dict[str, str], *argv: str) -> Done:
         with self.monkeypatch.context() as patch:
-            for name in list(os.environ):
-                if name.startswith(("REGIONSYNC_", "KALEYRA_")) or name == "DATABASE_URL":
-                    patch.delenv(name)
+            scrub_environ(patch)
             for name, value in env.items():
                 patch.setenv(name, value)
             try:
@@ -401,8 +405,7 @@ def rich_states() -> list[Any]:
 
 
 def python(code: str, *argv: str, env: dict[str, str]) -> Done:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
-    base.pop("DATABASE_URL", None)
+    base = clean_environ()
     done = subprocess.run(
         [sys.executable, "-c", code, *argv],
         env={**base, **env},
@@ -460,10 +463,9 @@ def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Pa
     migrate(engine)
     engine.dispose()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))},
+        **clean_environ(),
         **environment(database, fake, "json", REGIONSYNC_SCHEDULE="1s"),
     }
-    env.pop("DATABASE_URL", None)
     log = tmp_path / "daemon.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(

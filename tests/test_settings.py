@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from regionsync.settings import (
     normalise_database_url,
     read_env_file,
 )
+from tests.support import scrub_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -243,9 +243,7 @@ def cli_events(err: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """An environment with no regionsync variable but JSON logs and a private data home."""
-    for name in list(os.environ):
-        if name.startswith(("REGIONSYNC_", "KALEYRA_")) or name == "DATABASE_URL":
-            monkeypatch.delenv(name)
+    scrub_environ(monkeypatch)
     monkeypatch.setenv("REGIONSYNC_LOG_FORMAT", "json")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     return monkeypatch
