@@ -15,7 +15,7 @@ import requests
 import structlog
 
 from regionsync import __version__
-from regionsync.errors import ConfigError, PermanentSourceError, SourceError, TransientSourceError
+from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
 from regionsync.fakeapi import FakeKaleyra
 from regionsync.kaleyra import KaleyraClient, RetryPolicy, parse_retry_after
 from regionsync.settings import Settings
@@ -335,25 +335,7 @@ def test_permanent_failure_is_logged_once(fake: FakeKaleyra) -> None:
     assert [(e["attempt"], e["code"], e["wait"]) for e in failed] == [(1, "RCS601", None)]
 
 
-# Configuration -------------------------------------------------------------------------
-
-
-def test_plain_http_to_a_remote_host_is_refused_at_settings_time() -> None:
-    with pytest.raises(ConfigError, match="KALEYRA_BASE_URL"):
-        Settings.from_env({"KALEYRA_BASE_URL": "http://rcs-api.in.kaleyra.io"})
-
-
-@pytest.mark.parametrize(
-    ("env", "setting"),
-    [
-        ({"KALEYRA_POD": "in", "KALEYRA_API_KEY": API_KEY}, "KALEYRA_SID"),
-        ({"KALEYRA_POD": "in", "KALEYRA_SID": "demo"}, "KALEYRA_API_KEY"),
-        ({"KALEYRA_SID": "demo", "KALEYRA_API_KEY": API_KEY}, "KALEYRA_POD"),
-    ],
-)
-def test_client_needs_the_kaleyra_settings(env: dict[str, str], setting: str) -> None:
-    with pytest.raises(ConfigError, match=setting):
-        KaleyraClient(Settings.from_env(env))
+# The HTTP session ----------------------------------------------------------------------
 
 
 def test_client_closes_only_its_own_session(fake: FakeKaleyra) -> None:

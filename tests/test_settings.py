@@ -13,6 +13,7 @@ import structlog
 
 from regionsync import cli, logs
 from regionsync.errors import ConfigError
+from regionsync.kaleyra import KaleyraClient
 from regionsync.settings import (
     DEFAULT_SCHEDULE,
     LOG_LEVELS,
@@ -84,15 +85,21 @@ def test_malformed_setting_is_named(env: dict[str, str], setting: str | None) ->
     assert "\n" not in str(caught.value)
 
 
-def test_fetching_needs_sid_key_and_pod() -> None:
-    for env, missing in [
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
         ({"KALEYRA_API_KEY": KEY, "KALEYRA_POD": "in"}, "KALEYRA_SID"),
         ({"KALEYRA_SID": "ABC", "KALEYRA_POD": "in"}, "KALEYRA_API_KEY"),
         ({"KALEYRA_SID": "ABC", "KALEYRA_API_KEY": KEY}, "KALEYRA_POD"),
-    ]:
-        with pytest.raises(ConfigError) as caught:
-            Settings.from_env(env).require_kaleyra()
-        assert caught.value.setting == missing
+    ],
+)
+def test_fetching_needs_sid_key_and_pod(env: dict[str, str], missing: str) -> None:
+    settings = Settings.from_env(env)
+    with pytest.raises(ConfigError) as caught:
+        settings.require_kaleyra()
+    assert caught.value.setting == missing
+    with pytest.raises(ConfigError, match=missing):
+        KaleyraClient(settings)
 
 
 def test_pod_and_base_url_give_the_regions_url() -> None:
