@@ -15,18 +15,16 @@ import json
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL
 
 from regionsync import cli, fakehook, logs
@@ -37,6 +35,7 @@ from regionsync.schema import migrate
 from regionsync.store import create_engine
 from regionsync.sync import ApiSource, run_sync
 from tests.fakeapi_fixtures import FAST
+from tests.leaks import FORMATS, KEY, PASSWORD, WEBHOOK_SECRET, assert_clean
 from tests.support import (
     admin_url,
     clean_environ,
@@ -46,40 +45,7 @@ from tests.support import (
     settings_for,
 )
 
-#: Latin-1 only beyond ASCII: the key travels in an HTTP header.
-KEY = "k'e\"y\\é-LEAKKEY7f3a9c-ñ'\"\\"
-PASSWORD = "p'a\"s\\s¤-LEAKPW91b2e-wörd€\\"
-#: Base64 (as Standard Webhooks wants), so only its marker makes it distinctive.
-WEBHOOK_SECRET = "whsec_LEAKWHSEC5d1e" + "A" * 31
-MARKERS = ("LEAKKEY7f3a9c", "LEAKPW91b2e", "LEAKWHSEC5d1e")
 SID = "ACME42"
-FORMATS = ("json", "console")
-
-
-def escaped_forms(secret: str) -> set[str]:
-    """The forms a leak would take, written independently of the code under test."""
-    once = {
-        secret,
-        repr(secret)[1:-1],
-        ascii(secret)[1:-1],
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        secret.encode("unicode_escape").decode("ascii"),
-        quote(secret, safe=""),
-        quote_plus(secret),
-    }
-    return once | {repr(form)[1:-1] for form in once} | {json.dumps(form)[1:-1] for form in once}
-
-
-FORMS = escaped_forms(KEY) | escaped_forms(PASSWORD) | escaped_forms(WEBHOOK_SECRET)
-
-
-def assert_clean(text: str, where: str) -> None:
-    folded = text.casefold()
-    for marker in MARKERS:
-        assert marker.casefold() not in folded, f"{marker} in {where}: {text[:2000]}"
-    for form in FORMS:
-        assert form not in text, f"{form!r} in {where}"
 
 
 @dataclass
@@ -319,35 +285,6 @@ def test_a_sync_failing_after_retries_records_and_logs_no_secret(
     assert_database_clean(database)
 
 
-def test_tracebacks_show_no_locals_and_escaped_secrets_are_scrubbed(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    for fmt in FORMATS:
-        logs.configure(fmt=fmt, secrets=(KEY, PASSWORD))
-        try:
-            hidden_value = {"key": KEY, "password": PASSWORD}
-            message = f"{hidden_value!r} {json.dumps(PASSWORD)} {quote(PASSWORD)}"
-            raise ValueError(message)
-        except ValueError:
-            structlog.get_logger("t").exception("failed", detail=repr(KEY))
-        err = capsys.readouterr().err
-        assert "ValueError" in err
-        assert "hidden_value =" not in err
-        assert "message =" not in err
-        if fmt == "json":
-            (event,) = [json.loads(line) for line in err.splitlines()]
-            frames = [f for e in event["exception"] for f in e["frames"]]
-            assert frames
-            assert not [f for f in frames if "locals" in f]
-        assert_clean(err, f"{fmt} traceback")
-
-
-def test_each_escaped_form_is_redacted() -> None:
-    for secret in (KEY, PASSWORD):
-        for form in escaped_forms(secret):
-            assert logs.redact(f"<{form}>", (secret,)) == f"<{logs.REDACTED}>", form
-
-
 def test_database_connection_failures_name_the_setting_and_what_was_tried(
     regionsync: Runner, database: URL
 ) -> None:
@@ -488,19 +425,3 @@ def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Pa
                 process.wait()
     Done(0, "", log.read_text(errors="replace")).check("daemon", "json")
     assert_database_clean(database)
-
-
-def test_a_crashing_thread_is_logged_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
-    logs.configure(fmt="json", secrets=(KEY,))
-
-    def crash() -> None:
-        raise RuntimeError(f"thread saw {KEY!r}")
-
-    thread = threading.Thread(target=crash, name="worker")
-    thread.start()
-    thread.join()
-    (event,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert event["event"] == "thread.crashed"
-    assert event["thread"] == "worker"
-    assert event["exception"][0]["exc_type"] == "RuntimeError"
-    assert_clean(json.dumps(event, ensure_ascii=False), "a thread's traceback")
