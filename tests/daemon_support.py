@@ -38,8 +38,13 @@ def free_port() -> int:
 
 
 def daemon_env(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
+    """The environment of a daemon process: :func:`daemon_settings` on a clean environment."""
+    return {**clean_environ(), **daemon_settings(url, fake, **extra)}
+
+
+def daemon_settings(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
+    """The daemon's settings: ``url``, ``fake``, a schedule of a second and JSON logs."""
     return {
-        **clean_environ(),
         "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
         "KALEYRA_BASE_URL": fake.url,
         "KALEYRA_SID": fake.sid,

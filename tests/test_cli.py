@@ -293,8 +293,10 @@ def test_api_run_and_secrets_stay_secret(
     assert "ACME42" in stored  # the source URL is recorded, the key is not
 
 
-def test_run_finding_the_lock_held_exits_0_as_skipped(home: dict[str, str], tmp_path: Path) -> None:
-    subprocess_cli("migrate", env=home)
+def test_run_finding_the_lock_held_exits_0_as_skipped(
+    invoke: Invoke, home: dict[str, str], tmp_path: Path
+) -> None:
+    invoke("migrate", env=home)
     lock_file = tmp_path / "data" / "regionsync" / "regionsync.db.lock"
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
     try:
@@ -307,10 +309,12 @@ def test_run_finding_the_lock_held_exits_0_as_skipped(home: dict[str, str], tmp_
 
 
 @pytest.mark.slow
-def test_concurrent_runs_apply_once(pg_url: URL, pg_engine: sa.Engine, tmp_path: Path) -> None:
+def test_concurrent_runs_apply_once(
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, tmp_path: Path
+) -> None:
     env = url_env(pg_url)
     first = _write(tmp_path / "1.json", [region(f"r{i}") for i in range(200)])
-    assert subprocess_cli("run", "--from-file", str(first), env=env).returncode == 0
+    assert invoke("run", "--from-file", str(first), env=env).returncode == 0
     changed = _write(
         tmp_path / "2.json",
         [region(f"r{i}", enabled=i % 2 == 0) for i in range(150)] + [region("new")],

@@ -10,8 +10,6 @@ import json
 import os
 import signal
 import socket
-import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
@@ -32,17 +30,18 @@ from regionsync.scheduler import Daemon
 from regionsync.schema import migrate
 from regionsync.status import StatusReport, gather
 from regionsync.sync import Guard
+from tests.cli_support import Invoke, url_env
 from tests.daemon_support import (
     DaemonProcess,
     count,
-    daemon_env,
+    daemon_settings,
     http_get,
     metric_samples,
     runs,
 )
 from tests.fakeapi_fixtures import API_KEY
 from tests.sources import ListSource, region
-from tests.support import admin_url, clean_environ, settings_for
+from tests.support import admin_url, settings_for
 from tests.tcpproxy import TcpProxy
 
 #: The API says "come back in 10 minutes": each run fails at once instead of retrying.
@@ -281,7 +280,11 @@ def test_sigterm_during_a_slow_sync_lets_it_finish_then_exits_0(
 
 @pytest.mark.slow
 def test_a_second_signal_exits_at_once_and_the_next_run_closes_the_abandoned_one(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
+    pg_engine: Engine,
+    pg_url: URL,
+    fake: FakeKaleyra,
+    start_daemon: Callable[..., DaemonProcess],
+    invoke: Invoke,
 ) -> None:
     fake.fail("slow:60", times=1)
     daemon = start_daemon(pg_url, fake, REGIONSYNC_SCHEDULE="1h")
@@ -296,14 +299,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_closes_the_abandoned_one
     assert [r["status"] for r in runs(pg_engine)] == ["running"]
     daemon.wait_until(lambda: advisory_locks(pg_engine) == 0, "its session's lock to go")
 
-    done = subprocess.run(
-        [sys.executable, "-m", "regionsync", "run"],
-        env=daemon_env(pg_url, fake),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = invoke("run", env=daemon_settings(pg_url, fake))
     assert done.returncode == 0, done.stderr
     first, second = runs(pg_engine)
     assert first["status"] == "failed"
@@ -311,15 +307,9 @@ def test_a_second_signal_exits_at_once_and_the_next_run_closes_the_abandoned_one
     assert second["status"] == "succeeded"
 
 
-def refused(env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "regionsync", "daemon"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def refused(invoke: Invoke, env: dict[str, str]) -> str:
+    """``regionsync daemon``, in-process: each refusal comes before the daemon would start."""
+    done = invoke("daemon", env=env)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("regionsync: error:")]
@@ -329,9 +319,9 @@ def refused(env: dict[str, str]) -> str:
 
 @pytest.mark.slow
 def test_daemon_refuses_an_unmigrated_database_with_exit_2(
-    fresh_pg_url: URL, fake: FakeKaleyra
+    fresh_pg_url: URL, fake: FakeKaleyra, invoke: Invoke
 ) -> None:
-    error = refused(daemon_env(fresh_pg_url, fake))
+    error = refused(invoke, daemon_settings(fresh_pg_url, fake))
     assert "has no regionsync schema: run `regionsync migrate`" in error
 
 
@@ -345,21 +335,27 @@ def test_daemon_refuses_an_unmigrated_database_with_exit_2(
     ],
 )
 def test_daemon_refuses_bad_settings_with_exit_2(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, setting: str, value: str, message: str
+    pg_engine: Engine,
+    pg_url: URL,
+    fake: FakeKaleyra,
+    invoke: Invoke,
+    setting: str,
+    value: str,
+    message: str,
 ) -> None:
-    assert message in refused(daemon_env(pg_url, fake, **{setting: value}))
+    assert message in refused(invoke, daemon_settings(pg_url, fake, **{setting: value}))
     assert runs(pg_engine) == []
 
 
 @pytest.mark.slow
 def test_daemon_refuses_a_metrics_port_in_use_with_exit_2(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, invoke: Invoke
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # where the daemon listens by default
         taken.listen()
         port = str(taken.getsockname()[1])
-        error = refused(daemon_env(pg_url, fake, REGIONSYNC_METRICS_PORT=port))
+        error = refused(invoke, daemon_settings(pg_url, fake, REGIONSYNC_METRICS_PORT=port))
     assert f"REGIONSYNC_METRICS_PORT: cannot listen on 127.0.0.1 port {port}" in error
     assert runs(pg_engine) == []
 
@@ -605,16 +601,9 @@ def test_a_lock_held_longer_than_a_run_can_take_is_flagged_stuck(
 
 
 def test_status_warns_about_a_stuck_lock_naming_its_holder(
-    pg_engine: Engine, pg_url: URL, squatter: Squatter
+    pg_engine: Engine, pg_url: URL, squatter: Squatter, invoke: Invoke
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "regionsync", "status", "--json"],
-        env={**clean_environ(), "REGIONSYNC_DATABASE_URL": pg_url.render_as_string(False)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = invoke("status", "--json", env=url_env(pg_url))
     lock = json.loads(done.stdout)["lock"]
     assert (lock["pid"], lock["user"], lock["stuck"]) == (squatter.pid, squatter.role, False)
     assert lock["stuck_after_seconds"] == 900

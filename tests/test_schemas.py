@@ -23,6 +23,7 @@ from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.grants import quote_identifier
 from regionsync.schema import head_revision
 from regionsync.sync import ApiSource, run_sync
+from tests.cli_support import Invoke
 from tests.fakeapi_fixtures import API_KEY, FAST, start_fake
 from tests.support import admin_url, clean_environ, scrub_environ, settings_for
 
@@ -351,23 +352,15 @@ def test_sqlite_ignores_the_schema_with_a_warning(tmp_path: Path) -> None:
     assert not [e for e in quiet if e["event"] == "settings.db_schema_ignored"]
 
 
-def test_sqlite_commands_still_work_with_the_setting(tmp_path: Path) -> None:
+def test_sqlite_commands_still_work_with_the_setting(tmp_path: Path, invoke: Invoke) -> None:
     sample = ROOT / "regionsync" / "samples" / "regions.json"
-    base = clean_environ()
     env = {
-        **base,
         "REGIONSYNC_DATABASE_URL": f"sqlite:///{tmp_path / 'one.db'}",
         "REGIONSYNC_DB_SCHEMA": "a",
         "REGIONSYNC_LOG_FORMAT": "json",
     }
     for argv in (["migrate"], ["run", "--from-file", str(sample)]):
-        done = subprocess.run(
-            [sys.executable, "-m", "regionsync", *argv],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        done = invoke(*argv, env=env)
         assert done.returncode == 0, done.stderr
         assert "settings.db_schema_ignored" in done.stderr
 
