@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import AbstractContextManager
 from datetime import timedelta
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine import URL, Connection, Engine
 
 from regionsync import store
 from regionsync.lock import (
@@ -51,11 +52,13 @@ def test_the_holder_gets_a_connection_with_no_transaction_open(engine: Engine) -
 
 
 def test_another_exclusive_lock_does_not_block_the_sync_lock(engine: Engine) -> None:
-    other = {"name": "another lock", "key": ADVISORY_LOCK_KEY + 1, "suffix": ".other"}
-    with exclusive(engine, **other) as first, sync_lock(engine) as sync:
+    def other() -> AbstractContextManager[Connection | None]:
+        return exclusive(engine, name="another lock", key=ADVISORY_LOCK_KEY + 1, suffix=".other")
+
+    with other() as first, sync_lock(engine) as sync:
         assert first is not None
         assert sync is not None
-        with exclusive(engine, **other) as second:
+        with other() as second:
             assert second is None
 
 

@@ -120,8 +120,9 @@ def test_status_intervals_at_the_boundaries(engine: Engine, seeded: Seeded) -> N
 
 
 def test_status_intervals_carry_the_name_and_hosting_across_a_restore(engine: Engine) -> None:
-    t0 = datetime(2026, 1, 1, tzinfo=UTC)
-    day = lambda n: t0 + timedelta(days=n)  # noqa: E731
+    def day(n: int) -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=n)
+
     events: list[Event] = [
         (day(0), "r1", "added", (True, "EUROPE")),
         (day(2), "r1", "changed", (False, "EUROPE")),
