@@ -18,14 +18,14 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 from structlog.testing import capture_logs
 
-from regionsync import cli, lock, store
+from regionsync import lock, store
 from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.grants import quote_identifier
 from regionsync.schema import head_revision
 from regionsync.sync import ApiSource, run_sync
-from tests.cli_support import Invoke
+from tests.cli_support import Invoke, run_cli
 from tests.fakeapi_fixtures import API_KEY, FAST, start_fake
-from tests.support import admin_url, clean_environ, scrub_environ, settings_for
+from tests.support import admin_url, clean_environ, settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
 REGIONS = sample_regions()
@@ -60,13 +60,8 @@ def in_process(
 ) -> tuple[int, str, str]:
     """``regionsync ARGV`` in this process, with only ``env`` as regionsync's settings."""
     with monkeypatch.context() as patch:
-        scrub_environ(patch)
-        for name, value in env.items():
-            patch.setenv(name, value)
-        capsys.readouterr()
-        code = cli.main(list(argv))
-        out = capsys.readouterr()
-    return code, out.out, out.err
+        done = run_cli(patch, capsys, argv, env)
+    return done.returncode, done.stdout, done.stderr
 
 
 def admin(url: URL) -> Engine:
