@@ -21,11 +21,12 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from types import TracebackType
 from typing import Any
 
 from regionsync.errors import ConfigError
+from regionsync.httpserver import BoundedHTTPServer, ServerThread
 from regionsync.settings import decode_webhook_secret
 from regionsync.webhooks import sign
 
@@ -244,8 +245,7 @@ def _answer(
     handler.wfile.write(content)
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+class _Server(BoundedHTTPServer):
     receiver: WebhookReceiver
 
 
@@ -270,8 +270,7 @@ class WebhookServer:
     ) -> None:
         self.receiver = receiver or WebhookReceiver()
         self.host, self.port = host, port
-        self._server: _Server | None = None
-        self._thread: threading.Thread | None = None
+        self._serving: ServerThread | None = None
 
     @property
     def url(self) -> str:
@@ -279,24 +278,26 @@ class WebhookServer:
         return f"http://{self.host}:{self.port}{PATH}"
 
     def start(self) -> WebhookServer:
-        server = _Server((self.host, self.port), _Handler)
-        server.receiver = self.receiver
-        self.port = int(server.server_address[1])
-        self._server = server
-        self._thread = threading.Thread(
-            target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        # A held delivery (``hang``) keeps its connection up to MAX_HANG_S: the lifetime must
+        # outlast it, as in the fake Kaleyra server that mounts a receiver too.
+        server = _Server(
+            (self.host, self.port),
+            _Handler,
+            max_connections=64,
+            idle_timeout=30,
+            lifetime=MAX_HANG_S + 60,
         )
-        self._thread.start()
+        server.receiver = self.receiver
+        self.port = server.port
+        self._serving = ServerThread(server, name="fake-webhook", poll_interval=0.05)
+        self._serving.start()
         return self
 
     def stop(self) -> None:
         self.receiver.release()
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self._server = self._thread = None
+        if self._serving is not None:
+            self._serving.stop()
+        self._serving = None
 
     def __enter__(self) -> WebhookServer:
         return self.start()

@@ -1,10 +1,10 @@
 """A small threaded HTTP server that a hostile or broken client cannot starve.
 
-Used by the daemon's ``/healthz`` and ``/metrics`` and by the fake Kaleyra API. The standard
-library's ``ThreadingHTTPServer`` starts a thread per connection and waits for each one
-without limit: idle or half-sent requests pile up until the process runs out of threads or
-file descriptors, and then everything else in the process (the sync's database connections
-included) fails with it. Here:
+Used by the daemon's ``/healthz`` and ``/metrics`` and by the fake Kaleyra API and webhook
+receiver. The standard library's ``ThreadingHTTPServer`` starts a thread per connection and
+waits for each one without limit: idle or half-sent requests pile up until the process runs
+out of threads or file descriptors, and then everything else in the process (the sync's
+database connections included) fails with it. Here:
 
 - at most ``max_connections`` connections are served at once; one more is closed at once;
 - each read waits at most ``idle_timeout`` seconds, and a connection lives at most

@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import logging
-import os
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,8 +13,7 @@ import structlog
 from sqlalchemy.engine import URL
 
 from regionsync import cli
-
-SCRUBBED = ("KALEYRA_", "REGIONSYNC_")
+from tests.support import scrub_environ
 
 
 @dataclass
@@ -30,6 +28,25 @@ class Done:
 Invoke = Callable[..., Done]
 
 
+def run_cli(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: Sequence[str],
+    env: dict[str, str],
+) -> Done:
+    """``regionsync ARGS`` in this process, with exactly ``env`` as regionsync's settings."""
+    scrub_environ(monkeypatch)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    capsys.readouterr()
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exit_:  # argparse's usage errors
+        code = int(exit_.code or 0)
+    out, err = capsys.readouterr()
+    return Done(code, out, err)
+
+
 @pytest.fixture
 def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> Iterator[Invoke]:
     """``invoke(*args, env={...})``: ``regionsync ARGS`` in-process, in a clean environment."""
@@ -37,18 +54,7 @@ def invoke(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) 
     handlers, level = root.handlers[:], root.level
 
     def run(*args: str, env: dict[str, str] | None = None) -> Done:
-        for name in list(os.environ):
-            if name.startswith(SCRUBBED) or name == "DATABASE_URL":
-                monkeypatch.delenv(name)
-        for name, value in {"REGIONSYNC_LOG_FORMAT": "json", **(env or {})}.items():
-            monkeypatch.setenv(name, value)
-        capsys.readouterr()
-        try:
-            code = cli.main(list(args))
-        except SystemExit as exit_:  # argparse's usage errors
-            code = int(exit_.code or 0)
-        out, err = capsys.readouterr()
-        return Done(code, out, err)
+        return run_cli(monkeypatch, capsys, args, {"REGIONSYNC_LOG_FORMAT": "json", **(env or {})})
 
     yield run
     root.handlers[:], root.level = handlers, level

@@ -1,10 +1,18 @@
-"""Helpers for tests that talk real HTTP to :class:`regionsync.fakeapi.FakeKaleyra`."""
+"""The ``fake`` fixture and helpers for tests that talk real HTTP to
+:class:`regionsync.fakeapi.FakeKaleyra`.
+
+``fake`` is a started fake with :data:`API_KEY` and the bundled sample regions. A test module
+that needs other regions, sid or key overrides ``fake_options`` (a fixture of its own, or
+``@pytest.mark.parametrize("fake_options", [...])`` for a single test).
+"""
 
 from __future__ import annotations
 
 import traceback
 from collections.abc import Iterator
 from typing import Any
+
+import pytest
 
 from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.kaleyra import KaleyraClient, RetryPolicy
@@ -30,13 +38,20 @@ def start_fake(**options: Any) -> FakeKaleyra:
     return FakeKaleyra(**options).start()
 
 
-def running_fake() -> Iterator[FakeKaleyra]:
-    """Body of a ``fake`` fixture: a started fake with the bundled sample regions."""
-    fake = start_fake()
+@pytest.fixture
+def fake_options() -> dict[str, Any]:
+    """Keyword arguments for :class:`FakeKaleyra` beyond the defaults of :func:`start_fake`."""
+    return {}
+
+
+@pytest.fixture
+def fake(fake_options: dict[str, Any]) -> Iterator[FakeKaleyra]:
+    """A started fake Kaleyra API, stopped after the test."""
+    server = start_fake(**fake_options)
     try:
-        yield fake
+        yield server
     finally:
-        fake.stop()
+        server.stop()
 
 
 def settings_for_fake(fake: FakeKaleyra, **env: str) -> Settings:

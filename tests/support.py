@@ -20,6 +20,24 @@ START_HINT = (
     "or point REGIONSYNC_TEST_DATABASE_URL at a server where the user may create databases."
 )
 TABLES = ("region_history", "regions", "sync_runs")
+#: What regionsync reads as its settings; a test passes exactly the ones it means.
+SETTING_PREFIXES = ("KALEYRA_", "REGIONSYNC_")
+
+
+def is_setting(name: str) -> bool:
+    return name.startswith(SETTING_PREFIXES) or name == "DATABASE_URL"
+
+
+def clean_environ() -> dict[str, str]:
+    """This process's environment without any regionsync setting: the base for a subprocess."""
+    return {name: value for name, value in os.environ.items() if not is_setting(name)}
+
+
+def scrub_environ(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Remove every regionsync setting from this process's environment until the test ends."""
+    for name in list(os.environ):
+        if is_setting(name):
+            monkeypatch.delenv(name)
 
 
 def settings_for(url: URL | str, **env: str) -> Settings:

@@ -6,9 +6,9 @@ from __future__ import annotations
 import csv
 import io
 import json
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -25,15 +25,14 @@ HOSTILE = "Evil\x1b]0;pwned\x07\x1b[2J\rRegion\u202e"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
+def fake_options() -> dict[str, Any]:
     data = [
         region("a", name="Alpha", hosting="EUROPE"),
         region("b", name="Bravo", enabled=False),
         region("c", name="Charlie"),
         region("d", name="Delta"),
     ]
-    with FakeKaleyra(sid="ACME42", api_key=KEY, regions=data) as server:
-        yield server
+    return {"sid": "ACME42", "api_key": KEY, "regions": data}
 
 
 @pytest.fixture

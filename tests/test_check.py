@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -18,10 +18,9 @@ KEY = "check-key-5d1e0a7b93"
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
+def fake_options() -> dict[str, Any]:
     regions = [region("a"), region("b"), region("c", carrier_enabled="no")]
-    with FakeKaleyra(sid="ACME42", api_key=KEY, regions=regions) as server:
-        yield server
+    return {"sid": "ACME42", "api_key": KEY, "regions": regions}
 
 
 def kaleyra_env(fake: FakeKaleyra, key: str = KEY) -> dict[str, str]:

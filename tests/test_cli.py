@@ -13,7 +13,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +22,13 @@ from sqlalchemy.engine import URL
 
 from regionsync.fakeapi import FakeKaleyra
 from tests.cli_support import (
-    SCRUBBED,
     Invoke,
     assert_one_line_error,
     table_counts,
     url_env,
 )
 from tests.sources import body, region
+from tests.support import clean_environ
 
 SAMPLE = Path(__file__).resolve().parents[1] / "regionsync" / "samples" / "regions.json"
 KEY = "live-key-0c9f3b8497f58a94e84b"
@@ -39,8 +38,7 @@ PASSWORD = "db-pass-w0rd-77"
 def subprocess_cli(
     *args: str, env: dict[str, str], cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
-    base.pop("DATABASE_URL", None)
+    base = clean_environ()
     return subprocess.run(
         [sys.executable, "-m", "regionsync", *args],
         env={**base, "REGIONSYNC_LOG_FORMAT": "json", **env},
@@ -68,9 +66,8 @@ def _write(path: Path, records: list[Any]) -> Path:
 
 
 @pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    with FakeKaleyra(sid="ACME42", api_key=KEY, regions=[region("a"), region("b")]) as server:
-        yield server
+def fake_options() -> dict[str, Any]:
+    return {"sid": "ACME42", "api_key": KEY, "regions": [region("a"), region("b")]}
 
 
 def kaleyra_env(fake: FakeKaleyra, key: str = KEY) -> dict[str, str]:
@@ -296,8 +293,10 @@ def test_api_run_and_secrets_stay_secret(
     assert "ACME42" in stored  # the source URL is recorded, the key is not
 
 
-def test_run_finding_the_lock_held_exits_0_as_skipped(home: dict[str, str], tmp_path: Path) -> None:
-    subprocess_cli("migrate", env=home)
+def test_run_finding_the_lock_held_exits_0_as_skipped(
+    invoke: Invoke, home: dict[str, str], tmp_path: Path
+) -> None:
+    invoke("migrate", env=home)
     lock_file = tmp_path / "data" / "regionsync" / "regionsync.db.lock"
     fd = os.open(lock_file, os.O_RDWR | os.O_CREAT)
     try:
@@ -310,15 +309,17 @@ def test_run_finding_the_lock_held_exits_0_as_skipped(home: dict[str, str], tmp_
 
 
 @pytest.mark.slow
-def test_concurrent_runs_apply_once(pg_url: URL, pg_engine: sa.Engine, tmp_path: Path) -> None:
+def test_concurrent_runs_apply_once(
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, tmp_path: Path
+) -> None:
     env = url_env(pg_url)
     first = _write(tmp_path / "1.json", [region(f"r{i}") for i in range(200)])
-    assert subprocess_cli("run", "--from-file", str(first), env=env).returncode == 0
+    assert invoke("run", "--from-file", str(first), env=env).returncode == 0
     changed = _write(
         tmp_path / "2.json",
         [region(f"r{i}", enabled=i % 2 == 0) for i in range(150)] + [region("new")],
     )
-    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
+    base = clean_environ()
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "regionsync", "run", "--from-file", str(changed)],
@@ -363,7 +364,7 @@ def test_a_killed_run_is_closed_as_abandoned_by_the_next(
 ) -> None:
     env = {**url_env(pg_url), **kaleyra_env(fake)}
     fake.fail("slow:30", times=1)
-    base = {k: v for k, v in os.environ.items() if not k.startswith(SCRUBBED)}
+    base = clean_environ()
     victim = subprocess.Popen(
         [sys.executable, "-m", "regionsync", "run"],
         env={**base, **env},

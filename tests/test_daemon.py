@@ -8,26 +8,19 @@ import dataclasses
 import itertools
 import json
 import os
-import resource
 import signal
 import socket
-import subprocess
-import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
-from regionsync.daemon import Daemon as SchedulerDaemon
+from regionsync.daemon import Daemon
 from regionsync.daemon_health import DaemonHealth
 from regionsync.errors import ConfigError
 from regionsync.fakeapi import FakeKaleyra, sample_regions
@@ -37,188 +30,25 @@ from regionsync.schedule import parse_schedule
 from regionsync.schema import migrate
 from regionsync.status import StatusReport, gather
 from regionsync.sync import Guard
-from tests.fakeapi_fixtures import API_KEY, running_fake
+from tests.cli_support import Invoke, url_env
+from tests.daemon_support import (
+    DaemonProcess,
+    count,
+    daemon_settings,
+    http_get,
+    metric_samples,
+    runs,
+)
+from tests.fakeapi_fixtures import API_KEY
 from tests.sources import ListSource, region
 from tests.support import admin_url, settings_for
 from tests.tcpproxy import TcpProxy
 
 #: The API says "come back in 10 minutes": each run fails at once instead of retrying.
 OUTAGE = "http503:retry-after=600"
-REPOSITORY = Path(__file__).resolve().parent.parent
 
 
 # Helpers ---------------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def base_env() -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
-    env.pop("DATABASE_URL", None)
-    return env
-
-
-def daemon_env(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
-    return {
-        **base_env(),
-        "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
-        "KALEYRA_BASE_URL": fake.url,
-        "KALEYRA_SID": fake.sid,
-        "KALEYRA_API_KEY": API_KEY,
-        "REGIONSYNC_SCHEDULE": "1s",
-        "REGIONSYNC_LOG_FORMAT": "json",
-        **extra,
-    }
-
-
-def metric_samples(text: str) -> dict[str, float]:
-    """``{'name{label="value"}': value}`` for every sample of a Prometheus exposition."""
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f'{k}="{v}"' for k, v in sorted(sample.labels.items()))
-            samples[f"{sample.name}{{{labels}}}" if labels else sample.name] = sample.value
-    return samples
-
-
-def http_get(port: int, path: str) -> tuple[int, str, bytes]:
-    url = f"http://127.0.0.1:{port}{path}"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.headers["Content-Type"], response.read()
-    except urllib.error.HTTPError as error:
-        return error.code, error.headers["Content-Type"], error.read()
-
-
-class Daemon:
-    """A ``regionsync daemon`` process started by a test, its log, and its HTTP pages."""
-
-    def __init__(self, process: subprocess.Popen[bytes], port: int, log: Path) -> None:
-        self.process = process
-        self.port = port
-        self.log = log
-
-    def events(self) -> list[dict[str, Any]]:
-        found = []
-        for line in self.log.read_text(errors="replace").splitlines():
-            try:
-                found.append(json.loads(line))
-            except ValueError:
-                continue  # a line still being written, or the CLI's one-line error
-        return found
-
-    def names(self) -> list[str]:
-        return [e["event"] for e in self.events()]
-
-    def event(self, name: str) -> dict[str, Any]:
-        return next(e for e in self.events() if e["event"] == name)
-
-    def health(self) -> tuple[int, dict[str, Any]]:
-        status, content_type, body = http_get(self.port, "/healthz")
-        assert content_type == "application/json"
-        return status, json.loads(body)
-
-    def metrics(self) -> dict[str, float]:
-        status, content_type, body = http_get(self.port, "/metrics")
-        assert status == 200
-        assert content_type.startswith("text/plain; version=")
-        return metric_samples(body.decode())
-
-    def runs_counted(self, status: str) -> float:
-        return self.metrics()[f'regionsync_sync_runs_total{{status="{status}"}}']
-
-    def answers(self) -> bool:
-        try:
-            http_get(self.port, "/healthz")
-        except OSError:
-            return False
-        return True
-
-    def wait_until(self, condition: Callable[[], bool], what: str, timeout: float = 15) -> None:
-        deadline = time.monotonic() + timeout
-        while not condition():
-            if self.process.poll() is not None:
-                code = self.process.returncode
-                pytest.fail(f"the daemon exited ({code}) waiting for {what}:\n{self.tail()}")
-            if time.monotonic() > deadline:
-                pytest.fail(f"waited {timeout}s for {what}:\n{self.tail()}")
-            time.sleep(0.05)
-
-    def send(self, signum: int) -> None:
-        self.process.send_signal(signum)
-
-    def exit_code(self, timeout: float) -> int:
-        try:
-            return self.process.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f"the daemon did not exit within {timeout}s:\n{self.tail()}")
-
-    def tail(self, lines: int = 30) -> str:
-        return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:])
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
-
-
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
-    """Start ``python -m regionsync daemon``; every one still running is killed afterwards."""
-    started: list[Daemon] = []
-
-    def start(
-        url: URL,
-        fake: FakeKaleyra,
-        *,
-        budget: float | None = None,
-        nofile: int | None = None,
-        **env: str,
-    ) -> Daemon:
-        """``budget``: the fetch budget in seconds; ``nofile``: its file descriptor limit."""
-        port = free_port()
-        log = tmp_path / f"daemon-{len(started)}.log"
-        command = ["-m", "regionsync", "daemon"]
-        if budget is not None:
-            command = ["-m", "tests.budgeted", str(budget), "daemon"]
-
-        def limit_fds() -> None:
-            if nofile is not None:
-                resource.setrlimit(resource.RLIMIT_NOFILE, (nofile, nofile))
-
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, *command],
-                env=daemon_env(url, fake, REGIONSYNC_METRICS_PORT=str(port), **env),
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                cwd=REPOSITORY,
-                preexec_fn=limit_fds if nofile is not None else None,
-            )
-        daemon = Daemon(process, port, log)
-        started.append(daemon)
-        daemon.wait_until(daemon.answers, "/healthz to answer")
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait(timeout=10)
-
-
-def runs(engine: Engine) -> list[dict[str, Any]]:
-    with engine.connect() as connection:
-        rows = connection.execute(sa.text("SELECT * FROM sync_runs ORDER BY id")).mappings()
-        return [dict(row) for row in rows]
-
-
-def count(engine: Engine, status: str) -> int:
-    return sum(1 for run in runs(engine) if run["status"] == status)
 
 
 def regions(engine: Engine) -> dict[str, dict[str, Any]]:
@@ -254,7 +84,7 @@ def assert_picked_up(engine: Engine, flipped: str, gone: str) -> None:
     assert sum(1 for r in now.values() if r["removed_at"] is None) == len(original) - 1
 
 
-def assert_stopped_cleanly(daemon: Daemon, engine: Engine, *, within: float = 5) -> None:
+def assert_stopped_cleanly(daemon: DaemonProcess, engine: Engine, *, within: float = 5) -> None:
     sent = time.monotonic()
     daemon.send(signal.SIGTERM)
     assert daemon.exit_code(timeout=within + 5) == 0, daemon.tail()
@@ -297,7 +127,7 @@ class Admin:
 
 @pytest.mark.slow
 def test_daemon_syncs_on_schedule_serves_health_and_metrics_and_stops_on_sigterm(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     daemon = start_daemon(pg_url, fake)
     daemon.wait_until(lambda: count(pg_engine, "succeeded") >= 3, "three successful runs")
@@ -342,7 +172,7 @@ def test_daemon_syncs_on_schedule_serves_health_and_metrics_and_stops_on_sigterm
 
 @pytest.mark.slow
 def test_daemon_keeps_going_through_an_api_outage_and_picks_up_changes(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     daemon = start_daemon(pg_url, fake)
     daemon.wait_until(lambda: daemon.health()[0] == 200, "a first success")
@@ -376,7 +206,7 @@ def test_daemon_keeps_going_through_an_api_outage_and_picks_up_changes(
 
 @pytest.mark.slow
 def test_daemon_survives_the_database_being_down_at_start_and_later(
-    fresh_pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    fresh_pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     engine = store.create_engine(settings_for(fresh_pg_url))
     migrate(engine)
@@ -425,7 +255,7 @@ def test_daemon_survives_the_database_being_down_at_start_and_later(
 
 @pytest.mark.slow
 def test_sigterm_during_a_slow_sync_lets_it_finish_then_exits_0(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     fake.fail("slow:3", times=1)
     daemon = start_daemon(pg_url, fake, REGIONSYNC_SCHEDULE="1h")
@@ -450,7 +280,11 @@ def test_sigterm_during_a_slow_sync_lets_it_finish_then_exits_0(
 
 @pytest.mark.slow
 def test_a_second_signal_exits_at_once_and_the_next_run_closes_the_abandoned_one(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine,
+    pg_url: URL,
+    fake: FakeKaleyra,
+    start_daemon: Callable[..., DaemonProcess],
+    invoke: Invoke,
 ) -> None:
     fake.fail("slow:60", times=1)
     daemon = start_daemon(pg_url, fake, REGIONSYNC_SCHEDULE="1h")
@@ -465,14 +299,7 @@ def test_a_second_signal_exits_at_once_and_the_next_run_closes_the_abandoned_one
     assert [r["status"] for r in runs(pg_engine)] == ["running"]
     daemon.wait_until(lambda: advisory_locks(pg_engine) == 0, "its session's lock to go")
 
-    done = subprocess.run(
-        [sys.executable, "-m", "regionsync", "run"],
-        env=daemon_env(pg_url, fake),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = invoke("run", env=daemon_settings(pg_url, fake))
     assert done.returncode == 0, done.stderr
     first, second = runs(pg_engine)
     assert first["status"] == "failed"
@@ -480,15 +307,9 @@ def test_a_second_signal_exits_at_once_and_the_next_run_closes_the_abandoned_one
     assert second["status"] == "succeeded"
 
 
-def refused(env: dict[str, str]) -> str:
-    done = subprocess.run(
-        [sys.executable, "-m", "regionsync", "daemon"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+def refused(invoke: Invoke, env: dict[str, str]) -> str:
+    """``regionsync daemon``, in-process: each refusal comes before the daemon would start."""
+    done = invoke("daemon", env=env)
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("regionsync: error:")]
@@ -498,9 +319,9 @@ def refused(env: dict[str, str]) -> str:
 
 @pytest.mark.slow
 def test_daemon_refuses_an_unmigrated_database_with_exit_2(
-    fresh_pg_url: URL, fake: FakeKaleyra
+    fresh_pg_url: URL, fake: FakeKaleyra, invoke: Invoke
 ) -> None:
-    error = refused(daemon_env(fresh_pg_url, fake))
+    error = refused(invoke, daemon_settings(fresh_pg_url, fake))
     assert "has no regionsync schema: run `regionsync migrate`" in error
 
 
@@ -514,21 +335,27 @@ def test_daemon_refuses_an_unmigrated_database_with_exit_2(
     ],
 )
 def test_daemon_refuses_bad_settings_with_exit_2(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, setting: str, value: str, message: str
+    pg_engine: Engine,
+    pg_url: URL,
+    fake: FakeKaleyra,
+    invoke: Invoke,
+    setting: str,
+    value: str,
+    message: str,
 ) -> None:
-    assert message in refused(daemon_env(pg_url, fake, **{setting: value}))
+    assert message in refused(invoke, daemon_settings(pg_url, fake, **{setting: value}))
     assert runs(pg_engine) == []
 
 
 @pytest.mark.slow
 def test_daemon_refuses_a_metrics_port_in_use_with_exit_2(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, invoke: Invoke
 ) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))  # where the daemon listens by default
         taken.listen()
         port = str(taken.getsockname()[1])
-        error = refused(daemon_env(pg_url, fake, REGIONSYNC_METRICS_PORT=port))
+        error = refused(invoke, daemon_settings(pg_url, fake, REGIONSYNC_METRICS_PORT=port))
     assert f"REGIONSYNC_METRICS_PORT: cannot listen on 127.0.0.1 port {port}" in error
     assert runs(pg_engine) == []
 
@@ -632,7 +459,7 @@ def test_metrics_count_runs_by_status_and_reset_consecutive_failures_on_success(
 
 @pytest.mark.slow
 def test_sigterm_during_a_dripping_fetch_stops_within_the_fetch_budget(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     fake.fail("drip:0.5")  # a byte every half second: every read succeeds, the answer never ends
     daemon = start_daemon(pg_url, fake, budget=3.0, REGIONSYNC_SCHEDULE="1h")
@@ -655,7 +482,7 @@ def test_sigterm_during_a_dripping_fetch_stops_within_the_fetch_budget(
 
 @pytest.mark.slow
 def test_a_tick_that_finds_the_previous_sync_running_is_reported(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     fake.fail("drip:0.2")
     daemon = start_daemon(pg_url, fake, budget=2.5)  # ticks every second
@@ -713,7 +540,7 @@ def test_a_lock_held_by_another_role_is_reported_with_its_holder(
     pg_engine: Engine,
     pg_url: URL,
     fake: FakeKaleyra,
-    start_daemon: Callable[..., Daemon],
+    start_daemon: Callable[..., DaemonProcess],
     squatter: Squatter,
 ) -> None:
     daemon = start_daemon(pg_url, fake)
@@ -742,7 +569,7 @@ def test_a_lock_held_longer_than_a_run_can_take_is_flagged_stuck(
 ) -> None:
     metrics = DaemonMetrics(max_age=timedelta(minutes=45))
     health = DaemonHealth(metrics, stuck_after=timedelta(seconds=0.5))
-    daemon = SchedulerDaemon(
+    daemon = Daemon(
         pg_engine,
         ListSource([region("r1")]),
         schedule=parse_schedule("1s"),
@@ -774,16 +601,9 @@ def test_a_lock_held_longer_than_a_run_can_take_is_flagged_stuck(
 
 
 def test_status_warns_about_a_stuck_lock_naming_its_holder(
-    pg_engine: Engine, pg_url: URL, squatter: Squatter
+    pg_engine: Engine, pg_url: URL, squatter: Squatter, invoke: Invoke
 ) -> None:
-    done = subprocess.run(
-        [sys.executable, "-m", "regionsync", "status", "--json"],
-        env={**base_env(), "REGIONSYNC_DATABASE_URL": pg_url.render_as_string(False)},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    done = invoke("status", "--json", env=url_env(pg_url))
     lock = json.loads(done.stdout)["lock"]
     assert (lock["pid"], lock["user"], lock["stuck"]) == (squatter.pid, squatter.role, False)
     assert lock["stuck_after_seconds"] == 900
@@ -801,7 +621,7 @@ def test_status_warns_about_a_stuck_lock_naming_its_holder(
 
 @pytest.mark.slow
 def test_daemon_carries_on_through_a_database_that_dies_and_comes_back(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     with TcpProxy((str(pg_url.host), int(pg_url.port or 5432))) as proxy:
         via_proxy = pg_url.set(host="127.0.0.1", port=proxy.port)
@@ -853,7 +673,7 @@ def idle_connections(port: int, number: int) -> list[socket.socket]:
 
 @pytest.mark.slow
 def test_a_flooded_metrics_port_at_the_fd_limit_never_breaks_syncs(
-    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., Daemon]
+    pg_engine: Engine, pg_url: URL, fake: FakeKaleyra, start_daemon: Callable[..., DaemonProcess]
 ) -> None:
     daemon = start_daemon(pg_url, fake, nofile=96)
     daemon.wait_until(lambda: count(pg_engine, "succeeded") >= 1, "a first success")

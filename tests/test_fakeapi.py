@@ -11,7 +11,6 @@ import subprocess
 import sys
 import time
 import zlib
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,14 +21,9 @@ from regionsync import fakeapi
 from regionsync.fakeapi import FakeKaleyra, parse_fault, sample_regions
 from regionsync.kaleyra import KaleyraClient
 from regionsync.settings import Settings
-from tests.fakeapi_fixtures import API_KEY, FAST, running_fake
+from tests.fakeapi_fixtures import API_KEY, FAST
 
 PATH = "/v1/demo/rcs/agent/agent_regions"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
 
 
 def get(fake: FakeKaleyra, path: str = PATH, *, key: str | None = API_KEY) -> requests.Response:

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -21,8 +21,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from regionsync.fakeapi import FakeKaleyra
-from tests.fakeapi_fixtures import API_KEY, start_fake
+from tests.fakeapi_fixtures import API_KEY
 from tests.sources import region
+from tests.support import clean_environ
 
 N = 50_000
 #: A statement of the apply (staging included) is running in the regionsync session.
@@ -41,16 +42,12 @@ def snapshot(*, enabled: bool) -> list[dict[str, Any]]:
 
 
 @pytest.fixture
-def big_fake() -> Iterator[FakeKaleyra]:
-    fake = start_fake(regions=snapshot(enabled=True))
-    try:
-        yield fake
-    finally:
-        fake.stop()
+def fake_options() -> dict[str, Any]:
+    return {"regions": snapshot(enabled=True)}
 
 
 def env_for(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("REGIONSYNC_", "KALEYRA_"))}
+    env = clean_environ()
     return {
         **env,
         "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
@@ -120,8 +117,8 @@ def strike_during_apply(
 
 
 @pytest.fixture
-def loaded(db_url: URL, big_fake: FakeKaleyra, pg_engine: Engine) -> Engine:
-    first = run(db_url, big_fake)
+def loaded(db_url: URL, fake: FakeKaleyra, pg_engine: Engine) -> Engine:
+    first = run(db_url, fake)
     assert first.returncode == 0, first.stderr[-2000:]
     assert state(pg_engine) == (N, N, N)
     return pg_engine
@@ -133,15 +130,15 @@ def db_url(pg_url: URL, pg_engine: Engine) -> URL:
 
 
 def test_sigkill_mid_apply_writes_nothing_and_the_next_run_completes(
-    db_url: URL, big_fake: FakeKaleyra, loaded: Engine
+    db_url: URL, fake: FakeKaleyra, loaded: Engine
 ) -> None:
     code, _ = strike_during_apply(
-        db_url, big_fake, loaded, lambda p, _pid: os.kill(p.pid, signal.SIGKILL)
+        db_url, fake, loaded, lambda p, _pid: os.kill(p.pid, signal.SIGKILL)
     )
     assert code == -signal.SIGKILL
     # The killed session's transaction is rolled back once PostgreSQL notices it is gone.
     assert state(loaded) == (N, N, N)
-    again = run(db_url, big_fake)
+    again = run(db_url, fake)
     assert again.returncode == 0, again.stderr[-2000:]
     assert state(loaded) == (0, 2 * N, N)
     with loaded.connect() as c:
@@ -151,37 +148,37 @@ def test_sigkill_mid_apply_writes_nothing_and_the_next_run_completes(
 
 
 def test_backend_terminated_mid_apply_fails_the_run_cleanly(
-    db_url: URL, big_fake: FakeKaleyra, loaded: Engine
+    db_url: URL, fake: FakeKaleyra, loaded: Engine
 ) -> None:
     def terminate(_process: subprocess.Popen[str], pid: int) -> None:
         with loaded.connect() as c:
             c.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
 
-    code, err = strike_during_apply(db_url, big_fake, loaded, terminate)
+    code, err = strike_during_apply(db_url, fake, loaded, terminate)
     assert code == 1, err[-2000:]
     assert "Traceback" not in err
     assert state(loaded) == (N, N, N)
     with loaded.connect() as c:
         last = c.execute(sa.text("SELECT status FROM sync_runs ORDER BY id DESC LIMIT 1")).one()
     assert last.status == "failed"
-    again = run(db_url, big_fake)
+    again = run(db_url, fake)
     assert again.returncode == 0, again.stderr[-2000:]
     assert state(loaded) == (0, 2 * N, N)
 
 
 def test_lock_timeout_during_the_apply_fails_the_run_and_writes_nothing(
-    db_url: URL, big_fake: FakeKaleyra, loaded: Engine
+    db_url: URL, fake: FakeKaleyra, loaded: Engine
 ) -> None:
-    big_fake.set_regions(snapshot(enabled=False))
+    fake.set_regions(snapshot(enabled=False))
     with loaded.connect() as blocker:
         blocker.execute(sa.text("SELECT 1 FROM regions WHERE id = 'r25000' FOR UPDATE"))
         # libpq reads PGOPTIONS: the run's sessions give up on a lock after half a second.
-        blocked = run(db_url, big_fake, PGOPTIONS="-c lock_timeout=500")
+        blocked = run(db_url, fake, PGOPTIONS="-c lock_timeout=500")
         blocker.rollback()
     assert blocked.returncode == 1, blocked.stderr[-2000:]
     assert "Traceback" not in blocked.stderr
     assert "lock" in blocked.stderr.lower()
     assert state(loaded) == (N, N, N)
-    again = run(db_url, big_fake)
+    again = run(db_url, fake)
     assert again.returncode == 0, again.stderr[-2000:]
     assert state(loaded) == (0, 2 * N, N)

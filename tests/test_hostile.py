@@ -12,12 +12,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,7 +33,8 @@ from regionsync.kaleyra import RetryPolicy
 from regionsync.kaleyra_answer import Origin, read_answer
 from regionsync.records import Snapshot
 from regionsync.sync import run_sync
-from tests.fakeapi_fixtures import API_KEY, client_for_fake, running_fake
+from tests.fakeapi_fixtures import API_KEY, client_for_fake
+from tests.support import clean_environ
 
 REPOSITORY = Path(__file__).resolve().parent.parent
 BUDGET = 2.0
@@ -59,14 +58,9 @@ class Outcome:
     max_rss_mib: float
 
 
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
-
-
 def run_process(url: URL, fake: FakeKaleyra, *args: str) -> Outcome:
     """``regionsync run`` with a short fetch budget, and its peak resident memory."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
+    env = clean_environ()
     env.update(
         REGIONSYNC_DATABASE_URL=url.render_as_string(hide_password=False),
         KALEYRA_BASE_URL=fake.url,

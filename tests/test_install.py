@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from regionsync import schema
+from tests.support import clean_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,8 +29,7 @@ def _python(
     args: list[str], *, path: list[Path], cwd: Path, data: Path
 ) -> subprocess.CompletedProcess[str]:
     """Python without site (so no editable finder), importing from ``path`` only."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
-    env.pop("DATABASE_URL", None)
+    env = clean_environ()
     env.update(
         PYTHONPATH=os.pathsep.join(str(p) for p in path),
         XDG_DATA_HOME=str(data),

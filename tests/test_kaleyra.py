@@ -6,7 +6,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -17,7 +16,7 @@ import requests
 import structlog
 
 from regionsync import __version__
-from regionsync.errors import ConfigError, PermanentSourceError, SourceError, TransientSourceError
+from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
 from regionsync.fakeapi import FakeKaleyra
 from regionsync.kaleyra import KaleyraClient, RetryPolicy, parse_retry_after
 from regionsync.settings import Settings
@@ -26,14 +25,8 @@ from tests.fakeapi_fixtures import (
     FAST,
     client_for_fake,
     exception_texts,
-    running_fake,
     settings_for_fake,
 )
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
 
 
 def failing_fetch(fake: FakeKaleyra, retry: RetryPolicy = FAST) -> SourceError:
@@ -330,12 +323,7 @@ def test_permanent_failure_is_logged_once(fake: FakeKaleyra) -> None:
     assert [(e["attempt"], e["code"], e["wait"]) for e in failed] == [(1, "RCS601", None)]
 
 
-# Configuration -------------------------------------------------------------------------
-
-
-def test_plain_http_to_a_remote_host_is_refused_at_settings_time() -> None:
-    with pytest.raises(ConfigError, match="KALEYRA_BASE_URL"):
-        Settings.from_env({"KALEYRA_BASE_URL": "http://rcs-api.in.kaleyra.io"})
+# The HTTP session ----------------------------------------------------------------------
 
 
 def test_client_closes_only_its_own_session(fake: FakeKaleyra) -> None:

@@ -12,7 +12,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from importlib.metadata import version
@@ -31,8 +30,8 @@ from regionsync.metrics import FAILURE_REASONS, DaemonMetrics, MetricsServer, fa
 from regionsync.runs import Counts
 from regionsync.status import StatusReport, gather
 from regionsync.sync import Guard, run_sync
-from tests import test_daemon as daemon_tests
-from tests.fakeapi_fixtures import FAST, client_for_fake, running_fake
+from tests.daemon_support import DaemonProcess, count, http_get, metric_samples
+from tests.fakeapi_fixtures import FAST, client_for_fake
 from tests.support import settings_for
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,21 +48,16 @@ needs_promtool = pytest.mark.skipif(
 
 
 def samples(text: str) -> dict[str, float]:
-    return daemon_tests.metric_samples(text)
+    return metric_samples(text)
 
 
 def scrape(port: int) -> str:
-    status, _, body = daemon_tests.http_get(port, "/metrics")
+    status, _, body = http_get(port, "/metrics")
     assert status == 200
     return body.decode()
 
 
 # failure_reason, from real failures -------------------------------------------------------
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeKaleyra]:
-    yield from running_fake()
 
 
 def fetch_error(fake: FakeKaleyra, fault: str, policy: RetryPolicy = FAST) -> RegionSyncError:
@@ -295,37 +289,7 @@ def test_status_counts_consecutive_failures_as_the_sync_health_view_does(
 # A real daemon's /metrics, promtool, the rules and the dashboard --------------------------
 
 
-@pytest.fixture
-def start_daemon(tmp_path: Path) -> Iterator[Callable[..., daemon_tests.Daemon]]:
-    """``python -m regionsync daemon`` processes, killed afterwards if still running."""
-    started: list[daemon_tests.Daemon] = []
-
-    def start(url: URL, fake: FakeKaleyra, **env: str) -> daemon_tests.Daemon:
-        port = daemon_tests.free_port()
-        log = tmp_path / f"daemon-{len(started)}.log"
-        environment = daemon_tests.daemon_env(url, fake, REGIONSYNC_METRICS_PORT=str(port), **env)
-        with log.open("wb") as out:
-            process = subprocess.Popen(
-                [sys.executable, "-m", "regionsync", "daemon"],
-                env=environment,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        daemon = daemon_tests.Daemon(process, port, log)
-        started.append(daemon)
-        daemon.wait_until(daemon.answers, "/healthz to answer")
-        return daemon
-
-    yield start
-    for daemon in started:
-        if daemon.process.poll() is None:
-            daemon.process.kill()
-            daemon.process.wait(timeout=10)
-
-
-def live_metrics(
-    start_daemon: Callable[..., daemon_tests.Daemon], url: URL, fake: FakeKaleyra
-) -> str:
+def live_metrics(start_daemon: Callable[..., DaemonProcess], url: URL, fake: FakeKaleyra) -> str:
     daemon = start_daemon(url, fake)
     daemon.wait_until(lambda: daemon.runs_counted("succeeded") >= 1, "a successful sync")
     text = scrape(daemon.port)
@@ -366,7 +330,7 @@ MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
 
 @pytest.mark.slow
 def test_a_live_daemons_metrics_pass_promtool_and_have_every_name_the_rules_and_dashboard_use(
-    start_daemon: Callable[..., daemon_tests.Daemon],
+    start_daemon: Callable[..., DaemonProcess],
     pg_engine: Engine,
     pg_url: URL,
     fake: FakeKaleyra,
@@ -398,7 +362,7 @@ def test_a_live_daemons_metrics_pass_promtool_and_have_every_name_the_rules_and_
 
 @pytest.mark.slow
 def test_consecutive_failures_survive_a_restart_and_name_their_reason(
-    start_daemon: Callable[..., daemon_tests.Daemon],
+    start_daemon: Callable[..., DaemonProcess],
     pg_engine: Engine,
     pg_url: URL,
     fake: FakeKaleyra,
@@ -408,7 +372,7 @@ def test_consecutive_failures_survive_a_restart_and_name_their_reason(
     first.wait_until(lambda: first.runs_counted("failed") >= 2, "two failed syncs")
     first.send(signal.SIGTERM)
     assert first.exit_code(timeout=15) == 0
-    recorded = daemon_tests.count(pg_engine, "failed")
+    recorded = count(pg_engine, "failed")
 
     again = start_daemon(pg_url, fake)  # a crash loop: each process fails from scratch
     again.wait_until(lambda: again.runs_counted("failed") >= 1, "a failed sync")

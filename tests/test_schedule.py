@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import itertools
-import os
-import subprocess
-import sys
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, time, timedelta
 from zoneinfo import ZoneInfo
@@ -17,6 +14,7 @@ from structlog.testing import capture_logs
 
 from regionsync.errors import ConfigError
 from regionsync.schedule import CrontabTrigger, next_fire_times, parse_schedule
+from tests.cli_support import Invoke
 from tests.support import settings_for
 
 #: A Friday, noon UTC.
@@ -440,26 +438,14 @@ def test_generated_crontabs_fire_exactly_at_the_matching_minutes(
 # The command.
 
 
-def schedule_command(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
-    return subprocess.run(
-        [sys.executable, "-m", "regionsync", "schedule", *args],
-        env={**base, "REGIONSYNC_LOG_FORMAT": "json", **env},
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
-def test_schedule_command_prints_sundays_for_day_of_week_0_and_7() -> None:
+def test_schedule_command_prints_sundays_for_day_of_week_0_and_7(invoke: Invoke) -> None:
     for dow in ("0", "7"):
         started = datetime.now(UTC)
-        done = schedule_command(
+        done = invoke(
+            "schedule",
             "--count",
             "3",
-            REGIONSYNC_SCHEDULE=f"30 4 * * {dow}",
-            REGIONSYNC_TIMEZONE="Europe/Paris",
+            env={"REGIONSYNC_SCHEDULE": f"30 4 * * {dow}", "REGIONSYNC_TIMEZONE": "Europe/Paris"},
         )
         assert done.returncode == 0, done.stderr
         printed = [datetime.fromisoformat(line) for line in done.stdout.splitlines()]
@@ -472,9 +458,9 @@ def test_schedule_command_prints_sundays_for_day_of_week_0_and_7() -> None:
         assert [(b.date() - a.date()).days for a, b in itertools.pairwise(local)] == [7, 7]
 
 
-def test_schedule_command_prints_an_interval_from_now() -> None:
+def test_schedule_command_prints_an_interval_from_now(invoke: Invoke) -> None:
     started = datetime.now(UTC)
-    done = schedule_command(REGIONSYNC_SCHEDULE="90s")
+    done = invoke("schedule", env={"REGIONSYNC_SCHEDULE": "90s"})
     assert done.returncode == 0, done.stderr
     printed = [datetime.fromisoformat(line) for line in done.stdout.splitlines()]
     assert len(printed) == 5
@@ -482,8 +468,8 @@ def test_schedule_command_prints_an_interval_from_now() -> None:
     assert {b - a for a, b in itertools.pairwise(printed)} == {timedelta(seconds=90)}
 
 
-def test_schedule_command_refuses_a_bad_expression_with_exit_2() -> None:
-    done = schedule_command(REGIONSYNC_SCHEDULE="0 0 * * 8")
+def test_schedule_command_refuses_a_bad_expression_with_exit_2(invoke: Invoke) -> None:
+    done = invoke("schedule", env={"REGIONSYNC_SCHEDULE": "0 0 * * 8"})
     assert done.returncode == 2
     assert done.stdout == ""
     assert "Traceback" not in done.stderr

@@ -6,7 +6,6 @@ import os
 import re
 import subprocess
 import sys
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from sqlalchemy.engine import URL, Engine
 
 from regionsync.errors import SchemaError
 from regionsync.models import Base
-from regionsync.runs import Counts
 from regionsync.schema import (
     HEAD,
     current_revision,
@@ -27,8 +25,6 @@ from regionsync.schema import (
     require_current,
     script_head,
 )
-from regionsync.tables import region_history, regions, sync_runs
-from tests.support import as_utc
 
 REPO = Path(__file__).resolve().parents[1]
 TABLES = {"regions", "region_history", "sync_runs", "notification_deliveries"}
@@ -125,71 +121,3 @@ def test_alembic_cli_uses_regionsync_settings(fresh_pg_url: URL) -> None:
             [*alembic, "check"], cwd=REPO, env=env, capture_output=True, text=True, check=True
         ).stdout
     )
-
-
-T0 = datetime(2026, 1, 1, tzinfo=UTC)
-
-
-def _seed_history(engine: Engine, rows: list[tuple[int, str, bool | None, str | None]]) -> None:
-    """rows: (day, change, carrier_enabled_after, hosting_region_after) for region "r1"."""
-    with engine.begin() as c:
-        c.execute(
-            regions.insert().values(
-                id="r1",
-                display_name="Region One",
-                carrier_enabled=True,
-                raw={},
-                first_seen_at=T0,
-                updated_at=T0,
-            )
-        )
-        before: tuple[bool | None, str | None] = (None, None)
-        for run, (day, change, enabled, hosting) in enumerate(rows, start=1):
-            at = T0 + timedelta(days=day)
-            c.execute(
-                sync_runs.insert().values(
-                    id=run,
-                    started_at=at,
-                    status="succeeded",
-                    trigger="cli",
-                    source="test",
-                    **Counts().as_dict(),
-                )
-            )
-            c.execute(
-                region_history.insert().values(
-                    region_id="r1",
-                    sync_run_id=run,
-                    changed_at=at,
-                    change=change,
-                    carrier_enabled_before=before[0],
-                    carrier_enabled_after=enabled,
-                    hosting_region_before=before[1],
-                    hosting_region_after=hosting,
-                )
-            )
-            before = (enabled, hosting)
-
-
-def test_status_intervals_view_on_a_hand_made_history(engine: Engine) -> None:
-    _seed_history(
-        engine,
-        [
-            (0, "added", True, "EUROPE"),
-            (2, "changed", False, "EUROPE"),
-            (5, "removed", None, None),
-            (9, "restored", False, "NORTH_AMERICA"),
-        ],
-    )
-    with engine.connect() as c:
-        rows = c.exec_driver_sql(
-            "SELECT region_id, display_name, carrier_enabled, hosting_region, valid_from, valid_to"
-            " FROM region_status_intervals ORDER BY valid_from"
-        ).all()
-    got = [(r[0], r[1], bool(r[2]), r[3], as_utc(r[4]), as_utc(r[5])) for r in rows]
-    day = lambda n: T0 + timedelta(days=n)  # noqa: E731
-    assert got == [
-        ("r1", "Region One", True, "EUROPE", day(0), day(2)),
-        ("r1", "Region One", False, "EUROPE", day(2), day(5)),
-        ("r1", "Region One", False, "NORTH_AMERICA", day(9), None),
-    ]

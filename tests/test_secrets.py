@@ -12,69 +12,41 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote, quote_plus
+from urllib.parse import quote
 
 import pytest
 import sqlalchemy as sa
-import structlog
 from sqlalchemy.engine import URL
 
 from regionsync import cli, fakehook, logs
 from regionsync.errors import TransientSourceError
-from regionsync.fakeapi import FakeKaleyra, sample_regions
+from regionsync.fakeapi import FakeKaleyra
 from regionsync.grants import quote_identifier
 from regionsync.kaleyra import KaleyraClient
 from regionsync.schema import migrate
 from regionsync.store import create_engine
 from regionsync.sync import run_sync
 from tests.fakeapi_fixtures import FAST
-from tests.support import admin_url, create_pg_database, drop_pg_database, settings_for
+from tests.leaks import FORMATS, KEY, PASSWORD, WEBHOOK_SECRET, assert_clean
+from tests.support import (
+    admin_url,
+    clean_environ,
+    create_pg_database,
+    drop_pg_database,
+    scrub_environ,
+    settings_for,
+)
 
-#: Latin-1 only beyond ASCII: the key travels in an HTTP header.
-KEY = "k'e\"y\\é-LEAKKEY7f3a9c-ñ'\"\\"
-PASSWORD = "p'a\"s\\s¤-LEAKPW91b2e-wörd€\\"
-#: Base64 (as Standard Webhooks wants), so only its marker makes it distinctive.
-WEBHOOK_SECRET = "whsec_LEAKWHSEC5d1e" + "A" * 31
-MARKERS = ("LEAKKEY7f3a9c", "LEAKPW91b2e", "LEAKWHSEC5d1e")
 SID = "ACME42"
-FORMATS = ("json", "console")
-
-
-def escaped_forms(secret: str) -> set[str]:
-    """The forms a leak would take, written independently of the code under test."""
-    once = {
-        secret,
-        repr(secret)[1:-1],
-        ascii(secret)[1:-1],
-        json.dumps(secret)[1:-1],
-        json.dumps(secret, ensure_ascii=False)[1:-1],
-        secret.encode("unicode_escape").decode("ascii"),
-        quote(secret, safe=""),
-        quote_plus(secret),
-    }
-    return once | {repr(form)[1:-1] for form in once} | {json.dumps(form)[1:-1] for form in once}
-
-
-FORMS = escaped_forms(KEY) | escaped_forms(PASSWORD) | escaped_forms(WEBHOOK_SECRET)
-
-
-def assert_clean(text: str, where: str) -> None:
-    folded = text.casefold()
-    for marker in MARKERS:
-        assert marker.casefold() not in folded, f"{marker} in {where}: {text[:2000]}"
-    for form in FORMS:
-        assert form not in text, f"{form!r} in {where}"
 
 
 @dataclass
@@ -108,18 +80,17 @@ def assert_database_clean(url: URL) -> None:
         engine.dispose()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def database() -> Iterator[URL]:
-    """A database of this module's own, reached with :data:`PASSWORD`."""
+    """A database of this test's own, reached with :data:`PASSWORD`: each test syncs afresh."""
     url = create_pg_database()
     yield url.set(password=PASSWORD)
     drop_pg_database(url)
 
 
-@pytest.fixture(scope="module")
-def fake() -> Iterator[FakeKaleyra]:
-    with FakeKaleyra(sid=SID, api_key=KEY, regions=sample_regions()) as server:
-        yield server
+@pytest.fixture
+def fake_options() -> dict[str, Any]:
+    return {"sid": SID, "api_key": KEY}
 
 
 @pytest.fixture
@@ -161,9 +132,7 @@ class Runner:
 
     def __call__(self, env: dict[str, str], *argv: str) -> Done:
         with self.monkeypatch.context() as patch:
-            for name in list(os.environ):
-                if name.startswith(("REGIONSYNC_", "KALEYRA_")) or name == "DATABASE_URL":
-                    patch.delenv(name)
+            scrub_environ(patch)
             for name, value in env.items():
                 patch.setenv(name, value)
             try:
@@ -317,35 +286,6 @@ def test_a_sync_failing_after_retries_records_and_logs_no_secret(
     assert_database_clean(database)
 
 
-def test_tracebacks_show_no_locals_and_escaped_secrets_are_scrubbed(
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    for fmt in FORMATS:
-        logs.configure(fmt=fmt, secrets=(KEY, PASSWORD))
-        try:
-            hidden_value = {"key": KEY, "password": PASSWORD}
-            message = f"{hidden_value!r} {json.dumps(PASSWORD)} {quote(PASSWORD)}"
-            raise ValueError(message)
-        except ValueError:
-            structlog.get_logger("t").exception("failed", detail=repr(KEY))
-        err = capsys.readouterr().err
-        assert "ValueError" in err
-        assert "hidden_value =" not in err
-        assert "message =" not in err
-        if fmt == "json":
-            (event,) = [json.loads(line) for line in err.splitlines()]
-            frames = [f for e in event["exception"] for f in e["frames"]]
-            assert frames
-            assert not [f for f in frames if "locals" in f]
-        assert_clean(err, f"{fmt} traceback")
-
-
-def test_each_escaped_form_is_redacted() -> None:
-    for secret in (KEY, PASSWORD):
-        for form in escaped_forms(secret):
-            assert logs.redact(f"<{form}>", (secret,)) == f"<{logs.REDACTED}>", form
-
-
 def test_database_connection_failures_name_the_setting_and_what_was_tried(
     regionsync: Runner, database: URL
 ) -> None:
@@ -403,8 +343,7 @@ def rich_states() -> list[Any]:
 
 
 def python(code: str, *argv: str, env: dict[str, str]) -> Done:
-    base = {k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))}
-    base.pop("DATABASE_URL", None)
+    base = clean_environ()
     done = subprocess.run(
         [sys.executable, "-c", code, *argv],
         env={**base, **env},
@@ -458,11 +397,13 @@ def test_an_internal_error_logs_a_traceback_without_locals(
 
 
 def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Path) -> None:
+    engine = create_engine(settings_for(database))
+    migrate(engine)
+    engine.dispose()
     env = {
-        **{k: v for k, v in os.environ.items() if not k.startswith(("KALEYRA_", "REGIONSYNC_"))},
+        **clean_environ(),
         **environment(database, fake, "json", REGIONSYNC_SCHEDULE="1s"),
     }
-    env.pop("DATABASE_URL", None)
     log = tmp_path / "daemon.log"
     with log.open("wb") as sink:
         process = subprocess.Popen(
@@ -485,19 +426,3 @@ def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Pa
                 process.wait()
     Done(0, "", log.read_text(errors="replace")).check("daemon", "json")
     assert_database_clean(database)
-
-
-def test_a_crashing_thread_is_logged_scrubbed(capsys: pytest.CaptureFixture[str]) -> None:
-    logs.configure(fmt="json", secrets=(KEY,))
-
-    def crash() -> None:
-        raise RuntimeError(f"thread saw {KEY!r}")
-
-    thread = threading.Thread(target=crash, name="worker")
-    thread.start()
-    thread.join()
-    (event,) = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    assert event["event"] == "thread.crashed"
-    assert event["thread"] == "worker"
-    assert event["exception"][0]["exc_type"] == "RuntimeError"
-    assert_clean(json.dumps(event, ensure_ascii=False), "a thread's traceback")

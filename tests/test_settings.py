@@ -3,17 +3,15 @@
 from __future__ import annotations
 
 import json
-import logging
-import os
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
-import structlog
 
-from regionsync import cli, logs
+from regionsync import cli
 from regionsync.errors import ConfigError
+from regionsync.kaleyra import KaleyraClient
 from regionsync.settings import (
     DEFAULT_SCHEDULE,
     LOG_LEVELS,
@@ -24,6 +22,7 @@ from regionsync.settings import (
     normalise_database_url,
     read_env_file,
 )
+from tests.support import scrub_environ
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,15 +83,21 @@ def test_malformed_setting_is_named(env: dict[str, str], setting: str | None) ->
     assert "\n" not in str(caught.value)
 
 
-def test_fetching_needs_sid_key_and_pod() -> None:
-    for env, missing in [
+@pytest.mark.parametrize(
+    ("env", "missing"),
+    [
         ({"KALEYRA_API_KEY": KEY, "KALEYRA_POD": "in"}, "KALEYRA_SID"),
         ({"KALEYRA_SID": "ABC", "KALEYRA_POD": "in"}, "KALEYRA_API_KEY"),
         ({"KALEYRA_SID": "ABC", "KALEYRA_API_KEY": KEY}, "KALEYRA_POD"),
-    ]:
-        with pytest.raises(ConfigError) as caught:
-            Settings.from_env(env).require_kaleyra()
-        assert caught.value.setting == missing
+    ],
+)
+def test_fetching_needs_sid_key_and_pod(env: dict[str, str], missing: str) -> None:
+    settings = Settings.from_env(env)
+    with pytest.raises(ConfigError) as caught:
+        settings.require_kaleyra()
+    assert caught.value.setting == missing
+    with pytest.raises(ConfigError, match=missing):
+        KaleyraClient(settings)
 
 
 def test_pod_and_base_url_give_the_regions_url() -> None:
@@ -172,20 +177,6 @@ def test_secrets_never_in_repr_or_str() -> None:
     assert set(settings.secrets) == {KEY, PASSWORD}
 
 
-def test_logs_scrub_secrets_even_when_code_passes_them(capsys: pytest.CaptureFixture[str]) -> None:
-    logs.configure(level="INFO", fmt="json", secrets=(KEY, PASSWORD))
-    try:
-        structlog.get_logger("t").info("oops", detail=f"key={KEY}", nested={"p": [PASSWORD]})
-        logging.getLogger("foreign").warning("password %s", PASSWORD)
-    finally:
-        logs.configure(level="INFO", fmt="json")
-    err = capsys.readouterr().err
-    assert "oops" in err
-    assert "password" in err
-    assert KEY not in err
-    assert PASSWORD not in err
-
-
 def test_env_file_is_read(tmp_path: Path) -> None:
     path = tmp_path / ".env"
     path.write_text(
@@ -248,9 +239,7 @@ def cli_events(err: str) -> list[dict[str, Any]]:
 @pytest.fixture
 def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     """An environment with no regionsync variable but JSON logs and a private data home."""
-    for name in list(os.environ):
-        if name.startswith(("REGIONSYNC_", "KALEYRA_")) or name == "DATABASE_URL":
-            monkeypatch.delenv(name)
+    scrub_environ(monkeypatch)
     monkeypatch.setenv("REGIONSYNC_LOG_FORMAT", "json")
     monkeypatch.setenv("XDG_DATA_HOME", str(tmp_path / "data"))
     return monkeypatch
@@ -303,30 +292,3 @@ def test_readme_and_help_list_the_same_log_levels() -> None:
     assert re.findall(r"`([A-Z]+)`", row.split("|")[3]) == list(LOG_LEVELS)
     shown = " ".join(cli.build_parser().format_help().split())
     assert f"REGIONSYNC_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}." in shown
-
-
-def test_log_values_are_capped(capsys: pytest.CaptureFixture[str]) -> None:
-    logs.configure(level="INFO", fmt="json")
-    huge = "x" * 10_000_000
-    structlog.get_logger("t").info(
-        "big",
-        display_name=huge,
-        many=list(range(1000)),
-        deep=_nested(100),
-        table={i: i for i in range(99)},
-    )
-    line = capsys.readouterr().err
-    assert len(line) < 10_000
-    event = json.loads(line)
-    assert event["display_name"] == "x" * logs.MAX_VALUE_CHARS + f"…(+{10_000_000 - 1000} chars)"
-    assert event["many"][: logs.MAX_ITEMS] == list(range(logs.MAX_ITEMS))
-    assert event["many"][-1] == f"…(+{1000 - logs.MAX_ITEMS} items)"
-    assert "…(nested too deep)" in json.dumps(event["deep"], ensure_ascii=False)
-    assert len(event["table"]) == logs.MAX_ITEMS + 1
-
-
-def _nested(depth: int) -> list[Any]:
-    value: list[Any] = []
-    for _ in range(depth):
-        value = [value]
-    return value

@@ -119,6 +119,30 @@ def test_status_intervals_at_the_boundaries(engine: Engine, seeded: Seeded) -> N
     ]
 
 
+def test_status_intervals_carry_the_name_and_hosting_across_a_restore(engine: Engine) -> None:
+    def day(n: int) -> datetime:
+        return datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=n)
+
+    events: list[Event] = [
+        (day(0), "r1", "added", (True, "EUROPE")),
+        (day(2), "r1", "changed", (False, "EUROPE")),
+        (day(5), "r1", "removed", None),
+        (day(9), "r1", "restored", (False, "NORTH_AMERICA")),
+    ]
+    write_events(engine, events, names={"r1": "Region One"})
+    with engine.connect() as c:
+        rows = c.exec_driver_sql(
+            "SELECT region_id, display_name, carrier_enabled, hosting_region, valid_from, valid_to"
+            " FROM region_status_intervals ORDER BY valid_from"
+        ).all()
+    got = [(r[0], r[1], bool(r[2]), r[3], as_utc(r[4]), as_utc(r[5])) for r in rows]
+    assert got == [
+        ("r1", "Region One", True, "EUROPE", day(0), day(2)),
+        ("r1", "Region One", False, "EUROPE", day(2), day(5)),
+        ("r1", "Region One", False, "NORTH_AMERICA", day(9), None),
+    ]
+
+
 def test_status_daily_has_each_day_from_first_sight_to_today(
     pg_engine: Engine,
 ) -> None:
