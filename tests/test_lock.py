@@ -53,7 +53,7 @@ def test_the_holder_gets_a_connection_with_no_transaction_open(engine: Engine) -
 
 def test_another_exclusive_lock_does_not_block_the_sync_lock(engine: Engine) -> None:
     def other() -> AbstractContextManager[Connection | None]:
-        return exclusive(engine, name="another lock", key=ADVISORY_LOCK_KEY + 1, suffix=".other")
+        return exclusive(engine, key=ADVISORY_LOCK_KEY + 1, suffix=".other")
 
     with other() as first, sync_lock(engine) as sync:
         assert first is not None
