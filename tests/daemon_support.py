@@ -25,7 +25,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL, Engine
 
 from regionsync.fakeapi import FakeKaleyra
-from tests.fakeapi_fixtures import API_KEY
+from tests.fakeapi_fixtures import process_variables
 from tests.support import clean_environ
 
 REPOSITORY = Path(__file__).resolve().parent.parent
@@ -44,15 +44,7 @@ def daemon_env(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
 
 def daemon_settings(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
     """The daemon's settings: ``url``, ``fake``, a schedule of a second and JSON logs."""
-    return {
-        "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
-        "KALEYRA_BASE_URL": fake.url,
-        "KALEYRA_SID": fake.sid,
-        "KALEYRA_API_KEY": API_KEY,
-        "REGIONSYNC_SCHEDULE": "1s",
-        "REGIONSYNC_LOG_FORMAT": "json",
-        **extra,
-    }
+    return process_variables(url, fake, **{"REGIONSYNC_SCHEDULE": "1s", **extra})
 
 
 def metric_samples(text: str) -> dict[str, float]:

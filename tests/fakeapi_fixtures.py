@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from sqlalchemy.engine import URL
 
 from regionsync.fakeapi import FakeKaleyra, sample_regions
 from regionsync.kaleyra import KaleyraClient, RetryPolicy
@@ -54,10 +55,24 @@ def fake(fake_options: dict[str, Any]) -> Iterator[FakeKaleyra]:
         server.stop()
 
 
+def fake_variables(fake: FakeKaleyra) -> dict[str, str]:
+    """The variables pointing regionsync at ``fake``, with :data:`API_KEY`."""
+    return {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": fake.sid, "KALEYRA_API_KEY": API_KEY}
+
+
+def process_variables(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
+    """A ``regionsync`` process's settings: the database ``url``, ``fake``, JSON logs."""
+    return {
+        "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
+        **fake_variables(fake),
+        "REGIONSYNC_LOG_FORMAT": "json",
+        **extra,
+    }
+
+
 def settings_for_fake(fake: FakeKaleyra, **env: str) -> Settings:
     """Settings pointing regionsync at ``fake`` with :data:`API_KEY`, plus any variables."""
-    base = {"KALEYRA_BASE_URL": fake.url, "KALEYRA_SID": fake.sid, "KALEYRA_API_KEY": API_KEY}
-    return Settings.from_env({**base, **env})
+    return Settings.from_env({**fake_variables(fake), **env})
 
 
 def client_for_fake(fake: FakeKaleyra, retry: RetryPolicy = FAST, **env: str) -> KaleyraClient:

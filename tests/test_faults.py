@@ -21,7 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from regionsync.fakeapi import FakeKaleyra
-from tests.fakeapi_fixtures import API_KEY
+from tests.fakeapi_fixtures import process_variables
 from tests.sources import region
 from tests.support import clean_environ
 
@@ -47,16 +47,7 @@ def fake_options() -> dict[str, Any]:
 
 
 def env_for(url: URL, fake: FakeKaleyra, **extra: str) -> dict[str, str]:
-    env = clean_environ()
-    return {
-        **env,
-        "REGIONSYNC_DATABASE_URL": url.render_as_string(hide_password=False),
-        "KALEYRA_BASE_URL": fake.url,
-        "KALEYRA_SID": fake.sid,
-        "KALEYRA_API_KEY": API_KEY,
-        "REGIONSYNC_LOG_FORMAT": "json",
-        **extra,
-    }
+    return {**clean_environ(), **process_variables(url, fake, **extra)}
 
 
 def run(url: URL, fake: FakeKaleyra, **extra: str) -> subprocess.CompletedProcess[str]:
