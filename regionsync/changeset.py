@@ -14,7 +14,7 @@ stored value, a new one stores NULL; an explicit JSON null is a value like any o
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -136,23 +136,36 @@ class Plan:
         return self.total - self.counts["updated"]
 
 
-def stage(connection: Connection, snapshot: Snapshot) -> None:
-    """Load the snapshot into this connection's temporary tables (in its transaction)."""
-    unstage(connection)
-    for table in TEMP_TABLES:
-        table.create(connection)
-    if connection.dialect.name == "postgresql":
-        if snapshot.records:
+def stage(
+    connection: Connection, snapshot: Snapshot, streamed: StreamedStage | None = None
+) -> None:
+    """Load the snapshot into this connection's temporary tables (in its transaction).
+
+    ``streamed``: the records the parse already sent (:class:`StreamedStage`); they are
+    the snapshot's own when there are as many (no duplicate was replaced, no record held
+    back), and are sent again otherwise.
+    """
+    if streamed is not None and streamed.count:
+        streamed.close()
+        if streamed.count != len(snapshot.records):
+            connection.exec_driver_sql(f"TRUNCATE {staged.name}")
             _copy_binary(connection, snapshot.records)
     else:
-        names = ", ".join(column.name for column in staged.columns)
-        marks = ", ".join("?" for _ in staged.columns)
-        if snapshot.records:
+        _create_tables(connection)
+        if connection.dialect.name == "postgresql":
+            if snapshot.records:
+                _copy_binary(connection, snapshot.records)
+        else:
+            names = ", ".join(column.name for column in staged.columns)
+            marks = ", ".join("?" for _ in staged.columns)
+            if snapshot.records:
+                connection.exec_driver_sql(
+                    f"INSERT INTO {staged.name} ({names}) VALUES ({marks})",
+                    [_row(rec) for rec in snapshot.records],
+                )
             connection.exec_driver_sql(
-                f"INSERT INTO {staged.name} ({names}) VALUES ({marks})",
-                [_row(rec) for rec in snapshot.records],
+                f"CREATE UNIQUE INDEX {staged.name}_id ON {staged.name} (id)"
             )
-        connection.exec_driver_sql(f"CREATE UNIQUE INDEX {staged.name}_id ON {staged.name} (id)")
     if snapshot.held_ids:
         connection.execute(held.insert(), [{"id": region_id} for region_id in snapshot.held_ids])
     omitted = [
@@ -165,6 +178,12 @@ def stage(connection: Connection, snapshot: Snapshot) -> None:
     if omitted:
         connection.execute(absent.insert(), omitted)
         _keep_stored_values(connection)
+
+
+def _create_tables(connection: Connection) -> None:
+    unstage(connection)
+    for table in TEMP_TABLES:
+        table.create(connection)
 
 
 def _row(rec: RegionRecord) -> tuple[Any, ...]:
@@ -180,12 +199,16 @@ def _row(rec: RegionRecord) -> tuple[Any, ...]:
     )
 
 
-def _copy_binary(connection: Connection, records: Iterable[RegionRecord]) -> None:
-    """PostgreSQL: binary COPY, the fastest way in (measured against text COPY).
+@contextmanager
+def _copy_into_staged(connection: Connection) -> Iterator[Any]:
+    """PostgreSQL: a binary COPY into the staging table, the fastest way in (measured
+    against text COPY); yields psycopg's ``Copy``.
 
     ``raw`` is already canonical JSON text: it is sent as jsonb's binary form (a version
-    byte and the text) instead of being decoded and encoded again.
+    byte and the text) instead of being decoded and encoded again. A driver error is
+    raised as SQLAlchemy's, as every other statement's is.
     """
+    import psycopg
     from psycopg.adapt import Buffer, Dumper
     from psycopg.pq import Format
 
@@ -197,13 +220,62 @@ def _copy_binary(connection: Connection, records: Iterable[RegionRecord]) -> Non
             return b"\x01" + str(obj).encode()
 
     names = ", ".join(column.name for column in staged.columns)
-    types = ["text", "text", "text", "text", "int4", "bool", "text", "jsonb"]
+    statement = f"COPY {staged.name} ({names}) FROM STDIN (FORMAT BINARY)"
     cursor = connection.connection.driver_connection.cursor()  # type: ignore[union-attr]
     cursor.adapters.register_dumper(None, RawJsonb)
-    with cursor.copy(f"COPY {staged.name} ({names}) FROM STDIN (FORMAT BINARY)") as copy:
-        copy.set_types(types)
+    try:
+        with cursor.copy(statement) as copy:
+            copy.set_types(["text", "text", "text", "text", "int4", "bool", "text", "jsonb"])
+            yield copy
+    except psycopg.Error as error:
+        raise sa.exc.DBAPIError(statement, None, error) from error
+
+
+def _copy_binary(connection: Connection, records: Iterable[RegionRecord]) -> None:
+    with _copy_into_staged(connection) as copy:
         for rec in records:
             copy.write_row(_row(rec))
+
+
+class StreamedStage:
+    """PostgreSQL: the staging COPY, fed by the parse itself (:mod:`regionsync.record_sink`).
+
+    Each valid record goes to PostgreSQL as soon as it is validated, so that PostgreSQL
+    stores the snapshot while Python validates the rest of it: at 100,000 regions that
+    hides most of the COPY behind the parse. The COPY starts with the first record (so
+    that no statement is open while the HTTP request waits) and ends in :func:`stage`.
+    """
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self.count = 0
+        self._copies = ExitStack()
+        self._copy: Any = None
+
+    def add(self, record: RegionRecord) -> None:
+        if self._copy is None:
+            _create_tables(self.connection)
+            self._copy = self._copies.enter_context(_copy_into_staged(self.connection))
+        self._copy.write_row(_row(record))
+        self.count += 1
+
+    def close(self) -> None:
+        """End the COPY (PostgreSQL then has every row sent)."""
+        self._copies.close()
+
+
+@contextmanager
+def streamed_stage(connection: Connection) -> Iterator[StreamedStage | None]:
+    """A :class:`StreamedStage` for the block on PostgreSQL (None elsewhere), given to
+    :mod:`regionsync.record_sink`; if the block fails, its COPY is abandoned."""
+    if connection.dialect.name != "postgresql":
+        yield None
+        return
+    from regionsync import record_sink
+
+    stage_ = StreamedStage(connection)
+    with stage_._copies, record_sink.receiving(stage_):
+        yield stage_
 
 
 def _keep_stored_values(connection: Connection) -> None:
@@ -242,7 +314,13 @@ _MISSING = sa.and_(
 )
 
 
-def plan(connection: Connection, snapshot: Snapshot, *, details: int | None = None) -> Plan:
+def plan(
+    connection: Connection,
+    snapshot: Snapshot,
+    *,
+    details: int | None = None,
+    streamed: StreamedStage | None = None,
+) -> Plan:
     """Stage ``snapshot`` and find what it changes; writes only temporary tables.
 
     ``details`` bounds how many :class:`Change` rows are read back (None: all of them).
@@ -251,7 +329,7 @@ def plan(connection: Connection, snapshot: Snapshot, *, details: int | None = No
         # The diff hashes one table against the other: at the default 4 MB a 100,000-region
         # hash spills to disk in batches. LOCAL: for this transaction only.
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-    stage(connection, snapshot)
+    stage(connection, snapshot, streamed)
     result = Plan()
     columns = [column.name for column in changes.columns]
     present = (

@@ -27,6 +27,7 @@ from typing import Annotated, Any
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
+from regionsync import record_sink
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
 from regionsync.records import RegionRecord, Rejection, Snapshot, held_ids
 
@@ -385,6 +386,7 @@ def _snapshot(
     rejected: list[Rejection] = []
     unlisted = anonymous = 0
     release = type(body) is DecodedBody
+    sink = record_sink.current.get()
     for position, item in enumerate(data, start=1):
         if release:
             data[position - 1] = None
@@ -394,6 +396,8 @@ def _snapshot(
                 validate.typed(item, position) if kind is TypedRecord else validate(item, position)
             )
             if type(outcome) is RegionRecord:
+                if sink is not None:
+                    sink.add(outcome)
                 earlier = valid.setdefault(outcome.id, outcome)
                 if earlier is not outcome:  # the last copy wins
                     valid[outcome.id] = outcome

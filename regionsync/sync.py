@@ -132,13 +132,18 @@ def run_sync(
             lines = RegionLines(log, guard.region_lines)
             seen = Counts()
             try:
-                snapshot = _fetch(source, log, lines)
-                seen = Counts(fetched=snapshot.fetched, rejected=snapshot.rejected_count)
-                guard.check_rejects(snapshot)
-                # Translated here rather than only at the entry point: the failure is
-                # recorded in sync_runs.error, in our words.
-                with translated_errors("applying the sync"):
-                    planned = _apply(connection, snapshot, run_id, guard, lines.remaining, notify)
+                # One transaction from the fetch on: on PostgreSQL the parse stages the
+                # records as it validates them (changeset.StreamedStage). Translated here
+                # rather than only at the entry point: the failure is recorded in
+                # sync_runs.error, in our words.
+                with translated_errors("applying the sync"), connection.begin():
+                    with changeset.streamed_stage(connection) as streamed:
+                        snapshot = _fetch(source, log, lines)
+                    seen = Counts(fetched=snapshot.fetched, rejected=snapshot.rejected_count)
+                    guard.check_rejects(snapshot)
+                    planned = _apply(
+                        connection, snapshot, run_id, guard, lines.remaining, notify, streamed
+                    )
             except BaseException as error:
                 lines.summarise(f"not stored; counted in sync_runs WHERE id = {run_id}")
                 _record_failure(engine, run_id, error, log, started, seen)
@@ -211,9 +216,13 @@ def _fetch(
 
 
 def _plan(
-    connection: Connection, snapshot: Snapshot, guard: Guard, details: int | None
+    connection: Connection,
+    snapshot: Snapshot,
+    guard: Guard,
+    details: int | None,
+    streamed: changeset.StreamedStage | None = None,
 ) -> changeset.Plan:
-    planned = changeset.plan(connection, snapshot, details=details)
+    planned = changeset.plan(connection, snapshot, details=details, streamed=streamed)
     guard.check(planned.counts["removed"], planned.active_before)
     return planned
 
@@ -224,18 +233,18 @@ def _apply(
     run_id: int,
     guard: Guard,
     details: int,
-    notify: outbox.OutboxPolicy | None = None,
+    notify: outbox.OutboxPolicy | None,
+    streamed: changeset.StreamedStage | None,
 ) -> changeset.Plan:
-    """Plan, guard and apply in one transaction, the run's row closed in it too."""
-    with connection.begin():
-        planned = _plan(connection, snapshot, guard, details)
-        if planned.total:
-            changeset.apply(connection, planned, run_id=run_id, at=snapshot.received_at)
-        changeset.unstage(connection)
-        runs.finish_run(connection, run_id, status="succeeded", counts=_counts(snapshot, planned))
+    """Plan, guard and apply in the caller's transaction, the run's row closed in it too."""
+    planned = _plan(connection, snapshot, guard, details, streamed)
+    if planned.total:
+        changeset.apply(connection, planned, run_id=run_id, at=snapshot.received_at)
+    changeset.unstage(connection)
+    runs.finish_run(connection, run_id, status="succeeded", counts=_counts(snapshot, planned))
 
-        # Notifications: after the history and counts, in the same transaction.
-        outbox.enqueue(connection, run_id=run_id, policy=notify)
+    # Notifications: after the history and counts, in the same transaction.
+    outbox.enqueue(connection, run_id=run_id, policy=notify)
     return planned
 
 

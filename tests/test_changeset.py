@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,10 +15,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from regionsync import changeset, runs
-from regionsync.kaleyra_answer import validate_record
+from regionsync.errors import RegionSyncError
+from regionsync.kaleyra_answer import Origin, read_answer, validate_record
 from regionsync.records import RegionRecord, Snapshot
 from regionsync.sync import Guard, preview, run_sync
-from tests.sources import ListSource, region
+from tests.sources import ListSource, body, region
 from tests.test_sync import history, rows
 
 OPTIONAL_KEYS = ("region_name", "display_name", "management_type", "hosting_region")
@@ -288,3 +290,76 @@ def test_a_role_that_cannot_alter_the_table_keeps_row_by_row_checks(pg_engine: E
             connection.exec_driver_sql(f"DROP OWNED BY {role}")
             connection.exec_driver_sql(f"DROP ROLE {role}")
     assert len(foreign_keys(pg_engine)) == 2
+
+
+# Staging while parsing (PostgreSQL) ------------------------------------------------------
+
+
+def copies_after_the_parse(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """How many rows each COPY made after the parse had ended sent (none when streamed)."""
+    sent: list[int] = []
+    real = changeset._copy_binary
+
+    def counting(connection: Connection, records: Any) -> None:
+        records = list(records)
+        sent.append(len(records))
+        real(connection, records)
+
+    monkeypatch.setattr(changeset, "_copy_binary", counting)
+    return sent
+
+
+def test_the_parse_stages_the_records_as_it_validates_them(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies = copies_after_the_parse(monkeypatch)
+    source = ListSource([region(f"r{i}") for i in range(5)])
+    run_sync(pg_engine, source)
+    source.data[2] = region("r2", enabled=False)
+    result = run_sync(pg_engine, source)
+    assert copies == []  # both snapshots went to PostgreSQL during their parse
+    assert result.counts.changed == 1
+    assert history(pg_engine)[-1][:3] == (2, "r2", "changed")
+
+
+def test_records_a_duplicate_or_a_reject_replaced_are_staged_again(
+    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copies = copies_after_the_parse(monkeypatch)
+    source = ListSource([region("a"), region("b"), region("a", enabled=False)])
+    run_sync(pg_engine, source)
+    assert rows(pg_engine, "SELECT id, carrier_enabled FROM regions ORDER BY id") == [
+        ("a", False),
+        ("b", True),
+    ]
+    source.data = [region("a", enabled=True), region("b", enabled=False), {"id": "a"}]
+    result = run_sync(pg_engine, source)  # "a" is held by its rejected copy: it stays as it is
+    assert copies == [2, 1]
+    assert (result.counts.changed, result.counts.rejected) == (1, 1)
+    assert rows(pg_engine, "SELECT id, carrier_enabled FROM regions ORDER BY id") == [
+        ("a", False),
+        ("b", False),
+    ]
+
+
+class RejectingSource:
+    """Valid records first, then more junk than ``max_reject_fraction`` allows."""
+
+    description = "test:rejecting"
+
+    def fetch(self) -> Snapshot:
+        data = [region(f"r{i}") for i in range(5)] + [{"id": f"junk{i}"} for i in range(20)]
+        origin = Origin(source=self.description, where="from test")
+        content = json.dumps(body(data)).encode()
+        return read_answer(content, origin, received_at=datetime.now(UTC), max_reject_fraction=0.5)
+
+
+def test_a_parse_failing_after_staging_some_records_keeps_nothing(pg_engine: Engine) -> None:
+    with pytest.raises(RegionSyncError, match="more than 50% of the records were rejected"):
+        run_sync(pg_engine, RejectingSource())
+    assert rows(pg_engine, "SELECT count(*) FROM regions") == [(0,)]
+    [(status, error)] = rows(pg_engine, "SELECT status, error FROM sync_runs")
+    assert status == "failed"
+    assert "more than 50% of the records were rejected" in error
+    run_sync(pg_engine, ListSource([region("r1")]))  # the connection and tables are sound
+    assert rows(pg_engine, "SELECT id FROM regions") == [("r1",)]
