@@ -15,7 +15,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync import changeset, collection, outbox, runs
+from regionsync import changeset, gc_pause, outbox, runs
 from regionsync.changeset import Change
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.lock import sync_lock
@@ -115,7 +115,7 @@ def run_sync(
     started = time.monotonic()
     require_current(engine)
     log = logger.bind(trigger=trigger, source=source.description)
-    with collection.paused(), sync_lock(engine) as connection:
+    with gc_pause.paused(), sync_lock(engine) as connection:
         if connection is None:
             with engine.begin() as other:
                 run_id = runs.open_run(
@@ -178,7 +178,7 @@ def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> Sy
     log = logger.bind(trigger="dry-run", source=source.description)
     lines = RegionLines(log, guard.region_lines)
     try:
-        with collection.paused():
+        with gc_pause.paused():
             snapshot = _fetch(source, log, lines)
             guard.check_rejects(snapshot)
             # Staging happens inside a transaction that is rolled back, temporary tables included.
