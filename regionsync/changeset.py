@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager
+from contextlib import ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -258,6 +258,13 @@ class StreamedStage:
         """End the COPY (PostgreSQL then has every row sent)."""
         self._copies.close()
 
+    def __enter__(self) -> StreamedStage:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        """Ends the COPY, or abandons it when the block failed."""
+        self._copies.__exit__(*exc_info)
+
 
 @contextmanager
 def streamed_stage(connection: Connection) -> Iterator[StreamedStage | None]:
@@ -268,9 +275,8 @@ def streamed_stage(connection: Connection) -> Iterator[StreamedStage | None]:
         return
     from regionsync import record_sink
 
-    stage_ = StreamedStage(connection)
-    with stage_._copies, record_sink.receiving(stage_):
-        yield stage_
+    with StreamedStage(connection) as streamed, record_sink.receiving(streamed):
+        yield streamed
 
 
 def _keep_stored_values(connection: Connection) -> None:
@@ -456,10 +462,8 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         .where(changes.c.kind != "updated")
         .order_by(changes.c.region_id),
     )
-    if planned.history_rows >= BULK_HISTORY_ROWS:
-        with foreign_keys_checked_once(connection, region_history.name):
-            connection.execute(insert_history)
-    else:
+    bulk = planned.history_rows >= BULK_HISTORY_ROWS
+    with foreign_keys_checked_once(connection, region_history.name) if bulk else nullcontext():
         connection.execute(insert_history)
 
 
