@@ -1,8 +1,9 @@
 """A fetched snapshot against the ``regions`` table: stage, plan, apply, unstage.
 
 The snapshot is staged in temporary tables (COPY on PostgreSQL), the database classifies
-every staged region in one join and keeps only the ones that change, in a temporary table
-of changes; counts, log details, history rows and the upsert all read from that table. An
+every staged region in one join (on PostgreSQL a full join, which also meets the active
+regions the snapshot lacks) and keeps only the ones that change, in a temporary table of
+changes; counts, log details, history rows and the upsert all read from that table. An
 unchanged snapshot reads back a few counts and writes nothing: comparisons are
 null-safe (``IS DISTINCT FROM``) on the stored fields, ``raw`` included (``jsonb`` equality
 on PostgreSQL, canonical JSON text on SQLite).
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import ExitStack, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -125,6 +126,8 @@ class Plan:
     counts: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     unchanged: int = 0
     active_before: int = 0
+    #: The snapshot's valid records, each a staged row.
+    staged: int = 0
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -331,11 +334,32 @@ def plan(
         # hash spills to disk in batches. LOCAL: for this transaction only.
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
     stage(connection, snapshot, streamed)
-    result = Plan()
+    result = Plan(staged=len(snapshot.records))
     columns = [column.name for column in changes.columns]
+    # PostgreSQL: one pass. A full join meets, beside the snapshot's regions, the active
+    # ones it lacks (the removed); SQLite before 3.39 has no full join, so it looks for
+    # those in a second statement, when the counts say there are some.
+    full = connection.dialect.name == "postgresql"
+    joined = incoming.outerjoin(current, current.c.id == incoming.c.id, full=full)
+    kind: sa.ColumnElement[str] = _KIND
+    if full:
+        missing: sa.ColumnElement[bool] = current.c.removed_at.is_(None)
+        if snapshot.held_ids:
+            joined = joined.outerjoin(held, held.c.id == current.c.id)
+            missing = sa.and_(missing, held.c.id.is_(None))
+        kind = sa.case(
+            (incoming.c.id.is_(None), sa.case((missing, "removed"), else_="unchanged")),
+            else_=_KIND,
+        )
     present = (
-        sa.select(incoming.c.id.label("region_id"), _KIND.label("kind"), *_before_after())
-        .select_from(incoming.outerjoin(current, current.c.id == incoming.c.id))
+        sa.select(
+            sa.func.coalesce(incoming.c.id, current.c.id).label("region_id")
+            if full
+            else incoming.c.id.label("region_id"),
+            kind.label("kind"),
+            *_before_after(),
+        )
+        .select_from(joined)
         .subquery("present")
     )
     connection.execute(
@@ -343,40 +367,47 @@ def plan(
             columns, sa.select(present).where(present.c.kind != "unchanged")
         )
     )
-    for kind, number in connection.execute(
+    for name, number in connection.execute(
         sa.select(changes.c.kind, sa.func.count()).group_by(changes.c.kind)
     ):
-        result.counts[kind] = number
+        result.counts[name] = number
     result.unchanged = len(snapshot.records) - sum(result.counts[k] for k in PRESENT)
-    result.active_before = _count(connection, regions.c.removed_at.is_(None))
-    # Active regions that are neither in the snapshot nor held: usually none, and then the
-    # anti-join that would find them is skipped.
+    # Every active region is in the snapshot, held back by a rejected record, or missing.
     staged_active = len(snapshot.records) - result.counts["added"] - result.counts["restored"]
     held_active = (
         _count(connection, regions.c.removed_at.is_(None), regions.c.id.in_(sa.select(held.c.id)))
         if snapshot.held_ids
         else 0
     )
-    if result.active_before > staged_active + held_active:
-        connection.execute(
-            changes.insert().from_select(
-                columns,
-                sa.select(
-                    regions.c.id,
-                    sa.literal("removed"),
-                    regions.c.carrier_enabled,
-                    sa.null(),
-                    regions.c.hosting_region,
-                    sa.null(),
-                ).where(_MISSING),
-            )
-        )
-        result.counts["removed"] = connection.execute(
-            sa.select(sa.func.count()).where(changes.c.kind == "removed")
-        ).scalar_one()
+    if full:
+        result.active_before = staged_active + held_active + result.counts["removed"]
+    else:
+        result.active_before = _count(connection, regions.c.removed_at.is_(None))
+        if result.active_before > staged_active + held_active:  # usually not: skip the anti-join
+            _add_missing(connection, columns)
+            result.counts["removed"] = connection.execute(
+                sa.select(sa.func.count()).where(changes.c.kind == "removed")
+            ).scalar_one()
     if details is None or details > 0:
         result.changes = _details(connection, details)
     return result
+
+
+def _add_missing(connection: Connection, columns: list[str]) -> None:
+    """The active regions missing from the snapshot and not held, as removals."""
+    connection.execute(
+        changes.insert().from_select(
+            columns,
+            sa.select(
+                regions.c.id,
+                sa.literal("removed"),
+                regions.c.carrier_enabled,
+                sa.null(),
+                regions.c.hosting_region,
+                sa.null(),
+            ).where(_MISSING),
+        )
+    )
 
 
 def _count(connection: Connection, *where: sa.ColumnElement[bool]) -> int:
@@ -446,6 +477,7 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
     """Write the planned changes: removals, new regions, updates, then the history rows.
 
     History goes last so that the rows of newly added regions exist for its foreign key.
+    A large write goes through :func:`regionsync.bulk_write.in_bulk`.
     """
     when = sa.literal(at, UTCDateTime())
     removed = sa.select(changes.c.region_id).where(changes.c.kind == "removed")
@@ -453,7 +485,13 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
     )
     # New regions: a plain INSERT, cheaper than an upsert's speculative insertion.
-    connection.execute(regions.insert().from_select(_COLUMNS, _rows(when, ("added",))))
+    added = planned.counts["added"]
+    with _bulk(connection, regions.name, added):
+        connection.execute(
+            regions.insert().from_select(
+                _COLUMNS, _rows(when, ("added",), every=added == planned.staged)
+            )
+        )
     connection.execute(_upsert(connection, when))
     columns = [column.name for column in changes.columns]
     insert_history = region_history.insert().from_select(
@@ -462,59 +500,35 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         .where(changes.c.kind != "updated")
         .order_by(changes.c.region_id),
     )
-    bulk = planned.history_rows >= BULK_HISTORY_ROWS
-    with foreign_keys_checked_once(connection, region_history.name) if bulk else nullcontext():
+    with _bulk(connection, region_history.name, planned.history_rows):
         connection.execute(insert_history)
 
 
-BULK_HISTORY_ROWS = 10_000
-"""From this many history rows on, their foreign keys are checked once, not row by row."""
+BULK_ROWS = 10_000
+"""From this many rows on, a table is written in bulk (:mod:`regionsync.bulk_write`)."""
 
 
-@contextmanager
-def foreign_keys_checked_once(connection: Connection, table: str) -> Iterator[None]:
-    """Inside the block, ``table`` has no foreign keys; after it, they are added back as
-    they were (``pg_get_constraintdef``), which checks every row in one join.
+def _bulk(connection: Connection, table: str, rows: int) -> AbstractContextManager[None]:
+    if rows < BULK_ROWS:
+        return nullcontext()
+    from regionsync.bulk_write import in_bulk
 
-    PostgreSQL checks a foreign key with one query per inserted row: for an initial load of
-    100,000 regions that was half of the history insert. Adding the key back is the bulk
-    check its manual recommends for loading ("Populating a Database"). It all happens in
-    the caller's transaction: a row that broke a key fails the sync, and nothing is kept.
-    The exclusive lock it takes makes readers of the table wait until the sync commits.
-    Without the rights to alter the table (not its owner), the keys stay and are checked
-    row by row. PostgreSQL only; elsewhere the block simply runs.
-    """
-    if connection.dialect.name != "postgresql":
-        yield
-        return
-    keys = connection.exec_driver_sql(
-        "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-        "WHERE conrelid = %(table)s::regclass AND contype = 'f' ORDER BY conname",
-        {"table": table},
-    ).all()
-    quote = connection.dialect.identifier_preparer.quote
-    target = quote(table)
-    try:
-        with connection.begin_nested():
-            if keys:
-                drops = ", ".join(f"DROP CONSTRAINT {quote(name)}" for name, _ in keys)
-                connection.exec_driver_sql(f"ALTER TABLE {target} {drops}")
-    except sa.exc.ProgrammingError:  # not the owner: keep the row-by-row checks
-        keys = []
-    yield
-    if keys:
-        adds = ", ".join(f"ADD CONSTRAINT {quote(name)} {definition}" for name, definition in keys)
-        connection.exec_driver_sql(f"ALTER TABLE {target} {adds}")
+    return in_bulk(connection, table, rows)
 
 
 _COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]
 
 
-def _rows(when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]) -> sa.Select[Any]:
-    """The staged rows of regions planned as one of ``kinds``, as ``regions`` rows."""
+def _rows(
+    when: sa.ColumnElement[Any], kinds: tuple[Kind, ...], *, every: bool = False
+) -> sa.Select[Any]:
+    """The staged rows of regions planned as one of ``kinds``, as ``regions`` rows;
+    ``every``: all the staged rows are (an initial load), no join needed to find them."""
+    rows = sa.select(incoming.c.id, *(incoming.c[name] for name in STORED), when, when, sa.null())
+    if every:
+        return rows
     return (
-        sa.select(incoming.c.id, *(incoming.c[name] for name in STORED), when, when, sa.null())
-        .select_from(incoming.join(change, change.c.region_id == incoming.c.id))
+        rows.select_from(incoming.join(change, change.c.region_id == incoming.c.id))
         # The WHERE also keeps SQLite from reading an upsert's ON CONFLICT as the join's ON.
         .where(change.c.kind.in_(kinds))
     )

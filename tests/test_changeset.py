@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
@@ -14,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync import changeset, runs
+from regionsync import changeset
 from regionsync.errors import RegionSyncError
 from regionsync.kaleyra_answer import Origin, read_answer, validate_record
 from regionsync.records import RegionRecord, Snapshot
@@ -187,109 +186,6 @@ def test_absent_field_through_the_parser_keeps_the_stored_value(engine: Engine) 
     run_sync(engine, source)
     assert stored(engine, "a")["hosting_region"] == "EUROPE"
     assert len(history(engine)) == 1
-
-
-# Bulk writes: the foreign keys of region_history checked once ------------------------
-
-
-def foreign_keys(engine: Engine) -> list[tuple[str, str]]:
-    return [
-        (name, definition)
-        for name, definition in rows(
-            engine,
-            "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-            "WHERE conrelid = 'region_history'::regclass AND contype = 'f' ORDER BY conname",
-        )
-    ]
-
-
-def test_a_bulk_write_keeps_the_foreign_keys_as_they_were(
-    pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    keys = foreign_keys(pg_engine)
-    assert [name for name, _ in keys] == [
-        "fk_region_history_region_id_regions",
-        "fk_region_history_sync_run_id_sync_runs",
-    ]
-    monkeypatch.setattr(changeset, "BULK_HISTORY_ROWS", 3)
-    checked: list[str] = []
-    real = changeset.foreign_keys_checked_once
-
-    @contextmanager
-    def spy(connection: Connection, table: str) -> Iterator[None]:
-        checked.append(table)
-        with real(connection, table):
-            assert foreign_keys(pg_engine) == keys  # another session still sees them
-            yield
-
-    monkeypatch.setattr(changeset, "foreign_keys_checked_once", spy)
-    source = ListSource([region(f"r{i}") for i in range(5)])
-    run_sync(pg_engine, source)
-    source.data = [region(f"r{i}", enabled=False) for i in range(2)] + [region("r9")]
-    run_sync(pg_engine, source, guard=Guard(allow_mass_removal=True))
-    source.data = source.data[:2]  # below the threshold: row by row
-    run_sync(pg_engine, source, guard=Guard(allow_mass_removal=True))
-
-    assert checked == ["region_history", "region_history"]
-    assert foreign_keys(pg_engine) == keys
-    assert rows(pg_engine, "SELECT change, count(*) FROM region_history GROUP BY 1 ORDER BY 1") == [
-        ("added", 6),
-        ("changed", 2),
-        ("removed", 4),
-    ]
-
-
-def insert_history_of_an_unknown_region(connection: Connection) -> None:
-    run_id = runs.open_run(connection, trigger="cli", source="test")
-    connection.exec_driver_sql(
-        "INSERT INTO region_history (region_id, sync_run_id, changed_at, change) "
-        f"VALUES ('nowhere', {run_id}, now(), 'added')"
-    )
-
-
-def test_a_row_breaking_a_key_in_a_bulk_write_fails_it_and_keeps_the_keys(
-    pg_engine: Engine,
-) -> None:
-    keys = foreign_keys(pg_engine)
-
-    def bulk_write() -> None:
-        with (
-            pg_engine.begin() as connection,
-            changeset.foreign_keys_checked_once(connection, "region_history"),
-        ):
-            insert_history_of_an_unknown_region(connection)
-
-    with pytest.raises(sa.exc.IntegrityError, match="fk_region_history_region_id_regions"):
-        bulk_write()
-    assert foreign_keys(pg_engine) == keys
-    assert rows(pg_engine, "SELECT count(*) FROM region_history") == [(0,)]
-    assert rows(pg_engine, "SELECT count(*) FROM sync_runs") == [(0,)]
-
-
-def test_a_role_that_cannot_alter_the_table_keeps_row_by_row_checks(pg_engine: Engine) -> None:
-    role = f"regionsync_writer_{uuid.uuid4().hex[:8]}"
-    with pg_engine.begin() as connection:
-        connection.exec_driver_sql(f"CREATE ROLE {role}")
-        connection.exec_driver_sql(
-            f"GRANT SELECT, INSERT, UPDATE ON region_history, regions, sync_runs TO {role}"
-        )
-        connection.exec_driver_sql(
-            f"GRANT USAGE ON SEQUENCE region_history_id_seq, sync_runs_id_seq TO {role}"
-        )
-    try:
-        with pg_engine.begin() as connection:
-            connection.exec_driver_sql(f"SET LOCAL ROLE {role}")
-            with (
-                changeset.foreign_keys_checked_once(connection, "region_history"),
-                pytest.raises(sa.exc.IntegrityError, match="fk_region_history_region_id_regions"),
-                connection.begin_nested(),  # the keys are still there, checked row by row
-            ):
-                insert_history_of_an_unknown_region(connection)
-    finally:
-        with pg_engine.begin() as connection:
-            connection.exec_driver_sql(f"DROP OWNED BY {role}")
-            connection.exec_driver_sql(f"DROP ROLE {role}")
-    assert len(foreign_keys(pg_engine)) == 2
 
 
 # Staging while parsing (PostgreSQL) ------------------------------------------------------
