@@ -388,7 +388,7 @@ def plan(
             result.counts["removed"] = connection.execute(
                 sa.select(sa.func.count()).where(changes.c.kind == "removed")
             ).scalar_one()
-    if details is None or details > 0:
+    if result.total and (details is None or details > 0):
         result.changes = _details(connection, details)
     return result
 
@@ -477,31 +477,33 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
     """Write the planned changes: removals, new regions, updates, then the history rows.
 
     History goes last so that the rows of newly added regions exist for its foreign key.
-    A large write goes through :func:`regionsync.bulk_write.in_bulk`.
+    A statement with nothing to write is not sent (each would scan the staged snapshot); a
+    large write goes through :func:`regionsync.bulk_write.in_bulk`.
     """
     when = sa.literal(at, UTCDateTime())
-    removed = sa.select(changes.c.region_id).where(changes.c.kind == "removed")
-    connection.execute(
-        regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
-    )
-    # New regions: a plain INSERT, cheaper than an upsert's speculative insertion.
-    added = planned.counts["added"]
-    with _bulk(connection, regions.name, added):
+    counts = planned.counts
+    if counts["removed"]:
+        removed = sa.select(changes.c.region_id).where(changes.c.kind == "removed")
         connection.execute(
-            regions.insert().from_select(
-                _COLUMNS, _rows(when, ("added",), every=added == planned.staged)
-            )
+            regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
         )
-    connection.execute(_upsert(connection, when))
-    columns = [column.name for column in changes.columns]
-    insert_history = region_history.insert().from_select(
-        ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
-        sa.select(sa.literal(run_id, BigId), when, *changes.c)
-        .where(changes.c.kind != "updated")
-        .order_by(changes.c.region_id),
-    )
-    with _bulk(connection, region_history.name, planned.history_rows):
-        connection.execute(insert_history)
+    if added := counts["added"]:
+        # A plain INSERT, cheaper than an upsert's speculative insertion.
+        every = _rows(when, ("added",), every=added == planned.staged)
+        with _bulk(connection, regions.name, added):
+            connection.execute(regions.insert().from_select(_COLUMNS, every))
+    if counts["changed"] or counts["updated"] or counts["restored"]:
+        connection.execute(_upsert(connection, when))
+    if planned.history_rows:
+        columns = [column.name for column in changes.columns]
+        insert_history = region_history.insert().from_select(
+            ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
+            sa.select(sa.literal(run_id, BigId), when, *changes.c)
+            .where(changes.c.kind != "updated")
+            .order_by(changes.c.region_id),
+        )
+        with _bulk(connection, region_history.name, planned.history_rows):
+            connection.execute(insert_history)
 
 
 BULK_ROWS = 10_000
