@@ -37,6 +37,8 @@ PRESENT: tuple[Kind, ...] = ("added", "changed", "updated", "restored")
 TRACKED = ("carrier_enabled", "hosting_region")
 UNTRACKED = ("region_name", "display_name", "management_type", "management_type_value", "raw")
 STORED = TRACKED + UNTRACKED
+#: The stored fields a change describes (``raw`` only says whether it differs).
+SHOWN = tuple(name for name in STORED if name != "raw")
 #: The stored fields a record may omit; ``RegionRecord.absent`` names them.
 OPTIONAL = (
     "region_name",
@@ -128,6 +130,8 @@ class Plan:
     active_before: int = 0
     #: The snapshot's valid records, each a staged row.
     staged: int = 0
+    #: Where the changes are: the changes table, or the staged rows when all are added.
+    source: sa.FromClause = changes
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -335,6 +339,21 @@ def plan(
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
     stage(connection, snapshot, streamed)
     result = Plan(staged=len(snapshot.records))
+    if connection.execute(sa.select(regions.c.id).limit(1)).first() is None:
+        # A first load: every staged region is added, nothing to compare with; the records,
+        # sorted by id, are the details.
+        result.counts["added"] = len(snapshot.records)
+        result.source = _everything_added()
+        result.changes = [_added(record) for record in snapshot.records[:details]]
+        return result
+    _classify(connection, snapshot, result)
+    if result.total and (details is None or details > 0):
+        result.changes = _details(connection, details)
+    return result
+
+
+def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
+    """Fill the changes table with every staged region that changes, and count them."""
     columns = [column.name for column in changes.columns]
     # PostgreSQL: one pass. A full join meets, beside the snapshot's regions, the active
     # ones it lacks (the removed); SQLite before 3.39 has no full join, so it looks for
@@ -388,9 +407,19 @@ def plan(
             result.counts["removed"] = connection.execute(
                 sa.select(sa.func.count()).where(changes.c.kind == "removed")
             ).scalar_one()
-    if result.total and (details is None or details > 0):
-        result.changes = _details(connection, details)
-    return result
+
+
+def _everything_added() -> sa.Subquery:
+    """The staged snapshot shaped as the changes table, every region added (a first load:
+    writing 100,000 rows to the changes table would only copy the staged ones)."""
+    return sa.select(
+        incoming.c.id.label("region_id"),
+        sa.literal("added").label("kind"),
+        sa.cast(sa.null(), sa.Boolean).label("carrier_enabled_before"),
+        incoming.c.carrier_enabled.label("carrier_enabled_after"),
+        sa.cast(sa.null(), sa.Text).label("hosting_region_before"),
+        incoming.c.hosting_region.label("hosting_region_after"),
+    ).subquery("c")
 
 
 def _add_missing(connection: Connection, columns: list[str]) -> None:
@@ -428,16 +457,21 @@ def _before_after() -> list[sa.ColumnElement[Any]]:
     ]
 
 
+def _added(record: RegionRecord) -> Change:
+    """A new region's change, from its record (absent fields are stored as NULL)."""
+    fields = {name: (None, getattr(record, name)) for name in SHOWN}
+    return Change(record.id, "added", record.display_name, fields)
+
+
 def _details(connection: Connection, limit: int | None) -> list[Change]:
     """The first ``limit`` changes by region id, with every field that differs."""
-    shown = [name for name in STORED if name != "raw"]
     first = sa.select(changes).order_by(changes.c.region_id).limit(limit).subquery("first")
     query = (
         sa.select(
             first.c.region_id,
             first.c.kind,
-            *(current.c[name].label(f"{name}_before") for name in shown),
-            *(incoming.c[name].label(f"{name}_after") for name in shown),
+            *(current.c[name].label(f"{name}_before") for name in SHOWN),
+            *(incoming.c[name].label(f"{name}_after") for name in SHOWN),
             sa.type_coerce(current.c.raw.is_distinct_from(incoming.c.raw), sa.Boolean).label(
                 "raw_changed"
             ),
@@ -452,14 +486,14 @@ def _details(connection: Connection, limit: int | None) -> list[Change]:
     found = []
     for row in connection.execute(query).mappings():
         kind: Kind = row["kind"]
-        before = {name: row[f"{name}_before"] for name in shown}
-        after = {name: row[f"{name}_after"] for name in shown}
+        before = {name: row[f"{name}_before"] for name in SHOWN}
+        after = {name: row[f"{name}_after"] for name in SHOWN}
         if kind == "removed":
             fields = {name: (before[name], None) for name in TRACKED}
         elif kind in ("added", "restored"):
-            fields = {name: (None, after[name]) for name in shown}
+            fields = {name: (None, after[name]) for name in SHOWN}
         else:
-            fields = {name: (before[name], after[name]) for name in shown}
+            fields = {name: (before[name], after[name]) for name in SHOWN}
             fields = {name: pair for name, pair in fields.items() if pair[0] != pair[1]}
         found.append(
             Change(
@@ -495,12 +529,13 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
     if counts["changed"] or counts["updated"] or counts["restored"]:
         connection.execute(_upsert(connection, when))
     if planned.history_rows:
+        source = planned.source
         columns = [column.name for column in changes.columns]
         insert_history = region_history.insert().from_select(
             ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
-            sa.select(sa.literal(run_id, BigId), when, *changes.c)
-            .where(changes.c.kind != "updated")
-            .order_by(changes.c.region_id),
+            sa.select(sa.literal(run_id, BigId), when, *source.c)
+            .where(source.c.kind != "updated")
+            .order_by(source.c.region_id),
         )
         with _bulk(connection, region_history.name, planned.history_rows):
             connection.execute(insert_history)
