@@ -175,6 +175,7 @@ def stage(
                 f"CREATE UNIQUE INDEX {staged.name}_id ON {staged.name} (id)"
             )
     if snapshot.held_ids:
+        held.create(connection)
         connection.execute(held.insert(), [{"id": region_id} for region_id in snapshot.held_ids])
     omitted = [
         {"id": rec.id, "field": name}
@@ -184,14 +185,17 @@ def stage(
         if name in rec.absent
     ]
     if omitted:
+        absent.create(connection)
         connection.execute(absent.insert(), omitted)
         _keep_stored_values(connection)
 
 
 def _create_tables(connection: Connection) -> None:
+    """The tables every stage fills; ``held`` and ``absent`` only when there is something to
+    hold or keep (creating a temporary table costs a few milliseconds of catalog writes)."""
     unstage(connection)
-    for table in TEMP_TABLES:
-        table.create(connection)
+    staged.create(connection)
+    changes.create(connection)
 
 
 #: A record as a row of the staging table, in its column order (a C-level getter: it runs
@@ -314,12 +318,10 @@ _KIND = sa.case(
     (_distinct(UNTRACKED), "updated"),
     else_="unchanged",
 )
-#: Active regions missing from the snapshot, except those held back by rejected records.
-_MISSING = sa.and_(
-    regions.c.removed_at.is_(None),
-    ~sa.exists().where(staged.c.id == regions.c.id),
-    ~sa.exists().where(held.c.id == regions.c.id),
-)
+#: Active regions missing from the snapshot.
+_MISSING = sa.and_(regions.c.removed_at.is_(None), ~sa.exists().where(staged.c.id == regions.c.id))
+#: Regions held back by rejected records (the held table exists only when some are).
+_HELD = sa.exists().where(held.c.id == regions.c.id)
 
 
 def plan(
@@ -403,7 +405,7 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
     else:
         result.active_before = _count(connection, regions.c.removed_at.is_(None))
         if result.active_before > staged_active + held_active:  # usually not: skip the anti-join
-            _add_missing(connection, columns)
+            _add_missing(connection, columns, held=bool(snapshot.held_ids))
             result.counts["removed"] = connection.execute(
                 sa.select(sa.func.count()).where(changes.c.kind == "removed")
             ).scalar_one()
@@ -422,8 +424,9 @@ def _everything_added() -> sa.Subquery:
     ).subquery("c")
 
 
-def _add_missing(connection: Connection, columns: list[str]) -> None:
+def _add_missing(connection: Connection, columns: list[str], *, held: bool) -> None:
     """The active regions missing from the snapshot and not held, as removals."""
+    missing = sa.and_(_MISSING, ~_HELD) if held else _MISSING
     connection.execute(
         changes.insert().from_select(
             columns,
@@ -434,7 +437,7 @@ def _add_missing(connection: Connection, columns: list[str]) -> None:
                 sa.null(),
                 regions.c.hosting_region,
                 sa.null(),
-            ).where(_MISSING),
+            ).where(missing),
         )
     )
 
