@@ -743,14 +743,15 @@ def _output_options(parser: argparse.ArgumentParser, *, csv_too: bool, limit: in
 
 
 def entry() -> int:
-    """The ``regionsync`` program (console script and ``python -m regionsync``): :func:`main`,
+    """The ``regionsync`` program (started by :func:`regionsync.__main__.program`): :func:`main`,
     then every object still alive moved out of the garbage collector's reach.
 
     The process is about to exit; the interpreter's last collections would otherwise walk
     every module, class and function it loaded (SQLAlchemy's, psycopg's...): 60-80 ms of a
     one-shot ``run``, measured. ``gc.freeze`` is the standard library's way to say that
-    these objects live until the end. :func:`main` itself leaves the collector alone, so
-    it can be called in-process (the tests do).
+    these objects live until the end (the collector being off does not stop those last
+    collections). :func:`main` itself leaves the collector alone, so it can be called
+    in-process (the tests do).
     """
     status = main()
     gc.freeze()

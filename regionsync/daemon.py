@@ -24,6 +24,7 @@ so no lock is ever taken inside a signal handler.
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import threading
@@ -65,6 +66,9 @@ STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 def run_daemon(settings: Settings) -> int:
     """Run until SIGTERM/SIGINT; returns the exit code. Raises :class:`ConfigError` or
     :class:`~regionsync.errors.SchemaError` (exit 2) when it cannot start."""
+    # The program starts every command with the cyclic collector off (regionsync.__main__);
+    # a process that runs for days needs it, between syncs (which pause it, gc_pause).
+    gc.enable()
     schedule = load_schedule(settings)
     source = KaleyraClient(settings.require_kaleyra())
     period = schedule.period(now=datetime.now(UTC))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gc
 import itertools
 import json
 import os
@@ -739,3 +740,19 @@ def test_metrics_server_binds_loopback_unless_told_otherwise(pg_url: URL) -> Non
         assert server._serving.server.server_address[0] == "127.0.0.1"
     finally:
         server.stop()
+
+
+def test_the_daemon_runs_with_the_cyclic_collector_on(pg_url: URL) -> None:
+    """The program starts commands with it off (regionsync/__main__.py); days of syncs
+    without it could keep every reference cycle they make."""
+    from regionsync.daemon import run_daemon
+
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        with pytest.raises(ConfigError, match="KALEYRA_SID"):
+            run_daemon(settings_for(pg_url))  # stops at the settings, after turning it on
+        assert gc.isenabled()
+    finally:
+        if not was_enabled:
+            gc.disable()
