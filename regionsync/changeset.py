@@ -48,6 +48,21 @@ OPTIONAL = (
     "hosting_region",
 )
 
+#: Canonical JSON text; jsonb on PostgreSQL, so that it compares as a JSON value.
+_RAW = sa.Text().with_variant(JSONB(), "postgresql")
+
+
+def _untracked_columns() -> list[sa.Column[Any]]:
+    """The untracked stored fields, as a table of the snapshot holds them."""
+    return [
+        sa.Column("region_name", sa.Text),
+        sa.Column("display_name", sa.Text),
+        sa.Column("management_type", sa.Text),
+        sa.Column("management_type_value", sa.Integer),
+        sa.Column("raw", _RAW),
+    ]
+
+
 _temp = sa.MetaData()
 #: Temporary tables; on PostgreSQL they go with the transaction (no DROP statements to send).
 _TEMPORARY: dict[str, Any] = {"prefixes": ["TEMPORARY"], "postgresql_on_commit": "DROP"}
@@ -58,14 +73,9 @@ staged = sa.Table(
     # more to build than the hash joins that read this table. SQLite, which joins by
     # nested loops, gets a unique index once the rows are in.
     sa.Column("id", sa.Text, nullable=False),
-    sa.Column("region_name", sa.Text),
-    sa.Column("display_name", sa.Text),
-    sa.Column("management_type", sa.Text),
-    sa.Column("management_type_value", sa.Integer),
     sa.Column("carrier_enabled", sa.Boolean, nullable=False),
     sa.Column("hosting_region", sa.Text),
-    # Canonical JSON text; jsonb on PostgreSQL, so that it compares as a JSON value.
-    sa.Column("raw", sa.Text().with_variant(JSONB(), "postgresql"), nullable=False),
+    *_untracked_columns(),
     **_TEMPORARY,
 )
 #: Ids of rejected records: their regions stay exactly as they are.
@@ -78,7 +88,9 @@ absent = sa.Table(
     sa.Column("field", sa.Text, nullable=False),
     **_TEMPORARY,
 )
-#: One row per region the snapshot changes, with its tracked values before and after.
+#: One row per region the snapshot changes: its tracked values before and after, and its
+#: other stored fields as the snapshot has them (NULL for a removal), so that applying and
+#: describing the changes read this table alone, never the whole staged snapshot again.
 changes = sa.Table(
     "regionsync_changes",
     _temp,
@@ -88,7 +100,15 @@ changes = sa.Table(
     sa.Column("carrier_enabled_after", sa.Boolean),
     sa.Column("hosting_region_before", sa.Text),
     sa.Column("hosting_region_after", sa.Text),
+    *_untracked_columns(),
     **_TEMPORARY,
+)
+#: The columns of a change that ``region_history`` keeps.
+BEFORE_AFTER = (
+    "carrier_enabled_before",
+    "carrier_enabled_after",
+    "hosting_region_before",
+    "hosting_region_after",
 )
 TEMP_TABLES = (staged, held, absent, changes)
 
@@ -231,7 +251,7 @@ def _copy_into_staged(connection: Connection) -> Iterator[Any]:
     cursor.adapters.register_dumper(None, RawJsonb)
     try:
         with cursor.copy(statement) as copy:
-            copy.set_types(["text", "text", "text", "text", "int4", "bool", "text", "jsonb"])
+            copy.set_types(["text", "bool", "text", "text", "text", "text", "int4", "jsonb"])
             yield copy
     except psycopg.Error as error:
         raise sa.exc.DBAPIError(statement, None, error) from error
@@ -379,6 +399,7 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
             else incoming.c.id.label("region_id"),
             kind.label("kind"),
             *_before_after(),
+            *(incoming.c[name] for name in UNTRACKED),
         )
         .select_from(joined)
         .subquery("present")
@@ -405,7 +426,7 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
     else:
         result.active_before = _count(connection, regions.c.removed_at.is_(None))
         if result.active_before > staged_active + held_active:  # usually not: skip the anti-join
-            _add_missing(connection, columns, held=bool(snapshot.held_ids))
+            _add_missing(connection, held=bool(snapshot.held_ids))
             result.counts["removed"] = connection.execute(
                 sa.select(sa.func.count()).where(changes.c.kind == "removed")
             ).scalar_one()
@@ -424,12 +445,12 @@ def _everything_added() -> sa.Subquery:
     ).subquery("c")
 
 
-def _add_missing(connection: Connection, columns: list[str], *, held: bool) -> None:
+def _add_missing(connection: Connection, *, held: bool) -> None:
     """The active regions missing from the snapshot and not held, as removals."""
     missing = sa.and_(_MISSING, ~_HELD) if held else _MISSING
     connection.execute(
         changes.insert().from_select(
-            columns,
+            ["region_id", "kind", *BEFORE_AFTER],
             sa.select(
                 regions.c.id,
                 sa.literal("removed"),
@@ -474,16 +495,12 @@ def _details(connection: Connection, limit: int | None) -> list[Change]:
             first.c.region_id,
             first.c.kind,
             *(current.c[name].label(f"{name}_before") for name in SHOWN),
-            *(incoming.c[name].label(f"{name}_after") for name in SHOWN),
-            sa.type_coerce(current.c.raw.is_distinct_from(incoming.c.raw), sa.Boolean).label(
+            *(_after(first, name).label(f"{name}_after") for name in SHOWN),
+            sa.type_coerce(current.c.raw.is_distinct_from(first.c.raw), sa.Boolean).label(
                 "raw_changed"
             ),
         )
-        .select_from(
-            first.outerjoin(incoming, incoming.c.id == first.c.region_id).outerjoin(
-                current, current.c.id == first.c.region_id
-            )
-        )
+        .select_from(first.outerjoin(current, current.c.id == first.c.region_id))
         .order_by(first.c.region_id)
     )
     found = []
@@ -533,10 +550,15 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         connection.execute(_upsert(connection, when))
     if planned.history_rows:
         source = planned.source
-        columns = [column.name for column in changes.columns]
         insert_history = region_history.insert().from_select(
-            ["sync_run_id", "changed_at", "region_id", "change", *columns[2:]],
-            sa.select(sa.literal(run_id, BigId), when, *source.c)
+            ["sync_run_id", "changed_at", "region_id", "change", *BEFORE_AFTER],
+            sa.select(
+                sa.literal(run_id, BigId),
+                when,
+                source.c.region_id,
+                source.c.kind,
+                *(source.c[name] for name in BEFORE_AFTER),
+            )
             .where(source.c.kind != "updated")
             .order_by(source.c.region_id),
         )
@@ -562,16 +584,24 @@ _COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]
 def _rows(
     when: sa.ColumnElement[Any], kinds: tuple[Kind, ...], *, every: bool = False
 ) -> sa.Select[Any]:
-    """The staged rows of regions planned as one of ``kinds``, as ``regions`` rows;
-    ``every``: all the staged rows are (an initial load), no join needed to find them."""
-    rows = sa.select(incoming.c.id, *(incoming.c[name] for name in STORED), when, when, sa.null())
+    """The regions planned as one of ``kinds``, as ``regions`` rows; ``every``: all the
+    staged rows are (a first load, which has no changes table), read from the staging table."""
     if every:
-        return rows
+        return sa.select(
+            incoming.c.id, *(incoming.c[name] for name in STORED), when, when, sa.null()
+        )
     return (
-        rows.select_from(incoming.join(change, change.c.region_id == incoming.c.id))
-        # The WHERE also keeps SQLite from reading an upsert's ON CONFLICT as the join's ON.
+        sa.select(
+            change.c.region_id, *(_after(change, name) for name in STORED), when, when, sa.null()
+        )
+        # A WHERE also keeps SQLite from reading an upsert's ON CONFLICT as a join's ON.
         .where(change.c.kind.in_(kinds))
     )
+
+
+def _after(source: sa.FromClause, name: str) -> sa.ColumnElement[Any]:
+    """A stored field's value in the snapshot, from a row of the changes table."""
+    return source.c[f"{name}_after"] if name in TRACKED else source.c[name]
 
 
 def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:
