@@ -467,9 +467,6 @@ _SCALARS = frozenset({str, int, bool, type(None)})
 _TEXT_OR_NOTHING = frozenset({str, type(None), _Missing})
 _NOTHING_ABSENT: frozenset[str] = frozenset()
 _NUL = b"\\u0000"
-#: A few values (management and hosting types) repeat in every record: one copy of each is
-#: kept, up to this many distinct ones.
-_SHARED_VALUES = 1000
 _FIELDS_KNOWN = 8  # id, carrier_enabled, the string fields and both value spellings
 
 
@@ -568,51 +565,23 @@ class RecordValidator:
     def typed(self, item: TypedRecord, position: int) -> RegionRecord | Rejection:
         """A record msgspec already validated (:class:`TypedRecord`)."""
         encoded = self._encode_typed(item)
+        unset = self._unset
         region_id = item.id
         if _NUL in encoded or region_id.isspace():  # what the schema cannot say
             return self(_plain_json(encoded), position)
-        unset = self._unset
         value = item.management_type_value
         if value is unset:
             value = item.managment_type_value
-        region_name = item.region_name
-        display_name = item.display_name
-        hosting_region = item.hosting_region
-        management_type = item.management_type
-        if (
-            region_name is unset
-            or display_name is unset
-            or management_type is unset
-            or hosting_region is unset
-            or value is unset
-        ):
-            return self._record(
-                region_id,
-                region_name,
-                display_name,
-                management_type,
-                value,
-                item.carrier_enabled,
-                hosting_region,
-                encoded.decode(),
-                unset,
-            )
-        # Every field reported, as in every real record: built here, one call fewer.
-        shared = self._shared
-        if len(shared) < _SHARED_VALUES:
-            if management_type is not None:
-                management_type = shared.setdefault(management_type, management_type)
-            if hosting_region is not None:
-                hosting_region = shared.setdefault(hosting_region, hosting_region)
-        return RegionRecord(
+        return self._record(
             region_id,
-            region_name,
-            display_name,
-            management_type,
+            item.region_name,
+            item.display_name,
+            item.management_type,
             value,
             item.carrier_enabled,
-            hosting_region,
+            item.hosting_region,
             encoded.decode(),
+            unset,
         )
 
     def _record(
@@ -645,7 +614,7 @@ class RecordValidator:
             hosting_region = None if hosting_region is missing else hosting_region
             value = None if value is missing else value
         shared = self._shared
-        if len(shared) < _SHARED_VALUES:
+        if len(shared) < 1000:  # a few values repeat in every record: keep one copy of each
             if management_type is not None:
                 management_type = shared.setdefault(management_type, management_type)
             if hosting_region is not None:
