@@ -543,9 +543,9 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         )
     if added := counts["added"]:
         # A plain INSERT, cheaper than an upsert's speculative insertion.
-        every = _rows(when, ("added",), every=added == planned.staged)
+        new_regions = _rows(when, ("added",), every=added == planned.staged)
         with _bulk(connection, regions.name, added):
-            connection.execute(regions.insert().from_select(_COLUMNS, every))
+            connection.execute(regions.insert().from_select(_COLUMNS, new_regions))
     if counts["changed"] or counts["updated"] or counts["restored"]:
         connection.execute(_upsert(connection, when))
     if planned.history_rows:
