@@ -112,10 +112,9 @@ BEFORE_AFTER = (
 )
 TEMP_TABLES = (staged, held, absent, changes)
 
-#: The aliases the statements join: a snapshot row, the stored row of its region, its change.
+#: The aliases the statements join: a snapshot row, and the stored row of its region.
 incoming = staged.alias("s")
 current = regions.alias("r")
-change = changes.alias("c")
 
 
 @dataclass(frozen=True)
@@ -148,8 +147,6 @@ class Plan:
     counts: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     unchanged: int = 0
     active_before: int = 0
-    #: The snapshot's valid records, each a staged row.
-    staged: int = 0
     #: Where the changes are: the changes table, or the staged rows when all are added.
     source: sa.FromClause = changes
     changes: list[Change] = field(default_factory=list)
@@ -360,7 +357,7 @@ def plan(
         # hash spills to disk in batches. LOCAL: for this transaction only.
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
     stage(connection, snapshot, streamed)
-    result = Plan(staged=len(snapshot.records))
+    result = Plan()
     if connection.execute(sa.select(regions.c.id).limit(1)).first() is None:
         # A first load: every staged region is added, nothing to compare with; the records,
         # sorted by id, are the details.
@@ -442,6 +439,7 @@ def _everything_added() -> sa.Subquery:
         incoming.c.carrier_enabled.label("carrier_enabled_after"),
         sa.cast(sa.null(), sa.Text).label("hosting_region_before"),
         incoming.c.hosting_region.label("hosting_region_after"),
+        *(incoming.c[name] for name in UNTRACKED),
     ).subquery("c")
 
 
@@ -543,11 +541,11 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         )
     if added := counts["added"]:
         # A plain INSERT, cheaper than an upsert's speculative insertion.
-        new_regions = _rows(when, ("added",), every=added == planned.staged)
+        new_regions = _rows(planned.source, when, ("added",))
         with _bulk(connection, regions.name, added):
             connection.execute(regions.insert().from_select(_COLUMNS, new_regions))
     if counts["changed"] or counts["updated"] or counts["restored"]:
-        connection.execute(_upsert(connection, when))
+        connection.execute(_upsert(connection, planned.source, when))
     if planned.history_rows:
         source = planned.source
         insert_history = region_history.insert().from_select(
@@ -582,20 +580,16 @@ _COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]
 
 
 def _rows(
-    when: sa.ColumnElement[Any], kinds: tuple[Kind, ...], *, every: bool = False
+    source: sa.FromClause, when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]
 ) -> sa.Select[Any]:
-    """The regions planned as one of ``kinds``, as ``regions`` rows; ``every``: all the
-    staged rows are (a first load, which has no changes table), read from the staging table."""
-    if every:
-        return sa.select(
-            incoming.c.id, *(incoming.c[name] for name in STORED), when, when, sa.null()
-        )
+    """The regions ``source`` (:attr:`Plan.source`) plans as one of ``kinds``, as
+    ``regions`` rows."""
     return (
         sa.select(
-            change.c.region_id, *(_after(change, name) for name in STORED), when, when, sa.null()
+            source.c.region_id, *(_after(source, name) for name in STORED), when, when, sa.null()
         )
         # A WHERE also keeps SQLite from reading an upsert's ON CONFLICT as a join's ON.
-        .where(change.c.kind.in_(kinds))
+        .where(source.c.kind.in_(kinds))
     )
 
 
@@ -604,9 +598,11 @@ def _after(source: sa.FromClause, name: str) -> sa.ColumnElement[Any]:
     return source.c[f"{name}_after"] if name in TRACKED else source.c[name]
 
 
-def _upsert(connection: Connection, when: sa.ColumnElement[Any]) -> sa.Executable:
+def _upsert(
+    connection: Connection, source: sa.FromClause, when: sa.ColumnElement[Any]
+) -> sa.Executable:
     """Rewrite the existing regions that change (restored ones included)."""
-    rows = _rows(when, ("changed", "updated", "restored"))
+    rows = _rows(source, when, ("changed", "updated", "restored"))
     if connection.dialect.name == "postgresql":
         stmt = postgresql.insert(regions).from_select(_COLUMNS, rows)
         return stmt.on_conflict_do_update(
