@@ -414,9 +414,7 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
     # Every active region is in the snapshot, held back by a rejected record, or missing.
     staged_active = len(snapshot.records) - result.counts["added"] - result.counts["restored"]
     held_active = (
-        _count(connection, regions.c.removed_at.is_(None), regions.c.id.in_(sa.select(held.c.id)))
-        if snapshot.held_ids
-        else 0
+        _count(connection, regions.c.removed_at.is_(None), _HELD) if snapshot.held_ids else 0
     )
     if full:
         result.active_before = staged_active + held_active + result.counts["removed"]
