@@ -57,12 +57,23 @@ def sqlite_url(tmp_path: Path) -> URL:
     return URL.create("sqlite", database=str(tmp_path / "regionsync.db"))
 
 
-@pytest.fixture
-def sqlite_engine(sqlite_url: URL) -> Iterator[Engine]:
-    engine = store.create_engine(settings_for(sqlite_url))
+def _migrated_engine(url: URL) -> Iterator[Engine]:
+    """An engine on ``url``, migrated; disposed when the test ends."""
+    engine = store.create_engine(settings_for(url))
     migrate(engine)
     yield engine
     engine.dispose()
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: URL) -> Iterator[Engine]:
+    yield from _migrated_engine(sqlite_url)
+
+
+@pytest.fixture
+def fresh_pg_engine(fresh_pg_url: URL) -> Iterator[Engine]:
+    """A migrated PostgreSQL database of this test's own (for tests that alter its schema)."""
+    yield from _migrated_engine(fresh_pg_url)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

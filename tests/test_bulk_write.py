@@ -11,13 +11,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.engine.url import URL
 
-from regionsync import bulk_write, changeset, runs, store
-from regionsync.schema import migrate
+from regionsync import bulk_write, changeset, runs
 from regionsync.sync import Guard, run_sync
 from tests.sources import ListSource, region
-from tests.support import settings_for
 from tests.test_sync import rows
 
 #: Everything the bulk write drops and puts back, as the catalog describes it.
@@ -56,15 +53,6 @@ SELECT conname FROM pg_constraint WHERE conrelid = CAST(:table AS regclass)
 def names_seen_by(engine: Engine, table: str) -> set[str]:
     with engine.connect() as connection:
         return set(connection.execute(sa.text(NAMES), {"table": table}).scalars())
-
-
-@pytest.fixture
-def own_engine(fresh_pg_url: URL) -> Iterator[Engine]:
-    """A migrated database of this test's own: these tests comment on its indexes."""
-    engine = store.create_engine(settings_for(fresh_pg_url))
-    migrate(engine)
-    yield engine
-    engine.dispose()
 
 
 def test_a_sync_writing_in_bulk_leaves_both_tables_as_they_were(
@@ -118,9 +106,9 @@ def test_a_sync_writing_in_bulk_leaves_both_tables_as_they_were(
     ]
 
 
-def test_comments_on_what_is_dropped_come_back(own_engine: Engine) -> None:
+def test_comments_on_what_is_dropped_come_back(fresh_pg_engine: Engine) -> None:
     comment = "it's 100% the analysts' index; \\ kept"
-    with own_engine.begin() as connection:
+    with fresh_pg_engine.begin() as connection:
         for statement in (
             "COMMENT ON INDEX ix_region_history_changed_at IS :c",
             "COMMENT ON CONSTRAINT uq_region_history_region_id_sync_run_id ON region_history IS :c",
@@ -128,14 +116,17 @@ def test_comments_on_what_is_dropped_come_back(own_engine: Engine) -> None:
         ):
             literal = "'" + comment.replace("'", "''") + "'"
             connection.exec_driver_sql(statement.replace(":c", literal).replace("%", "%%"))
-    before = catalog(own_engine, "region_history")
+    before = catalog(fresh_pg_engine, "region_history")
     assert sum(described[3] == comment for described in before) == 3
-    with own_engine.begin() as connection, bulk_write.in_bulk(connection, "region_history", 10):
+    with (
+        fresh_pg_engine.begin() as connection,
+        bulk_write.in_bulk(connection, "region_history", 10),
+    ):
         assert names(catalog(connection, "region_history")) == {
             "pk_region_history",
             "ck_region_history_change",
         }
-    assert catalog(own_engine, "region_history") == before
+    assert catalog(fresh_pg_engine, "region_history") == before
 
 
 def insert_history_of_an_unknown_region(connection: Connection) -> None:
