@@ -76,7 +76,7 @@ class Received:
     body: Any
     raw_size: int
     at: float  # time.monotonic() when it arrived
-    answered: int | None = None  # None: the sender went away before the answer was written
+    answered: int | None = None  # None: not answered yet, or the sender went away first
 
 
 @dataclass(frozen=True)
@@ -194,11 +194,13 @@ class WebhookReceiver:
                 status = fault.status
             if fault.retry_after is not None:
                 extra["Retry-After"] = fault.retry_after
+        # Recorded before the answer is written: a sender that has its answer may ask at once
+        # what was accepted, and must find it there.
+        entry.answered = status
         try:
             _answer(handler, status, None if status == 204 else {"status": status}, extra)
         except (BrokenPipeError, ConnectionResetError):
-            return
-        entry.answered = status
+            entry.answered = None  # the sender went away first
 
     def _set_fault(self, handler: BaseHTTPRequestHandler) -> None:
         try:
