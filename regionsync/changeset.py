@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import operator
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Literal, get_args
@@ -527,8 +527,9 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
     """Write the planned changes: removals, new regions, updates, then the history rows.
 
     History goes last so that the rows of newly added regions exist for its foreign key.
-    A statement with nothing to write is not sent (each would scan the staged snapshot); a
-    large write goes through :func:`regionsync.bulk_write.in_bulk`.
+    A statement with nothing to write is not sent (each would scan the staged snapshot).
+    Every write is a plain DML statement, whatever its size: the locks it takes never make a
+    reader wait (README, *Readers beside the sync*).
     """
     when = sa.literal(at, UTCDateTime())
     counts = planned.counts
@@ -537,11 +538,10 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         connection.execute(
             regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
         )
-    if added := counts["added"]:
+    if counts["added"]:
         # A plain INSERT, cheaper than an upsert's speculative insertion.
         new_regions = _rows(planned.source, when, ("added",))
-        with _bulk(connection, regions.name, added):
-            connection.execute(regions.insert().from_select(_COLUMNS, new_regions))
+        connection.execute(regions.insert().from_select(_COLUMNS, new_regions))
     if counts["changed"] or counts["updated"] or counts["restored"]:
         connection.execute(_upsert(connection, planned.source, when))
     if planned.history_rows:
@@ -558,20 +558,7 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
             .where(source.c.kind != "updated")
             .order_by(source.c.region_id),
         )
-        with _bulk(connection, region_history.name, planned.history_rows):
-            connection.execute(insert_history)
-
-
-BULK_ROWS = 10_000
-"""From this many rows on, a table is written in bulk (:mod:`regionsync.bulk_write`)."""
-
-
-def _bulk(connection: Connection, table: str, rows: int) -> AbstractContextManager[None]:
-    if rows < BULK_ROWS:
-        return nullcontext()
-    from regionsync.bulk_write import in_bulk
-
-    return in_bulk(connection, table, rows)
+        connection.execute(insert_history)
 
 
 _COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]

@@ -46,7 +46,8 @@ class DaemonHealth:
             self._ticks.labels(reason=reason)
         self._stuck = Gauge(
             "regionsync_lock_stuck",
-            "1 while the sync lock has been held longer than a run can take, else 0.",
+            "1 while the sync lock has been held longer than a run can take, or its holder "
+            "has waited for another lock longer than a run ever waits, else 0.",
             registry=metrics.registry,
         )
         self._held = Gauge(
@@ -90,7 +91,8 @@ class DaemonHealth:
                     self._first_seen = (key, now)
                 seen_for = timedelta(seconds=now - self._first_seen[1])
                 self._held_for = max(holder.held_at_least, seen_for)
-            held, stuck = self._held_for, self._held_for > self.stuck_after
+            held = self._held_for
+            stuck = holder is not None and (held > self.stuck_after or holder.waits_too_long())
         self._held.set(held.total_seconds())
         self._stuck.set(1 if stuck else 0)
 
@@ -101,7 +103,7 @@ class DaemonHealth:
             return None
         report = holder.as_json(self.stuck_after)
         report["held_at_least_seconds"] = round(held.total_seconds(), 3)
-        report["stuck"] = held > self.stuck_after
+        report["stuck"] = held > self.stuck_after or holder.waits_too_long()
         return report
 
     def health(self) -> tuple[bool, dict[str, Any]]:

@@ -36,7 +36,11 @@ _IDLE_STATES = ("idle", "idle in transaction", "idle in transaction (aborted)")
 _HOLDER = text(
     """
     SELECT l.pid, a.usename, a.application_name, host(a.client_addr) AS client_addr,
-           a.backend_start, a.state, a.state_change, clock_timestamp() AS checked_at
+           a.backend_start, a.state, a.state_change, clock_timestamp() AS checked_at,
+           (SELECT min(w.waitstart) FROM pg_locks AS w WHERE w.pid = l.pid AND NOT w.granted)
+             AS waiting_since,
+           pg_blocking_pids(l.pid) AS blockers,
+           EXTRACT(epoch FROM current_setting('lock_timeout')::interval) AS wait_limit
     FROM pg_locks AS l
     LEFT JOIN pg_stat_activity AS a ON a.pid = l.pid
     WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 1
@@ -45,6 +49,46 @@ _HOLDER = text(
     LIMIT 1
     """
 )
+_BLOCKERS = text(
+    """
+    SELECT pid, usename, application_name, host(client_addr) AS client_addr, state,
+           clock_timestamp() - xact_start AS in_transaction_for
+    FROM pg_stat_activity WHERE pid = ANY(:pids) ORDER BY pid LIMIT 5
+    """
+)
+
+
+@dataclass(frozen=True)
+class Blocker:
+    """A session that the lock holder waits for (columns PostgreSQL hides are None)."""
+
+    pid: int
+    user: str | None
+    application: str | None
+    client: str | None
+    state: str | None
+    in_transaction_for: timedelta | None
+
+    def describe(self) -> str:
+        who = f"pid {self.pid}, user {self.user or 'unknown'}"
+        if self.application:
+            who += f", application {self.application!r}"
+        if self.client:
+            who += f", from {self.client}"
+        if self.in_transaction_for is not None:
+            return f"{who}, {self.state or 'state hidden'} for {self.in_transaction_for}"
+        return f"{who}, {self.state or 'state hidden'}"
+
+    def as_json(self) -> dict[str, Any]:
+        since = self.in_transaction_for
+        return {
+            "pid": self.pid,
+            "user": self.user,
+            "application": self.application,
+            "client": self.client,
+            "state": self.state,
+            "in_transaction_seconds": None if since is None else round(since.total_seconds(), 3),
+        }
 
 
 @dataclass(frozen=True)
@@ -53,6 +97,10 @@ class LockHolder:
 
     ``held_at_least`` is a lower bound: PostgreSQL does not record when a lock was taken,
     but an idle session took its locks before it last went idle (``state_change``).
+    ``waiting_for`` is how long the holder has been waiting for another lock (a row or a
+    table that ``blocked_by`` hold), None when it is not waiting; a regionsync run gives
+    up after ``wait_limit`` (``REGIONSYNC_LOCK_TIMEOUT``), so a holder waiting longer is
+    stuck however recently it took the sync lock.
     """
 
     pid: int
@@ -63,20 +111,34 @@ class LockHolder:
     state: str | None
     checked_at: datetime
     held_at_least: timedelta
+    waiting_for: timedelta | None = None
+    blocked_by: tuple[Blocker, ...] = ()
+    wait_limit: timedelta | None = None
+
+    def waits_too_long(self) -> bool:
+        """Whether it has waited for a lock longer than a regionsync run ever waits."""
+        if self.waiting_for is None:
+            return False
+        return self.waiting_for > (self.wait_limit or STUCK_AFTER)
 
     def is_stuck(self, after: timedelta = STUCK_AFTER) -> bool:
-        return self.held_at_least > after
+        return self.held_at_least > after or self.waits_too_long()
 
     def describe(self) -> str:
-        """One line naming the holder, for ``status`` and logs."""
+        """One line naming the holder (and whom it waits for), for ``status`` and logs."""
         who = f"pid {self.pid}, user {self.user or 'unknown'}"
         if self.application:
             who += f", application {self.application!r}"
         if self.client:
             who += f", from {self.client}"
-        return f"{who}, {self.state or 'state hidden'}, held at least {self.held_at_least}"
+        line = f"{who}, {self.state or 'state hidden'}, held at least {self.held_at_least}"
+        if self.waiting_for is not None:
+            blockers = "; ".join(blocker.describe() for blocker in self.blocked_by)
+            line += f"; waiting {self.waiting_for} for a lock held by {blockers or 'unknown'}"
+        return line
 
     def as_json(self, after: timedelta = STUCK_AFTER) -> dict[str, Any]:
+        waiting = self.waiting_for
         return {
             "pid": self.pid,
             "user": self.user,
@@ -85,6 +147,10 @@ class LockHolder:
             "backend_start": self.backend_start.isoformat() if self.backend_start else None,
             "state": self.state,
             "held_at_least_seconds": round(self.held_at_least.total_seconds(), 3),
+            "waiting_for_lock_seconds": None
+            if waiting is None
+            else round(waiting.total_seconds(), 3),
+            "blocked_by": [blocker.as_json() for blocker in self.blocked_by],
             "stuck": self.is_stuck(after),
             "stuck_after_seconds": after.total_seconds(),
         }
@@ -149,6 +215,8 @@ def lock_holder(connection: Connection) -> LockHolder | None:
     held = timedelta(0)
     if row["state"] in _IDLE_STATES and row["state_change"] is not None:
         held = max(held, checked_at - row["state_change"])
+    waiting_since: datetime | None = row["waiting_since"]
+    limit = float(row["wait_limit"] or 0)
     return LockHolder(
         pid=row["pid"],
         user=row["usename"],
@@ -158,6 +226,26 @@ def lock_holder(connection: Connection) -> LockHolder | None:
         state=row["state"],
         checked_at=checked_at,
         held_at_least=held,
+        waiting_for=None if waiting_since is None else checked_at - waiting_since,
+        blocked_by=_blockers(connection, row["blockers"] or []),
+        wait_limit=timedelta(seconds=limit) if limit else None,
+    )
+
+
+def _blockers(connection: Connection, pids: list[int]) -> tuple[Blocker, ...]:
+    if not pids:
+        return ()
+    found = connection.execute(_BLOCKERS, {"pids": pids}).mappings()
+    return tuple(
+        Blocker(
+            pid=row["pid"],
+            user=row["usename"],
+            application=row["application_name"] or None,
+            client=row["client_addr"],
+            state=row["state"],
+            in_transaction_for=row["in_transaction_for"],
+        )
+        for row in found
     )
 
 

@@ -30,7 +30,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from regionsync.durations import UNITS, parse_duration
+from regionsync.durations import UNITS, format_duration, parse_duration
 from regionsync.errors import ConfigError
 
 POD_BASE_URLS = {
@@ -42,6 +42,10 @@ DEFAULT_SCHEDULE = "15m"
 DEFAULT_MAX_REMOVAL_FRACTION = 0.5
 DEFAULT_MAX_REJECT_FRACTION = 0.5
 DEFAULT_LOG_REGION_LINES = 100
+#: How long a statement waits for a lock that another session holds before it fails: a
+#: sync or a migration never waits without a bound (README, *Readers beside the sync*).
+DEFAULT_LOCK_TIMEOUT = timedelta(seconds=10)
+MAX_LOCK_TIMEOUT = timedelta(minutes=10)
 #: The longest interval schedule; anything longer is a typo (and overflows the clock).
 MAX_SCHEDULE_INTERVAL = timedelta(days=365)
 _INTERVAL = re.compile(r"\s*(\d+)\s*([a-zA-Z]+)\s*")
@@ -154,6 +158,8 @@ class Settings:
     db_schema_ignored: bool = False
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
     log_region_lines: int = DEFAULT_LOG_REGION_LINES
+    #: The longest a statement waits for a lock another session holds (PostgreSQL).
+    lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT
     #: The variable the database URL came from; None for the embedded default.
     database_setting: str | None = None
 
@@ -238,6 +244,7 @@ class Settings:
                 "REGIONSYNC_MAX_REJECT_FRACTION", get, DEFAULT_MAX_REJECT_FRACTION
             ),
             log_region_lines=_count("REGIONSYNC_LOG_REGION_LINES", get, DEFAULT_LOG_REGION_LINES),
+            lock_timeout=_lock_timeout(get),
         )
 
 
@@ -548,6 +555,20 @@ def _count(name: str, get: Get, default: int) -> int:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 7) or int(raw) > 1_000_000:
         raise ConfigError(name, "must be a whole number from 0 to 1000000 (0: none)")
     return int(raw)
+
+
+def _lock_timeout(get: Get) -> timedelta:
+    raw = get("REGIONSYNC_LOCK_TIMEOUT")
+    if raw is None:
+        return DEFAULT_LOCK_TIMEOUT
+    value = parse_duration(raw) if raw.isascii() else None
+    if value is None or value > MAX_LOCK_TIMEOUT:
+        raise ConfigError(
+            "REGIONSYNC_LOCK_TIMEOUT",
+            f"must be a duration from 1s to {format_duration(MAX_LOCK_TIMEOUT)}, such as 10s; "
+            f"got {raw[:40]!r}",
+        )
+    return value
 
 
 def check_schedule(expression: str) -> None:

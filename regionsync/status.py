@@ -64,11 +64,12 @@ class StatusReport:
 
     @property
     def lock_warning(self) -> str | None:
-        """One line when the sync lock is held longer than a run can take, else None."""
+        """One line when the sync lock's holder is stuck (held longer than a run can take,
+        or waiting for another lock longer than a run ever waits), else None."""
         if self.lock is None or not self.lock.is_stuck():
             return None
         return (
-            f"WARNING: the sync lock is held longer than a run can take ({self.lock.describe()}); "
+            f"WARNING: the sync lock's holder is stuck ({self.lock.describe()}); "
             "every run is skipped until that session ends"
         )
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,8 @@ from regionsync.settings import Settings
 from regionsync.tables import canonical_json
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: PostgreSQL's SQLSTATE for a statement that gave up waiting for a lock (``lock_timeout``).
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 class DatabaseUnreachable(exc.OperationalError):
@@ -50,7 +53,7 @@ def create_engine(settings: Settings) -> Engine:
             json_serializer=canonical_json,
             connect_args={"connect_timeout": 10, "application_name": "regionsync"},
         )
-        engine = _in_schema(engine, settings.db_schema)
+        engine = _session_settings(engine, settings.db_schema, settings.lock_timeout)
     where = connection_target(settings)
 
     @event.listens_for(engine, "handle_error", retval=True)
@@ -128,6 +131,12 @@ def describe_db_error(error: exc.SQLAlchemyError) -> str:
     if isinstance(error, DatabaseUnreachable):
         reason = first.rpartition("failed: ")[2].removeprefix("FATAL:").strip()
         return f"cannot connect to {error.where}: {reason}"
+    if getattr(original, "sqlstate", None) == LOCK_NOT_AVAILABLE:
+        return (
+            "gave up waiting for a lock that another session holds (REGIONSYNC_LOCK_TIMEOUT): "
+            "a session idle in a transaction that wrote to these tables, a migration or a "
+            "LOCK TABLE; while a run waits, `regionsync status` names the session"
+        )
     return f"database error: {first}"
 
 
@@ -151,20 +160,27 @@ def translated_errors(action: str) -> Iterator[None]:
 _SCHEMA_INFO = "regionsync_schema"
 
 
-def _in_schema(engine: Engine, schema: str) -> Engine:
-    """Every connection works in ``schema`` alone: the models, the frozen migrations, the views
-    and the example queries name their objects unqualified, so they all land and look there.
+def _session_settings(engine: Engine, schema: str, lock_timeout: timedelta) -> Engine:
+    """Every connection works in ``schema`` alone, and waits for a lock at most
+    ``lock_timeout``.
+
+    The schema: the models, the frozen migrations, the views and the example queries name
+    their objects unqualified, so they all land and look there. The lock timeout: no
+    statement of a sync, a migration or a read waits without a bound on a session that an
+    analyst left idle in a transaction (README, *Readers beside the sync*).
 
     SQLAlchemy's recipe for an alternate search path: set on connect, before the dialect's own
     first-connect queries (``insert=True``), in autocommit so no transaction is left open.
     """
+    milliseconds = max(1, int(lock_timeout.total_seconds() * 1000))
 
     @event.listens_for(engine, "connect", insert=True)
-    def _set_search_path(dbapi_connection: Any, record: Any) -> None:
+    def _set_session(dbapi_connection: Any, record: Any) -> None:
         autocommit = dbapi_connection.autocommit
         dbapi_connection.autocommit = True
         with dbapi_connection.cursor() as cursor:
             cursor.execute(f'SET search_path TO "{schema}"')  # a checked name: see settings
+            cursor.execute(f"SET lock_timeout = {milliseconds}")
         dbapi_connection.autocommit = autocommit
         record.info[_SCHEMA_INFO] = schema
 

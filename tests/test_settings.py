@@ -69,6 +69,11 @@ PASSWORD = "pa55-w0rd-xyz"
         ({"KALEYRA_API_KEY": "k\u20acy"}, "KALEYRA_API_KEY"),
         ({"KALEYRA_API_KEY": "k\x00y"}, "KALEYRA_API_KEY"),
         ({"KALEYRA_API_KEY": "k'\"\\\xe9y"}, None),
+        ({"REGIONSYNC_LOCK_TIMEOUT": "0s"}, "REGIONSYNC_LOCK_TIMEOUT"),
+        ({"REGIONSYNC_LOCK_TIMEOUT": "11m"}, "REGIONSYNC_LOCK_TIMEOUT"),
+        ({"REGIONSYNC_LOCK_TIMEOUT": "forever"}, "REGIONSYNC_LOCK_TIMEOUT"),
+        ({"REGIONSYNC_LOCK_TIMEOUT": "\u0661\u0660s"}, "REGIONSYNC_LOCK_TIMEOUT"),
+        ({"REGIONSYNC_LOCK_TIMEOUT": "10m"}, None),
     ],
 )
 def test_malformed_setting_is_named(env: dict[str, str], setting: str | None) -> None:
