@@ -13,8 +13,15 @@
 #            and the daemon as containers; /healthz answers 200, the image's HEALTHCHECK turns
 #            healthy, the daemon runs as uid 10001, a sync is in the database, /metrics
 #            counts it, and `docker stop` ends it with exit code 0
-#   compose  docker/compose.yaml's `fake` profile brought up when postgres:15 can be had;
-#            otherwise says so (the file itself is validated by .ci/run)
+#   compose  postgres:15: the local one, else a pull, else a stand-in built from Debian
+#            bookworm's postgresql-15 by docker/standin-base.sh, kept for next time; then
+#            docker/compose.yaml brought up with `docker compose` (v2) if the client has it,
+#            else Debian's docker-compose (v1): postgres, migrate and daemon with every setting
+#            from an env file (--env-file), plus the fake Kaleyra API in the daemon's network
+#            namespace; beside them the `fake` profile's demo. A sync lands in the schema the
+#            env file names, the daemon's environment holds every line of the file, a signed
+#            webhook arrives, both daemons' health checks (the image's /healthz probe) turn
+#            healthy, `compose stop` ends the daemon with 0, and `down -v` removes it all
 #
 # Every step prints how long it took. Needs root (to start an engine), psql and curl.
 # REGIONSYNC_SMOKE_DATABASE: the PostgreSQL server's URL without a database name
@@ -31,6 +38,7 @@ db=regionsync_docker_smoke_$$
 url="$server/$db"
 engine_pid=
 compose=()
+smoke_dir=
 
 started_all=$SECONDS
 step_name=
@@ -65,7 +73,11 @@ cleanup() {
     docker rm -f "$c" >/dev/null 2>&1
   done
   psql "$server/postgres" -qc "DROP DATABASE IF EXISTS $db" >/dev/null 2>&1
-  [ "${#compose[@]}" -eq 0 ] || "${compose[@]}" down -v --timeout 120 >/dev/null 2>&1
+  if [ "${#compose[@]}" -gt 0 ]; then
+    [ "$rc" = 0 ] || "${compose[@]}" logs --no-color --tail 15 >&2
+    "${compose[@]}" down -v --timeout 120 >/dev/null 2>&1
+  fi
+  [ -z "$smoke_dir" ] || rm -rf "$smoke_dir"
   if [ -n "$engine_pid" ]; then
     kill "$engine_pid" 2>/dev/null
     for _ in $(seq 1 30); do kill -0 "$engine_pid" 2>/dev/null || break; sleep 1; done
@@ -209,24 +221,121 @@ echo "docker stop: exit code 0 ($(docker logs "$tag-daemon" 2>&1 | grep -c '"dae
 docker stop -t 10 "$tag-fake" >/dev/null
 
 # -- compose ---------------------------------------------------------------------------------
-step "compose"
-if docker image inspect postgres:15 >/dev/null 2>&1 || timeout 120 docker pull -q postgres:15 >/dev/null 2>&1; then
-  if command -v docker-compose >/dev/null 2>&1; then
-    compose=(docker-compose -p "$tag" -f docker/compose.yaml --profile fake)
+step "compose: image postgres:15"
+if docker image inspect postgres:15 >/dev/null 2>&1; then
+  if [ -n "$(docker image inspect -f '{{index .Config.Labels "org.regionsync.standin"}}' postgres:15)" ]; then
+    echo "postgres:15 is the stand-in built from Debian bookworm with debootstrap (cached; not the official image)"
   else
-    compose=(docker compose -p "$tag" -f docker/compose.yaml --profile fake)
+    echo "postgres:15 is present"
   fi
-  docker tag "$image" regionsync:local
-  "${compose[@]}" up -d --no-build demo fake-kaleyra
-  demo_healthz() { curl -fsS http://127.0.0.1:9101/healthz; }
-  wait_for 120 "the compose demo's /healthz answering 200" demo_healthz
-  echo "compose demo: /healthz $(demo_healthz)"
-  "${compose[@]}" down -v --timeout 120
-  compose=()
+elif timeout 120 docker pull -q postgres:15 >/dev/null 2>&1; then
+  echo "pulled postgres:15"
 else
-  echo "postgres:15 cannot be pulled (no registry reachable): the compose stack was not" \
-    "brought up here; .ci/run validates docker/compose.yaml with docker-compose config"
+  echo "postgres:15 cannot be pulled (no registry reachable): building a STAND-IN from Debian" \
+    "bookworm's postgresql-15 with debootstrap, tagged postgres:15 (see docker/standin-base.sh)"
+  docker/standin-base.sh postgres:15
 fi
+
+# The stack as an operator runs it: postgres, migrate and daemon from docker/compose.yaml,
+# every setting from an env file (--env-file). Only the fake Kaleyra API is added, in the
+# daemon's network namespace (regionsync takes plain http:// to loopback only), and the
+# daemon's own health check is probed every 2 s instead of every minute. Beside it, the
+# `fake` profile's demo exactly as the README starts it.
+step "compose: postgres, migrate, daemon with its settings from an env file; the fake profile's demo"
+if docker compose version >/dev/null 2>&1; then
+  compose=(docker compose)
+elif command -v docker-compose >/dev/null 2>&1; then
+  compose=(docker-compose)
+else
+  echo "installing docker-compose (Debian's Compose v1)"
+  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose; } \
+    >/dev/null || fail "could not install docker-compose"
+  compose=(docker-compose)
+fi
+echo "compose: ${compose[*]} $("${compose[@]}" version --short 2>/dev/null)"
+for name in $(compgen -e); do # the env file's values, not this shell's, must reach the stack
+  case "$name" in KALEYRA_* | REGIONSYNC_* | POSTGRES_PASSWORD) unset "$name" ;; esac
+done
+smoke_dir=$(mktemp -d)
+hook_secret="whsec_$(head -c 32 /dev/urandom | base64)"
+api_key="smoke-key-$RANDOM$RANDOM"
+printf '%s\n' \
+  "POSTGRES_PASSWORD=smoke-$RANDOM$RANDOM" \
+  KALEYRA_BASE_URL=http://127.0.0.1:8080 \
+  KALEYRA_SID=smoke \
+  "KALEYRA_API_KEY=$api_key" \
+  REGIONSYNC_DB_SCHEMA=smoke \
+  REGIONSYNC_SCHEDULE=20s \
+  REGIONSYNC_LOG_FORMAT=json \
+  REGIONSYNC_LOG_LEVEL=DEBUG \
+  REGIONSYNC_MAX_REJECT_FRACTION=0.9 \
+  REGIONSYNC_NOTIFY_ON=added \
+  REGIONSYNC_WEBHOOK_URL=http://127.0.0.1:8080/_fake/webhook \
+  "REGIONSYNC_WEBHOOK_SECRET=$hook_secret" >"$smoke_dir/regionsync.env"
+printf '%s\n' \
+  'services:' \
+  '  daemon:' \
+  '    healthcheck:' \
+  '      interval: 2s' \
+  '    restart: "no"' \
+  '  fake-kaleyra-smoke:' \
+  '    image: regionsync:local' \
+  "    command: [fake-api, --port, '8080', --quiet, --sid, smoke, --api-key, '$api_key', --webhook-secret, '$hook_secret']" \
+  '    network_mode: service:daemon' \
+  '    healthcheck:' \
+  '      disable: true' >"$smoke_dir/fake.yaml"
+compose+=(-p "$tag" --env-file "$smoke_dir/regionsync.env" -f docker/compose.yaml
+  -f "$smoke_dir/fake.yaml" --profile fake)
+docker tag "$image" regionsync:local
+"${compose[@]}" up -d --no-build daemon fake-kaleyra-smoke demo fake-kaleyra 2>&1 | sed 's/^/   /'
+echo "up $(at)"
+daemon=$("${compose[@]}" ps -q daemon)
+# The first sync may run before the fake listens: the next tick, 20 s later, tries again.
+pg() { "${compose[@]}" exec -T postgres psql -U regionsync -d regionsync -tAc "$1"; }
+compose_synced() { [ "$(pg "SELECT count(*) FROM smoke.sync_runs WHERE status = 'succeeded'")" -ge 1 ]; }
+wait_for 180 "a successful sync in the compose stack's database" compose_synced
+echo "database: $(pg "SELECT count(*) FROM smoke.regions") regions in schema smoke" \
+  "(REGIONSYNC_DB_SCHEMA) $(at)"
+compose_healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$daemon")" = healthy ]; }
+wait_for 60 "the compose daemon's health check turning healthy" compose_healthy
+probe=$(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$daemon")
+[[ "$probe" == *"/healthz"* ]] || fail "the compose daemon's health check is not /healthz: $probe"
+healthz=$(curl -fsS http://127.0.0.1:9100/healthz)
+grep -q '"max_age_seconds": 60.0' <<<"$healthz" ||
+  fail "/healthz does not follow REGIONSYNC_SCHEDULE=20s (3 periods): $healthz"
+echo "health check: healthy $(at); it probes /healthz, whose limit is 60 s, 3 x the 20s schedule"
+in_container=$(docker inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$daemon")
+while IFS= read -r line; do
+  [[ "$line" == POSTGRES_PASSWORD=* ]] || grep -qxF -- "$line" <<<"$in_container" ||
+    fail "the env file's ${line%%=*} did not reach the daemon's container"
+done <"$smoke_dir/regionsync.env"
+logged=$(docker logs "$daemon" 2>&1)
+grep -q '"level": "debug"' <<<"$logged" ||
+  fail "no debug line in the daemon's log (REGIONSYNC_LOG_LEVEL=DEBUG)"
+received=$(docker exec "$daemon" python -c 'import urllib.request
+print(urllib.request.urlopen("http://127.0.0.1:8080/_fake/webhook").read().decode())')
+grep -q '"verified": true' <<<"$received" ||
+  fail "no signed webhook reached the fake receiver: ${received:0:300}"
+echo "every setting of the env file is in the daemon's environment and took effect" \
+  "(schema, schedule, DEBUG lines, a signed webhook for the added regions) $(at)"
+demo=$("${compose[@]}" ps -q demo)
+demo_healthy() { [ "$(docker inspect -f '{{.State.Health.Status}}' "$demo")" = healthy ]; }
+wait_for 120 "the demo's health check turning healthy" demo_healthy
+probe=$(docker inspect -f '{{json .Config.Healthcheck.Test}}' "$demo")
+[[ "$probe" == *"/healthz"* ]] || fail "the demo's health check is not /healthz: $probe"
+demo_synced=$("${compose[@]}" exec -T demo-postgres psql -U regionsync -d regionsync -tAc \
+  "SELECT count(*) FROM sync_runs WHERE status = 'succeeded'")
+served=$(curl -fsS http://127.0.0.1:8080/_fake/regions | grep -o '"id"' | wc -l)
+echo "demo: healthy $(at), $demo_synced successful sync(s); /healthz on 127.0.0.1:9101 says" \
+  "$(curl -fsS http://127.0.0.1:9101/healthz | grep -o '"status": "[a-z]*"');" \
+  "the fake's admin endpoints on 127.0.0.1:8080 serve $served regions"
+"${compose[@]}" stop -t 120 daemon >/dev/null 2>&1
+code=$(docker inspect -f '{{.State.ExitCode}}' "$daemon")
+[ "$code" = 0 ] || fail "compose stop daemon: exit code $code"
+echo "compose stop daemon: exit code 0 $(at)"
+"${compose[@]}" down -v --timeout 120 >/dev/null 2>&1
+compose=()
+echo "compose down -v: done $(at)"
 
 step ""
 echo "docker smoke passed in $((SECONDS - started_all)) s; image $image: $((size / 1000000)) MB"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import gc
 import json
 import os
@@ -22,7 +23,7 @@ import structlog
 from sqlalchemy.engine import Engine
 
 from regionsync import __version__, logs, terminal
-from regionsync.durations import format_duration, parse_duration
+from regionsync.durations import MAX_DURATION, format_duration, parse_duration
 from regionsync.errors import ConfigError, RegionSyncError
 from regionsync.settings import (
     LOG_LEVELS,
@@ -47,16 +48,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     fmt, secrets = logging_hints(os.environ)
     logs.configure(fmt=fmt, secrets=secrets)
     arguments = list(sys.argv[1:] if argv is None else argv)
-    if arguments[:1] == ["fake-api"]:
-        # The fake server parses its own options (argparse.REMAINDER would drop them).
-        from regionsync import fakeapi
-
-        return fakeapi.main(arguments[1:])
-    args = build_parser().parse_args(arguments)
-    if args.quiet and args.verbose:
-        print("regionsync: error: -q and -v cannot be used together", file=sys.stderr)
-        return EXIT_USAGE
     try:
+        # Inside the boundary: an option's parser that fails unexpectedly is one line too.
+        args = build_parser(fake_api="fake-api" in arguments).parse_args(arguments)
+        if args.quiet and args.verbose:
+            print("regionsync: error: -q and -v cannot be used together", file=sys.stderr)
+            return EXIT_USAGE
         env = load_environment(args.env_file)
         fmt, secrets = logging_hints(env)
         logs.configure(fmt=fmt, secrets=secrets)
@@ -75,16 +72,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("regionsync: interrupted", file=sys.stderr)
         return 130
     except Exception as error:  # noqa: BLE001 - a bug still gets one line and exit 1
-        structlog.get_logger("regionsync").exception("internal_error")
+        # CRITICAL: the traceback the line below points to is logged even under -q.
+        structlog.get_logger("regionsync").critical("internal_error", exc_info=True)
         message = logs.redact(f"{type(error).__name__}: {error}", secrets)
         print(f"regionsync: internal error: {message} (details in the log)", file=sys.stderr)
         return EXIT_FAILED
 
 
 def _log_level(args: argparse.Namespace, settings: Settings) -> str:
-    """``-q`` shows warnings and errors only, ``-v`` adds DEBUG; else the setting."""
+    """``-v`` adds DEBUG; else the setting. ``-q`` leaves a command its result line, or its
+    error line, alone (cron mails the output): no log lines but a bug's. The daemon has no
+    result line, so under ``-q`` it logs its warnings and errors."""
     if args.quiet:
-        return "WARNING"
+        return "WARNING" if args.command == "daemon" else "CRITICAL"
     if args.verbose:
         return "DEBUG"
     return settings.log_level
@@ -156,7 +156,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         try:
             result = run_sync(engine, source, trigger="cli", guard=guard, notify=notify)
         except RegionSyncError:
-            _print_notifications(engine, settings)  # earlier runs' still go out
+            _print_notifications(engine, settings, quiet=args.quiet)  # earlier runs' go out
             raise
         if result.status == "skipped":
             print(f"run {result.run_id} skipped: {result.reason}")
@@ -164,7 +164,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             print(
                 f"run {result.run_id} {result.status} in {result.duration:.2f}s: {_counts(result)}"
             )
-        _print_notifications(engine, settings)
+        _print_notifications(engine, settings, quiet=args.quiet)
     return _rejects_verdict(args, result.counts.rejected)
 
 
@@ -308,11 +308,15 @@ def _print_page(
     if args.json:
         records = [{name: _json_value(row[name]) for name in columns} for row in page.rows]
         print(json.dumps(records, indent=2))
-    elif getattr(args, "csv", False):
-        writer = csv.writer(sys.stdout, lineterminator="\n")
+    elif getattr(args, "csv", False) or getattr(args, "csv_raw", False):
+        raw = getattr(args, "csv_raw", False)
+        # Raw text may hold a CR, which csv quotes only when told to quote every field.
+        writer = csv.writer(
+            sys.stdout, lineterminator="\n", quoting=csv.QUOTE_ALL if raw else csv.QUOTE_MINIMAL
+        )
         writer.writerow(columns)
         for row in page.rows:
-            writer.writerow([terminal.csv_cell(row[name]) for name in columns])
+            writer.writerow([terminal.csv_cell(row[name], raw=raw) for name in columns])
     elif not page.rows:
         print(f"no {noun}")
     else:
@@ -336,6 +340,15 @@ def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
     return run_daemon(settings)
 
 
+def cmd_fake_api(
+    args: argparse.Namespace, settings: Settings, *, parser: argparse.ArgumentParser
+) -> int:
+    """The fake server, whose option errors ``parser`` reports (exit 2, as argparse's)."""
+    from regionsync import fakeapi
+
+    return fakeapi.serve(args, parser)
+
+
 def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.schedule import SEARCH_YEARS, next_fire_times
 
@@ -352,12 +365,27 @@ def cmd_schedule(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
-    from regionsync.grants import grant_readonly
+    from regionsync.grants import grant_readonly, quote_identifier, readable_by
 
     with _database(settings) as engine:
         statements = grant_readonly(engine, args.role, execute=not args.print)
-    for statement in statements:
-        print(f"{statement};")
+        readable = None if args.print else readable_by(engine, args.role)
+    if readable is None:
+        print("-- NOT EXECUTED: the SQL `regionsync grant-readonly` would run")
+        for statement in statements:
+            print(terminal.clean(f"{statement};", limit=None))
+        return EXIT_OK
+    who, names = quote_identifier(args.role), readable.relations
+    where = f"schema {quote_identifier(readable.schema)} of database "
+    where += quote_identifier(readable.database)
+    print(
+        terminal.clean(
+            f"granted role {who} read access to {len(names)} tables and views in {where}, "
+            "and to those later migrations add",
+            limit=None,
+        )
+    )
+    print(terminal.clean(f"{who} can now read: {', '.join(names)}", limit=None))
     return EXIT_OK
 
 
@@ -400,32 +428,51 @@ _RUN_COLUMNS = {
 }
 
 
+#: The most rows (or fire times) a command is asked for: far past any page a person reads,
+#: well inside every integer type a database or SQLite binds.
+MAX_COUNT = 1_000_000
+#: The ISO times ``--since`` takes (README, *Commands*): each stays a valid date on
+#: PostgreSQL, SQLite and in Python once moved to UTC by any offset.
+SINCE_RANGE = (datetime(1900, 1, 1, tzinfo=UTC), datetime(9999, 1, 1, tzinfo=UTC))
+
+
 def _duration(text: str) -> timedelta:
     delta = parse_duration(text)
     if delta is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90m, 3h or 1d")
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a duration from 1s to {MAX_DURATION.days}d, like 90m, 3h or 1d"
+        )
     return delta
 
 
 def _positive(text: str) -> int:
-    if not text.isdigit() or int(text) < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return int(text)
+    """A count from 1 to :data:`MAX_COUNT`, in ASCII digits (as every setting)."""
+    value = int(text) if text.isascii() and text.isdigit() and len(text) <= 7 else 0
+    if not 1 <= value <= MAX_COUNT:
+        raise argparse.ArgumentTypeError(
+            f"{text[:40]!r} is not a whole number from 1 to {MAX_COUNT}"
+        )
+    return value
 
 
 def _since(text: str) -> datetime:
-    """``24h`` (that long ago) or an ISO 8601 time (UTC when it names no offset)."""
+    """``24h`` (that long ago) or an ISO 8601 time (UTC when it names no offset), in UTC."""
     delta = parse_duration(text)
     if delta is not None:
         return datetime.now(UTC) - delta
+    earliest, latest = SINCE_RANGE
     try:
-        moment = datetime.fromisoformat(text.strip())
+        moment = datetime.fromisoformat(text.strip()) if text.isascii() else None
     except ValueError:
+        moment = None
+    if moment is not None and moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    if moment is None or not earliest <= moment <= latest:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is neither a duration like 90m, 24h or 7d nor an ISO time "
-            "like 2026-11-27T06:00"
-        ) from None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+            f"{text[:40]!r} is neither a duration from 1s to {MAX_DURATION.days}d (90m, 24h, 7d) "
+            f"nor an ISO time from {earliest.year} to {latest.year - 1} (2026-11-27T06:00)"
+        )
+    return moment.astimezone(UTC)
 
 
 def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
@@ -446,7 +493,8 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
         "-q",
         "--quiet",
         action="store_true",
-        help="print only the result and errors (log level WARNING)",
+        help="print only the result line, or the error once; no log lines (the daemon "
+        "still logs warnings and errors)",
         **({"default": False} if top else default),
     )
     parser.add_argument(
@@ -458,7 +506,9 @@ def _global_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(*, fake_api: bool = True) -> argparse.ArgumentParser:
+    """Every command and its options; ``fake_api=False`` leaves out ``fake-api``'s own
+    options, which import the fake server (a fifth of a second) for nothing."""
     parser = argparse.ArgumentParser(
         prog="regionsync",
         description="Keep a database of a Kaleyra RCS agent's regions and their history.",
@@ -504,8 +554,10 @@ def build_parser() -> argparse.ArgumentParser:
         "check",
         help="check the settings, database, schema, Kaleyra and metrics port; writes nothing",
         description="Check that this deployment is ready: the settings and the schedule, the "
-        "database (and whether `regionsync migrate` is needed), Kaleyra with the configured "
-        "key (one GET), and the metrics port and webhook when set. One line per check; exit 0 "
+        "database (and whether `regionsync migrate` is needed), on PostgreSQL whether a run "
+        "could write (naming any missing right), Kaleyra with the configured key (one GET), "
+        "and the metrics port and the webhook's host (connected to, sent nothing) when set. "
+        "One line per check; exit 0 "
         "when all pass, 1 when any fails, 2 when a setting cannot be read. Writes nothing, "
         "and never creates the embedded SQLite file.",
     )
@@ -617,17 +669,22 @@ def build_parser() -> argparse.ArgumentParser:
     grant.add_argument(
         "--print",
         action="store_true",
-        help="print the SQL it would run instead of running it (the role need not exist yet)",
+        help="print the SQL it would run, labelled as not executed, instead of running it "
+        "(the role need not exist yet)",
     )
     grant.set_defaults(handler=cmd_grant_readonly)
 
     fake = commands.add_parser(
         "fake-api",
         help="serve a fake Kaleyra API on loopback, for trials and tests",
-        add_help=False,
-        description="Serve a fake Kaleyra API; `regionsync fake-api --help` lists its options.",
+        description="Serve a fake Kaleyra API on loopback until SIGINT or SIGTERM; -q: do not "
+        "log each request. It reads no setting (a bad one still exits 2, as for any command).",
     )
-    fake.add_argument("fake_args", nargs=argparse.REMAINDER)
+    if fake_api:
+        from regionsync import fakeapi
+
+        fakeapi.add_options(fake)
+    fake.set_defaults(handler=functools.partial(cmd_fake_api, parser=fake))
     add_notifications_command(commands)
     return parser
 
@@ -635,16 +692,16 @@ def build_parser() -> argparse.ArgumentParser:
 # Notifications (see README, *Notifications*) ---------------------------------------------
 
 
-def _print_notifications(engine: Engine, settings: Settings) -> None:
-    """After a run: deliver what is pending, within its deadline, and say what happened;
-    never fails the run."""
+def _print_notifications(engine: Engine, settings: Settings, *, quiet: bool) -> None:
+    """After a run: deliver what is pending, within its deadline, and say what happened
+    (unless ``quiet``: ``status`` and ``notifications`` show the backlog); never fails the run."""
     if not settings.notifications.enabled:
         return  # and the HTTP client is not even imported
     from regionsync.delivery import Notifier
 
     notifier = Notifier(engine, settings.notifications)
     counts = {k: v for k, v in notifier.deliver_pending().summary().items() if v}
-    if counts:
+    if counts and not quiet:
         print("notifications: " + ", ".join(f"{v} {k}" for k, v in counts.items()))
 
 
@@ -679,24 +736,48 @@ def cmd_notifications(args: argparse.Namespace, settings: Settings) -> int:
             if args.retry in report.delivered:
                 print(f"{args.retry} delivered")
                 return EXIT_OK
+            if report.skipped:  # like a run skipped for the sync lock: exit 0
+                print(
+                    f"{args.retry} skipped: another delivery pass is running (it holds the "
+                    "delivery lock); the delivery is pending and due, so that pass or the next "
+                    "one sends it; see `regionsync notifications`"
+                )
+                return EXIT_OK
             print(f"{args.retry} not delivered; see `regionsync notifications`", file=sys.stderr)
             return EXIT_FAILED
         with engine.connect() as connection:
             rows = undelivered(connection, limit=args.limit)
     if args.json:
-        shown = [{k: _json_value(v) for k, v in row.items()} for row in rows]
+        # "id": delivery_id's name before it took the log lines' name, kept for scripts.
+        shown = [
+            {**{k: _json_value(v) for k, v in row.items()}, "id": row["delivery_id"]}
+            for row in rows
+        ]
         print(json.dumps(shown, indent=2))
         return EXIT_OK
     if not rows:
         print("no pending or failed deliveries")
+        return EXIT_OK
+    cells = []
     for row in rows:
-        when = row["created_at"].strftime("%Y-%m-%d %H:%M:%S")
-        part = f" part {row['part']}/{row['parts']}" if row["parts"] > 1 else ""
-        print(
-            f"{row['id']}  {row['status']:<7}  run {row['sync_run_id']}{part}  {when}  "
-            f"{row['changes']} changes  {row['attempts']} attempts  {row['last_error'] or ''}"
-        )
+        values = {**row, "part": f"{row['part']}/{row['parts']}"}
+        cells.append([terminal.cell(values[name], limit=None) for name in _DELIVERY_COLUMNS])
+    for line in terminal.table(_DELIVERY_COLUMNS, cells):
+        print(line)
     return EXIT_OK
+
+
+#: The columns of ``notifications``' table, named as in its JSON (``part`` shown as 1/2).
+_DELIVERY_COLUMNS = (
+    "delivery_id",
+    "status",
+    "sync_run_id",
+    "part",
+    "created_at",
+    "changes",
+    "attempts",
+    "last_error",
+)
 
 
 def add_notifications_command(commands: Any) -> None:
@@ -705,7 +786,7 @@ def add_notifications_command(commands: Any) -> None:
         help="list pending and failed webhook deliveries; --retry ID retries one",
         description="List the webhook deliveries not yet accepted by the receiver (pending, "
         "or failed: given up). --retry ID delivers a failed one again now (exit 0 when "
-        "delivered, 1 when not).",
+        "delivered, or skipped because another delivery pass is running; 1 when not).",
     )
     notifications.add_argument("--json", action="store_true", help="print JSON")
     notifications.add_argument(
@@ -732,7 +813,18 @@ def _output_options(parser: argparse.ArgumentParser, *, csv_too: bool, limit: in
     formats = parser.add_mutually_exclusive_group()
     formats.add_argument("--json", action="store_true", help="print JSON instead of a table")
     if csv_too:
-        formats.add_argument("--csv", action="store_true", help="print CSV instead of a table")
+        formats.add_argument(
+            "--csv",
+            action="store_true",
+            help="print CSV instead of a table, safe to open in a spreadsheet: a cell "
+            "starting with = + - @ tab or CR gets a leading ' and control characters are escaped",
+        )
+        formats.add_argument(
+            "--csv-raw",
+            action="store_true",
+            help="print CSV with the values exactly as stored, for programs (not for a "
+            "spreadsheet or a terminal)",
+        )
     parser.add_argument(
         "--limit",
         type=_positive,

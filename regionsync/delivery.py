@@ -4,24 +4,24 @@ A pass gives up on deliveries pending longer than ``REGIONSYNC_WEBHOOK_MAX_AGE``
 POSTs the due ones oldest first. A timeout, connection error, 5xx or 429 is retried a few
 times within the pass (backoff with jitter, ``Retry-After`` honoured), then left pending
 for a later pass at a growing interval; any other 4xx or a redirect marks it failed. The
-whole pass ends by a wall-clock deadline (it runs in a worker thread the caller stops
-waiting for), so a slow receiver never holds up a sync. Passes are serialised across
-processes by a lock of their own, not the sync lock, so a sync is never skipped for one.
-A pass never raises: what went wrong is logged and left in the table.
+whole pass ends by a wall-clock deadline, so a slow receiver never holds up a sync: it runs
+in the caller's thread, and each HTTP exchange is cut at the deadline inside the exchange
+itself (:class:`~regionsync.httpclient.Deadline`), so when the pass returns it is over: its
+lock released, its report final, its rows written. Passes are serialised across processes
+by a lock of their own, not the sync lock, so a sync is never skipped for one. A pass never
+raises: what went wrong is logged and left in the table.
 """
 
 from __future__ import annotations
 
 import json
 import random
-import threading
 import time
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-import requests
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
@@ -96,14 +96,15 @@ class Notifier:
         settings: NotificationSettings,
         *,
         policy: DeliveryPolicy | None = None,
-        session: requests.Session | None = None,
     ) -> None:
         if settings.webhook_url is None:
             raise ValueError("no webhook configured")
         self.engine = engine
         self.settings = settings
         self.policy = policy or DeliveryPolicy()
-        self.client = WebhookClient(settings.webhook_url, settings.webhook_secret, session=session)
+        self.client = WebhookClient(
+            settings.webhook_url, settings.webhook_secret, ca_bundle=settings.ca_bundle
+        )
 
     def __repr__(self) -> str:
         return f"Notifier({self.settings.webhook_display!r}, {self.settings.webhook_format})"
@@ -118,18 +119,12 @@ class Notifier:
         return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode()
 
     def deliver_pending(self, *, only: str | None = None) -> PassReport:
-        """One pass, back within the policy's deadline (plus a second), never raising."""
+        """One pass, over by the policy's deadline (and the write of its last attempt's
+        outcome), never raising; the report is final when it is returned."""
         report = PassReport()
         deadline = time.monotonic() + self.policy.deadline
-        worker = threading.Thread(
-            target=self._guarded_pass,
-            args=(report, deadline, only),
-            name="regionsync-notify",
-            daemon=True,
-        )
-        worker.start()
-        worker.join(self.policy.deadline + 1.0)
-        if worker.is_alive():
+        self._guarded_pass(report, deadline, only)
+        if time.monotonic() >= deadline:
             logger.warning(
                 "notify.deadline_exceeded",
                 deadline_s=self.policy.deadline,
@@ -191,6 +186,7 @@ class Notifier:
                 body,
                 connect=min(self.policy.connect_timeout, left),
                 read=min(self.policy.read_timeout, left),
+                deadline=deadline,
             )
             made += 1
             total = row.attempts + made

@@ -4,10 +4,13 @@ It serves the regions over plain HTTP on loopback, checks the SID and ``api-key`
 Kaleyra would, and can be told to fail in the ways docs/contract.md §1 lists (see
 :data:`FAULT_MODES`), from Python or over its admin endpoints:
 
+- ``GET /_fake/regions``: what the API serves now, byte for byte (a file for ``--regions``);
 - ``PUT /_fake/regions``: a JSON list of regions, or a whole body to serve as it is;
+- ``PATCH /_fake/regions/{id}``: a JSON object of fields merged into that one region;
 - ``PUT /_fake/fault``: ``{"mode": "http429:retry-after=2", "times": 3}``, ``{"mode": null}``
   to clear;
-- ``GET /_fake/requests``: ``{"count": N}``, the API requests received so far.
+- ``GET /_fake/requests``: ``{"count": N}``, the API requests received so far;
+- the webhook receiver's endpoints under ``/_fake/webhook`` (see :mod:`regionsync.fakehook`).
 
 Besides Kaleyra's own failures it has hostile modes, for the reliability suite (see
 README, *Reliability*): a server that drips its headers or body, an endless chunked body,
@@ -35,6 +38,7 @@ from importlib import resources
 from pathlib import Path
 from types import FrameType, TracebackType
 from typing import Any
+from urllib.parse import unquote
 
 from regionsync import fakehook
 from regionsync.httpserver import BoundedHTTPServer, ServerThread
@@ -61,7 +65,13 @@ JUNK = (
     '{"id": "junk", "carrier_enabled": "yes"}',
 )
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
-ADMIN_HELP = "admin endpoints: PUT /_fake/regions, PUT /_fake/fault, GET /_fake/requests"
+REGION_PATH = "/_fake/regions/"
+#: Every admin endpoint, the webhook receiver's included: what a 404 under /_fake/ lists.
+ADMIN_HELP = (
+    "admin endpoints: GET /_fake/regions, PUT /_fake/regions, PATCH /_fake/regions/{id}, "
+    f"PUT /_fake/fault, GET /_fake/requests, POST {fakehook.PATH}, GET {fakehook.PATH}, "
+    f"DELETE {fakehook.PATH}, PUT {fakehook.FAULT_PATH}"
+)
 
 #: Kaleyra's error bodies, by fault name: (code, message, error_code, usual HTTP status).
 KALEYRA_ERRORS = {
@@ -297,6 +307,25 @@ class FakeKaleyra:
         with self._lock:
             self._body, self._has_body, self._raw = copy.deepcopy(body), True, None
             self._encoded = None
+
+    def update_region(self, region_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Merge ``fields`` into the served region with this id; returns the region as changed.
+
+        Raises KeyError when no served region has that id, and ValueError when a whole body
+        (not a list of regions) is being served.
+        """
+        with self._lock:
+            if self._has_body or self._raw is not None:
+                raise ValueError(
+                    "a whole body is being served, not a list of regions: "
+                    "PUT /_fake/regions a list first"
+                )
+            for region in self._regions:
+                if isinstance(region, dict) and region.get("id") == region_id:
+                    region.update(copy.deepcopy(fields))
+                    self._encoded = None
+                    return copy.deepcopy(region)
+        raise KeyError(region_id)
 
     def set_raw_body(self, content: bytes, content_type: str = "application/json") -> None:
         """Serve these exact bytes with HTTP 200 (e.g. a body no JSON encoder would write)."""
@@ -554,6 +583,13 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_fake/requests" and self.command == "GET":
             self._json(200, {"count": self.fake.request_count()})
             return
+        if path == "/_fake/regions" and self.command == "GET":
+            raw = self.fake.raw_body()
+            self._send(200, *(raw or (self.fake.encoded_body(), "application/json")))
+            return
+        if path.startswith(REGION_PATH) and self.command == "PATCH":
+            self._patch_region(unquote(path.removeprefix(REGION_PATH)))
+            return
         if self.command != "PUT" or path not in ("/_fake/regions", "/_fake/fault"):
             self._json(
                 404,
@@ -577,6 +613,27 @@ class _Handler(BaseHTTPRequestHandler):
             self._json(400, {"error": str(error)})
             return
         self._json(200, {"ok": True})
+
+    def _patch_region(self, region_id: str) -> None:
+        try:
+            fields = json.loads(self._read_body())
+        except ValueError as error:
+            self._json(400, {"error": f"not JSON: {error}"})
+            return
+        if not isinstance(fields, dict):
+            self._json(
+                400, {"error": 'expected a JSON object of fields, e.g. {"carrier_enabled": false}'}
+            )
+            return
+        try:
+            region = self.fake.update_region(region_id, fields)
+        except KeyError:
+            self._json(404, {"error": f"no region with id {region_id[:100]!r} is served"})
+            return
+        except ValueError as error:
+            self._json(409, {"error": str(error)})
+            return
+        self._json(200, {"ok": True, "region": region})
 
     def _set_fault(self, value: object) -> None:
         if not isinstance(value, dict) or "mode" not in value:
@@ -677,11 +734,20 @@ _HOSTILE = {
 }
 
 
+DESCRIPTION = "Serve a fake Kaleyra 'Get an Agent's Regions' API, for trials and tests."
+
+
 def _build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="regionsync fake-api",
-        description="Serve a fake Kaleyra 'Get an Agent's Regions' API, for trials and tests.",
-    )
+    """``python -m regionsync.fakeapi``'s parser: ``regionsync fake-api``'s options."""
+    parser = argparse.ArgumentParser(prog="regionsync fake-api", description=DESCRIPTION)
+    add_options(parser)
+    parser.add_argument("--quiet", action="store_true", help="do not log each request")
+    return parser
+
+
+def add_options(parser: argparse.ArgumentParser) -> None:
+    """The fake's own options; ``-q``/``--quiet`` (do not log each request) is every command's
+    in ``regionsync fake-api`` (see :func:`regionsync.cli.build_parser`)."""
     parser.add_argument(
         "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
     )
@@ -707,19 +773,22 @@ def _build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fault-times", type=int, metavar="N", help="fail only the next N requests (default: all)"
     )
-    parser.add_argument("--quiet", action="store_true", help="do not log each request")
     parser.add_argument(
         "--webhook-secret",
         metavar="WHSEC",
         help=f"verify the signatures of webhooks POSTed to {fakehook.PATH} with this secret",
     )
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``regionsync fake-api``: serve until SIGINT or SIGTERM."""
+    """``python -m regionsync.fakeapi``: serve until SIGINT or SIGTERM."""
     parser = _build_parser()
-    args = parser.parse_args(argv)
+    return serve(parser.parse_args(argv), parser)
+
+
+def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """``regionsync fake-api``: check the options ``parser`` read into ``args`` (a bad one
+    exits 2 through ``parser.error``), then serve until SIGINT or SIGTERM."""
     if not is_loopback_host(args.host) and not args.allow_remote:
         parser.error(
             f"--host {args.host} is not a loopback address; add --allow-remote to allow it"
@@ -782,9 +851,7 @@ def main(argv: list[str] | None = None) -> int:
             f"KALEYRA_SID={args.sid} KALEYRA_API_KEY={args.api_key}",
             flush=True,
         )
-        print(
-            f"Webhook receiver at {fake.url}{fakehook.PATH} (GET it to see what came)", flush=True
-        )
+        print(_webhook_banner(fake, args.webhook_secret), flush=True)
         while not stop.wait(0.2):
             pass
     finally:
@@ -792,6 +859,26 @@ def main(argv: list[str] | None = None) -> int:
             signal.signal(sig, handler)
         fake.stop()
     return 0
+
+
+def _webhook_banner(fake: FakeKaleyra, secret: str | None) -> str:
+    """The settings that point regionsync's notifications at the fake's webhook receiver.
+
+    Like the Kaleyra line, it repeats the credential the fake was started with (a secret for
+    this trial, given on its command line). Without one regionsync's json format has nothing
+    to sign with, so the line names the unsigned slack format instead.
+    """
+    url = f"{fake.url}{fakehook.PATH}"
+    settings = (
+        f"REGIONSYNC_WEBHOOK_URL={url} REGIONSYNC_WEBHOOK_SECRET={secret}"
+        if secret
+        else f"REGIONSYNC_WEBHOOK_URL={url} REGIONSYNC_WEBHOOK_FORMAT=slack "
+        "(or start it with --webhook-secret WHSEC for signed json)"
+    )
+    return (
+        f"Webhook receiver at {url} (GET it to see what came); point regionsync at it with: "
+        + settings
+    )
 
 
 if __name__ == "__main__":

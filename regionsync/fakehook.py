@@ -8,7 +8,10 @@ Webhooks signature verified, the JSON body) and can be told to fail:
 - ``GET /_fake/webhook``: ``{"received": [...], "accepted_ids": [...]}``;
 - ``PUT /_fake/webhook/fault``: ``{"status": 503, "times": 3, "retry_after": "2"}`` answers
   the next 3 deliveries with 503; ``{"hang": 30, "times": 1}`` holds the next one 30 s
-  before answering; ``{"status": null}`` clears;
+  before answering; ``{"drip": 5}`` sends the next answer a byte at a time over 5 s;
+  ``{"status": 200, "cut_at": 27}`` sends only the first 27 bytes of the next answer
+  (``HTTP/1.0 200 OK\r\nContent-Ty``) and closes the connection; ``{"status": null}``
+  clears;
 - ``DELETE /_fake/webhook``: forget what was received.
 """
 
@@ -84,6 +87,8 @@ class _Fault:
     status: int | None
     retry_after: str | None
     hang: float
+    drip: float = 0.0
+    cut_at: int | None = None
 
 
 class WebhookReceiver:
@@ -104,14 +109,20 @@ class WebhookReceiver:
         times: int | None = 1,
         retry_after: str | None = None,
         hang: float = 0.0,
+        drip: float = 0.0,
+        cut_at: int | None = None,
     ) -> None:
-        """Answer the next ``times`` deliveries (None: all) with ``status``, after ``hang`` s."""
+        """Answer the next ``times`` deliveries (None: all) with ``status`` (None: as usual),
+        after ``hang`` s, spread over ``drip`` s, or cut after its first ``cut_at`` bytes."""
         if status is not None and not 200 <= status <= 599:
             raise ValueError("status must be from 200 to 599")
-        if not 0 <= hang <= MAX_HANG_S:
-            raise ValueError(f"hang must be from 0 to {MAX_HANG_S:.0f} seconds")
+        for name, seconds in (("hang", hang), ("drip", drip)):
+            if not 0 <= seconds <= MAX_HANG_S:
+                raise ValueError(f"{name} must be from 0 to {MAX_HANG_S:.0f} seconds")
+        if cut_at is not None and cut_at < 0:
+            raise ValueError("cut_at must be a number of bytes, 0 or more")
         with self._lock:
-            self._fault = _Fault(status, retry_after, hang)
+            self._fault = _Fault(status, retry_after, hang, drip, cut_at)
             self._times = times
             self._released.clear()
 
@@ -197,10 +208,36 @@ class WebhookReceiver:
         # Recorded before the answer is written: a sender that has its answer may ask at once
         # what was accepted, and must find it there.
         entry.answered = status
+        answer = None if status == 204 else {"status": status}
         try:
-            _answer(handler, status, None if status == 204 else {"status": status}, extra)
+            if fault is not None and (fault.drip or fault.cut_at is not None):
+                self._answer_badly(handler, fault, status, answer, extra)
+            else:
+                _answer(handler, status, answer, extra)
         except (BrokenPipeError, ConnectionResetError):
             entry.answered = None  # the sender went away first
+
+    def _answer_badly(
+        self,
+        handler: BaseHTTPRequestHandler,
+        fault: _Fault,
+        status: int,
+        body: object,
+        headers: dict[str, str],
+    ) -> None:
+        """The answer cut after ``fault.cut_at`` bytes, a byte at a time over ``fault.drip``
+        seconds (all at once on :meth:`release`); then the connection closes."""
+        raw = _answer_bytes(handler, status, body, headers)[: fault.cut_at]
+        handler.close_connection = True
+        if not fault.drip:
+            handler.wfile.write(raw)
+            return
+        pause = fault.drip / max(1, len(raw))
+        for at in range(len(raw)):
+            if self._released.wait(pause):
+                handler.wfile.write(raw[at:])
+                return
+            handler.wfile.write(raw[at : at + 1])
 
     def _set_fault(self, handler: BaseHTTPRequestHandler) -> None:
         try:
@@ -208,8 +245,13 @@ class WebhookReceiver:
             if not isinstance(value, dict):
                 raise ValueError("expected a JSON object")
             hang = float(value.get("hang") or 0)
-            status = value.get("status", None if hang else 503)
-            if status is None and not hang:
+            drip = float(value.get("drip") or 0)
+            cut_at = value.get("cut_at")
+            if cut_at is not None and (isinstance(cut_at, bool) or not isinstance(cut_at, int)):
+                raise ValueError("cut_at must be a whole number of bytes")
+            misbehaves = bool(hang or drip) or cut_at is not None
+            status = value.get("status", None if misbehaves else 503)
+            if status is None and not misbehaves:
                 self.clear_faults()
             else:
                 retry_after = value.get("retry_after")
@@ -218,6 +260,8 @@ class WebhookReceiver:
                     times=value.get("times", 1),
                     retry_after=None if retry_after is None else str(retry_after),
                     hang=hang,
+                    drip=drip,
+                    cut_at=cut_at,
                 )
         except (ValueError, TypeError) as error:
             _answer(handler, 400, {"error": str(error)})
@@ -229,6 +273,21 @@ def _read(handler: BaseHTTPRequestHandler) -> bytes:
     length = handler.headers.get("Content-Length", "0")
     size = int(length) if length.isdigit() else 0
     return handler.rfile.read(min(size, MAX_BODY_BYTES))
+
+
+def _answer_bytes(
+    handler: BaseHTTPRequestHandler, status: int, body: object, headers: dict[str, str]
+) -> bytes:
+    """A whole answer as it goes on the wire, as :func:`_answer` would send it."""
+    content = b"" if body is None else json.dumps(body).encode()
+    phrase = handler.responses.get(status, ("",))[0]
+    lines = [
+        f"{handler.protocol_version} {status} {phrase}".rstrip(),
+        "Content-Type: application/json",
+        f"Content-Length: {len(content)}",
+        *(f"{name}: {value}" for name, value in headers.items()),
+    ]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + content
 
 
 def _answer(

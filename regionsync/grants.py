@@ -7,12 +7,14 @@ that runs ``regionsync migrate`` — rather than whoever runs the grant.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql.base import PGDialect
 from sqlalchemy.engine import Engine
 
 from regionsync.errors import ConfigError, SchemaError
-from regionsync.store import translated_errors
+from regionsync.store import connection_schema, database_place, translated_errors
 
 # SQLAlchemy leaves its dialect constructors untyped.
 _preparer = PGDialect().identifier_preparer  # type: ignore[no-untyped-call]
@@ -30,6 +32,25 @@ _TARGET = sa.text(
 _ROLE = sa.text(
     "SELECT rolsuper, pg_has_role(oid, :owner, 'USAGE') FROM pg_roles WHERE rolname = :role"
 )
+
+
+# The regionsync schema, which every connection has first on its search_path.
+_WHERE = sa.text("SELECT current_database(), current_schema()")
+# The tables and views of a schema that a role may read, as PostgreSQL decides it.
+_READABLE = sa.text(
+    "SELECT c.relname FROM pg_class AS c JOIN pg_namespace AS n ON n.oid = c.relnamespace"
+    " WHERE n.nspname = :schema AND c.relkind IN ('r', 'p', 'v', 'm', 'f')"
+    " AND has_table_privilege(:role, c.oid, 'SELECT') ORDER BY c.relname"
+)
+
+
+@dataclass(frozen=True)
+class Readable:
+    """What a role may read in the regionsync schema, asked of PostgreSQL after a grant."""
+
+    database: str
+    schema: str
+    relations: list[str]
 
 
 def quote_identifier(name: str) -> str:
@@ -76,7 +97,10 @@ def grant_readonly(engine: Engine, role: str, *, execute: bool = True) -> list[s
     with translated_errors("granting read access"), engine.begin() as connection:
         found = connection.execute(_TARGET).first()
         if found is None:
-            raise SchemaError("the database has no regionsync schema: run `regionsync migrate`")
+            place = database_place(engine.url, connection_schema(connection))
+            raise SchemaError(
+                f"the database {place} has no regionsync schema: run `regionsync migrate`"
+            )
         database, schema, owner, may_act_as_owner = found
         statements = readonly_grants(role, schema, owner=owner, database=database)
         if not execute:
@@ -101,3 +125,12 @@ def grant_readonly(engine: Engine, role: str, *, execute: bool = True) -> list[s
         for statement in statements:
             connection.exec_driver_sql(statement)
     return statements
+
+
+def readable_by(engine: Engine, role: str) -> Readable:
+    """The tables and views ``role`` may read now: what ``grant-readonly`` reports it did,
+    read back rather than assumed from the statements."""
+    with translated_errors("reading the grants"), engine.connect() as connection:
+        database, schema = connection.execute(_WHERE).one()
+        names = connection.execute(_READABLE, {"schema": schema, "role": role}).scalars()
+        return Readable(database, schema, list(names))

@@ -6,32 +6,26 @@ What an answer means (its records, or the failure it reports) is
 :func:`regionsync.kaleyra_answer.read_answer`'s to say.
 
 The whole fetch (connect, headers, body, every attempt) ends within the budget
-(:data:`FETCH_BUDGET_SECONDS`) whatever the server does. Socket timeouts bound each read, not
-the sum of them, so a server that drips a byte every few seconds would hold a read forever:
-:class:`_Deadline` shuts the connection's socket down when the time is up, which wakes any
-blocked read. See README, *Daemon*.
+(:data:`FETCH_BUDGET_SECONDS`) whatever the server does: its connections are cut by a
+:class:`~regionsync.httpclient.Deadline`. See README, *Daemon*.
 """
 
 from __future__ import annotations
 
 import contextlib
-import contextvars
 import random
-import socket
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
-from typing import Any
 from urllib.parse import urlsplit
 
 import requests
 import structlog
 import urllib3
 
-from regionsync import __version__
+from regionsync import __version__, httpclient
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
 from regionsync.kaleyra_answer import MAX_BODY_BYTES, Origin, describe_size, read_answer
 from regionsync.logs import redact
@@ -102,27 +96,11 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     return max(0.0, delay)
 
 
-def _chain(error: BaseException) -> list[BaseException]:
-    """An error and everything nested in it (causes, contexts, urllib3 reasons, args)."""
-    found: list[BaseException] = []
-    stack = [error]
-    while stack:
-        current = stack.pop()
-        if any(current is seen for seen in found):
-            continue
-        found.append(current)
-        for nested in (current.__cause__, current.__context__, getattr(current, "reason", None)):
-            if isinstance(nested, BaseException):
-                stack.append(nested)
-        stack.extend(arg for arg in current.args if isinstance(arg, BaseException))
-    return found
-
-
 def _root_reason(error: BaseException) -> str:
     """The OS-level reason of a requests error (e.g. "Connection refused")."""
     errors = [
         e
-        for e in _chain(error)
+        for e in httpclient.error_chain(error)
         if isinstance(e, OSError) and not isinstance(e, requests.RequestException)
     ]
     reasons = [e.strerror for e in errors if e.strerror] + [str(e) for e in errors if str(e)]
@@ -130,126 +108,10 @@ def _root_reason(error: BaseException) -> str:
 
 
 def _timed_out(error: BaseException) -> bool:
-    return any(isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError) for e in _chain(error))
-
-
-_watching: contextvars.ContextVar[_Deadline | None] = contextvars.ContextVar(
-    "regionsync_fetch_deadline", default=None
-)
-
-
-class _Deadline:
-    """Shuts down every socket of one fetch when its time is up, from a timer thread.
-
-    A shut-down socket makes a blocked ``recv`` return at once, so the headers and the body
-    end by the deadline whatever the server sends (the TCP connect and the TLS handshake have
-    the connect timeout, capped by the time left, as a deadline of their own); :attr:`fired`
-    tells the reader that the cut was ours. Each socket is watched through a duplicate of its
-    descriptor, taken as soon as it connects: shutting the duplicate down shuts the
-    connection down whatever wraps the original, and the duplicate is ours to close, so a
-    descriptor reused elsewhere is never hit.
-    """
-
-    def __init__(self, at: float) -> None:
-        self.at = at
-        self.fired = False
-        self._sockets: list[socket.socket] = []
-        self._lock = threading.Lock()
-        self._timer = threading.Timer(max(0.0, at - time.monotonic()), self._fire)
-        self._timer.daemon = True
-        self._timer.name = "regionsync-fetch-deadline"
-        self._token: contextvars.Token[_Deadline | None] | None = None
-
-    def __enter__(self) -> _Deadline:
-        self._token = _watching.set(self)
-        self._timer.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
-        self._timer.join()
-        if self._token is not None:
-            _watching.reset(self._token)
-        with self._lock:
-            sockets, self._sockets = self._sockets, []
-        for sock in sockets:
-            sock.close()
-
-    def watch(self, sock: socket.socket | None) -> None:
-        """Cut this socket's connection at the deadline (at once if it has passed)."""
-        if sock is None:
-            return
-        try:
-            duplicate = sock.dup()
-        except OSError:
-            return  # already closed: nothing left to cut
-        with self._lock:
-            if not self.fired:
-                self._sockets.append(duplicate)
-                return
-        _cut(duplicate)
-        duplicate.close()
-
-    def _fire(self) -> None:
-        with self._lock:
-            self.fired = True
-            sockets = list(self._sockets)
-        for sock in sockets:
-            _cut(sock)
-
-
-def _cut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-def _cut_short() -> bool:
-    """Whether this fetch's deadline has cut its connection."""
-    watching = _watching.get()
-    return watching is not None and watching.fired
-
-
-def _watched(sock: socket.socket) -> socket.socket:
-    deadline = _watching.get()
-    if deadline is not None:
-        deadline.watch(sock)
-    return sock
-
-
-class _WatchedHTTPConnection(urllib3.connection.HTTPConnection):
-    def _new_conn(self) -> socket.socket:
-        return _watched(super()._new_conn())
-
-
-class _WatchedHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        return _watched(super()._new_conn())
-
-
-class _WatchedHTTPPool(urllib3.HTTPConnectionPool):
-    ConnectionCls = _WatchedHTTPConnection
-
-
-class _WatchedHTTPSPool(urllib3.HTTPSConnectionPool):
-    ConnectionCls = _WatchedHTTPSConnection
-
-
-class _WatchedAdapter(requests.adapters.HTTPAdapter):
-    """requests' adapter whose connections register their sockets with the fetch's deadline."""
-
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {
-            "http": _WatchedHTTPPool,
-            "https": _WatchedHTTPSPool,
-        }
-
-
-def _watched_session() -> requests.Session:
-    session = requests.Session()
-    for prefix in ("https://", "http://"):
-        session.mount(prefix, _WatchedAdapter())
-    return session
+    return any(
+        isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError)
+        for e in httpclient.error_chain(error)
+    )
 
 
 def _backoff(policy: RetryPolicy, attempt: int) -> float:
@@ -325,6 +187,7 @@ class KaleyraClient:
         self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_bytes = max_bytes
         self._key = config.api_key
+        self._verify = httpclient.verify(config.ca_bundle)
         self._session = session
 
     def __repr__(self) -> str:
@@ -341,7 +204,7 @@ class KaleyraClient:
         started = time.monotonic()
         deadline = started + policy.total_seconds
         attempt = 0
-        with _Deadline(deadline), self._session_for_fetch() as session:
+        with httpclient.Deadline(deadline), self._session_for_fetch() as session:
             while True:
                 attempt += 1
                 try:
@@ -369,7 +232,7 @@ class KaleyraClient:
         if self._session is not None:
             yield self._session
             return
-        with _watched_session() as session:
+        with httpclient.watched_session() as session:
             yield session
 
     def _attempt(self, session: requests.Session, number: int, deadline: float) -> Snapshot:
@@ -405,16 +268,19 @@ class KaleyraClient:
                 timeout=timeout,
                 allow_redirects=False,
                 stream=True,
-                verify=True,
+                verify=self._verify,
             )
         except requests.RequestException as error:
-            failure = self._over_budget(None) if _cut_short() else self._translate(error, timeout)
+            failure = (
+                self._over_budget(None)
+                if httpclient.cut_short()
+                else self._translate(error, timeout)
+            )
         else:
             with response:
                 # A connection from a caller's session was made outside this deadline.
-                watching = _watching.get()
-                if watching is not None and session is self._session:
-                    watching.watch(getattr(response.raw.connection, "sock", None))
+                if session is self._session:
+                    httpclient.watch(getattr(response.raw.connection, "sock", None))
                 return self._read(response, deadline)
         raise failure
 
@@ -433,7 +299,10 @@ class KaleyraClient:
         host = urlsplit(self.url).netloc
         reason = self._scrub(one_line(_root_reason(error)))
         if isinstance(error, requests.exceptions.SSLError):
-            return PermanentSourceError(f"TLS connection to {host} failed: {reason}", code="tls")
+            return PermanentSourceError(
+                f"TLS connection to {host} failed: {reason}{httpclient.tls_hint(error)}",
+                code="tls",
+            )
         if isinstance(error, requests.exceptions.ConnectTimeout):
             return TransientSourceError(
                 f"could not connect to Kaleyra at {host} within {seconds(timeout[0])} s",
@@ -443,6 +312,8 @@ class KaleyraClient:
             return TransientSourceError(
                 f"Kaleyra at {host} did not answer within {seconds(timeout[1])} s", code="timeout"
             )
+        if httpclient.broken_head(error) is not None:
+            return TransientSourceError(f"Kaleyra at {host}: {reason}", code="connection")
         if isinstance(error, requests.ConnectionError):
             return TransientSourceError(
                 f"could not reach Kaleyra at {host}: {reason}", code="connection"
@@ -490,7 +361,7 @@ class KaleyraClient:
                 if time.monotonic() > deadline:
                     raise self._over_budget(status)
         except requests.RequestException as error:
-            if _cut_short():
+            if httpclient.cut_short():
                 failure = self._over_budget(status)
             elif _timed_out(error):
                 failure = TransientSourceError(
@@ -505,7 +376,7 @@ class KaleyraClient:
                     code="connection",
                     status=status,
                 )
-        if failure is None and _cut_short():  # the cut can also look like a clean end
+        if failure is None and httpclient.cut_short():  # the cut can look like a clean end
             failure = self._over_budget(status)
         if failure is not None:
             raise failure

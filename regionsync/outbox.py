@@ -272,11 +272,12 @@ def make_retryable(
 
 
 def undelivered(connection: Connection, *, limit: int = 100) -> list[dict[str, Any]]:
-    """Pending and failed deliveries for operators, oldest first, payload summarised."""
+    """Pending and failed deliveries for operators, oldest first, payload summarised; the
+    id is ``delivery_id``, as in the log lines about it."""
     d = notification_deliveries.c
     rows = connection.execute(
         sa.select(
-            d.id,
+            d.id.label("delivery_id"),
             d.sync_run_id,
             d.part,
             d.parts,

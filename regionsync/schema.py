@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from regionsync.errors import SchemaError
-from regionsync.store import translated_errors
+from regionsync.store import connection_schema, database_place, translated_errors
 
 if TYPE_CHECKING:
     from alembic.config import Config
@@ -132,4 +132,6 @@ def require_current(engine: Engine) -> None:
         state = "has no regionsync schema"
     else:
         state = f"is at schema revision {current}, this regionsync needs {head}"
-    raise SchemaError(f"the database {state}: run `regionsync migrate`")
+    with engine.connect() as connection:
+        place = database_place(engine.url, connection_schema(connection))
+    raise SchemaError(f"the database {place} {state}: run `regionsync migrate`")

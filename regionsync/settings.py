@@ -15,6 +15,7 @@ import base64
 import binascii
 import difflib
 import functools
+import io
 import ipaddress
 import math
 import os
@@ -30,7 +31,7 @@ from urllib.parse import unquote, urlsplit
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
-from regionsync.durations import UNITS, format_duration, parse_duration
+from regionsync.durations import MAX_DURATION, UNITS, format_duration, parse_duration
 from regionsync.errors import ConfigError
 
 POD_BASE_URLS = {
@@ -48,7 +49,10 @@ DEFAULT_LOCK_TIMEOUT = timedelta(seconds=10)
 MAX_LOCK_TIMEOUT = timedelta(minutes=10)
 #: The longest interval schedule; anything longer is a typo (and overflows the clock).
 MAX_SCHEDULE_INTERVAL = timedelta(days=365)
-_INTERVAL = re.compile(r"\s*(\d+)\s*([a-zA-Z]+)\s*")
+_INTERVAL = re.compile(r"\s*([0-9]+)\s*([a-zA-Z]+)\s*")
+#: What an ``--env-file`` may name: an environment variable, ASCII as in POSIX.
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+_NEWLINE = re.compile(r"\r\n|\n|\r")
 #: Variables with these prefixes are regionsync's; one it does not read is warned about.
 PREFIXES = ("REGIONSYNC_", "KALEYRA_")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
@@ -162,6 +166,8 @@ class Settings:
     lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT
     #: The variable the database URL came from; None for the embedded default.
     database_setting: str | None = None
+    #: The CA certificates TLS to Kaleyra and the webhook trusts; None: certifi's bundle.
+    ca_bundle: CABundle | None = None
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -203,6 +209,7 @@ class Settings:
             sid=self.kaleyra_sid,
             api_key=self.kaleyra_api_key,
             regions_path=self.kaleyra_regions_path,
+            ca_bundle=self.ca_bundle,
         )
 
     @classmethod
@@ -223,6 +230,7 @@ class Settings:
 
         database = _database(get, env)
         sqlite = database["database_url"].get_backend_name() == "sqlite"
+        ca_bundle = _ca_bundle(get)
         return cls(
             **database,
             kaleyra_base_url=_base_url(get),
@@ -238,13 +246,14 @@ class Settings:
             metrics_port=_metrics_port(get),
             metrics_host=_metrics_host(get("REGIONSYNC_METRICS_HOST")),
             schedule=_schedule(get),
-            notifications=NotificationSettings.from_env(get),
+            notifications=NotificationSettings.from_env(get, ca_bundle=ca_bundle),
             **db_schema_settings(get, sqlite=sqlite),
             max_reject_fraction=_fraction(
                 "REGIONSYNC_MAX_REJECT_FRACTION", get, DEFAULT_MAX_REJECT_FRACTION
             ),
             log_region_lines=_count("REGIONSYNC_LOG_REGION_LINES", get, DEFAULT_LOG_REGION_LINES),
             lock_timeout=_lock_timeout(get),
+            ca_bundle=ca_bundle,
         )
 
 
@@ -257,6 +266,7 @@ class KaleyraConfig:
     sid: str
     api_key: Secret
     regions_path: str = DEFAULT_REGIONS_PATH
+    ca_bundle: CABundle | None = None
 
     @property
     def regions_url(self) -> str:
@@ -305,6 +315,53 @@ def _regions_path(get: Get) -> str:
     except (KeyError, IndexError, ValueError):
         raise ConfigError("KALEYRA_REGIONS_PATH", "may hold no placeholder but {sid}") from None
     return path
+
+
+#: Where the CA certificates to trust may be named, the first one set winning: requests' own
+#: variables, then OpenSSL's (see README, *Trusting a private CA*).
+CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
+
+
+@dataclass(frozen=True)
+class CABundle:
+    """The CA certificates outbound TLS trusts instead of certifi's bundle: a PEM file, or a
+    directory of them as ``openssl rehash`` leaves it; and the variable that named it."""
+
+    path: Path
+    variable: str
+
+
+def _ca_bundle(get: Get) -> CABundle | None:
+    """The first of :data:`CA_BUNDLE_VARIABLES` set, checked now: requests would otherwise
+    fail each connection with a message that blames the server."""
+    for name in CA_BUNDLE_VARIABLES:
+        raw = get(name)
+        if raw is None:
+            continue
+        path = Path(raw).expanduser()
+        if path.is_dir() and name != "SSL_CERT_FILE":
+            if not os.access(path, os.R_OK | os.X_OK):
+                raise ConfigError(name, f"cannot read the directory {raw[:200]}")
+            return CABundle(path, name)
+        if name == "SSL_CERT_DIR" or not path.is_file():
+            kind = "directory" if name == "SSL_CERT_DIR" else "file"
+            raise ConfigError(name, f"no such {kind}: {raw[:200]} (the CA certificates to trust)")
+        _check_pem_bundle(name, path)
+        return CABundle(path, name)
+    return None
+
+
+def _check_pem_bundle(name: str, path: Path) -> None:
+    """Refuse a file that TLS could not load CA certificates from (a key, DER, a typo)."""
+    import ssl  # only when a bundle is configured: most commands never open a TLS connection
+
+    try:
+        ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(cafile=path)
+    except OSError as error:  # ssl.SSLError is an OSError too
+        reason = getattr(error, "reason", None) or error.strerror or type(error).__name__
+        raise ConfigError(
+            name, f"cannot load CA certificates from {str(path)[:200]}: {reason} (PEM expected)"
+        ) from None
 
 
 def _sid(get: Get) -> str | None:
@@ -377,12 +434,25 @@ DB_SCHEMA_PATTERN = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 
 
 def check_db_schema(raw: str) -> str:
-    """A schema name safe to put in SQL and to type unquoted; ``pg_*`` is PostgreSQL's own."""
-    if not DB_SCHEMA_PATTERN.fullmatch(raw) or raw.startswith("pg_"):
+    """A schema name safe to put in SQL and to type unquoted, and not one of PostgreSQL's.
+
+    The system schemas are recognised case-insensitively, before the pattern: PostgreSQL
+    folds an unquoted ``INFORMATION_SCHEMA`` to ``information_schema``, so the message says
+    what the name is rather than that it has capitals. ``pg_dump`` leaves
+    ``information_schema`` out of every backup, and ``pg_*`` is reserved to the server.
+    """
+    folded = raw.lower()
+    if folded == "information_schema" or folded.startswith("pg_"):
+        raise ConfigError(
+            "REGIONSYNC_DB_SCHEMA",
+            f"{raw[:70]!r} names PostgreSQL's own schemas (information_schema and pg_* are "
+            "refused); choose another, e.g. public",
+        )
+    if not DB_SCHEMA_PATTERN.fullmatch(raw):
         raise ConfigError(
             "REGIONSYNC_DB_SCHEMA",
             "must be 1 to 63 lowercase letters, digits or underscores, not starting with a "
-            f"digit or pg_ (got {raw[:70]!r})",
+            f"digit (got {raw[:70]!r})",
         )
     return raw
 
@@ -464,6 +534,8 @@ class NotificationSettings:
     webhook_format: WebhookFormat = "json"
     notify_on: frozenset[str] = frozenset(NOTIFY_ON_CHOICES)
     webhook_max_age: timedelta = DEFAULT_WEBHOOK_MAX_AGE
+    #: As :attr:`Settings.ca_bundle`: what TLS to the webhook trusts.
+    ca_bundle: CABundle | None = None
 
     @property
     def enabled(self) -> bool:
@@ -488,7 +560,7 @@ class NotificationSettings:
         return tuple(s for s in hidden if s)
 
     @classmethod
-    def from_env(cls, get: Get) -> NotificationSettings:
+    def from_env(cls, get: Get, *, ca_bundle: CABundle | None = None) -> NotificationSettings:
         raw_url = get("REGIONSYNC_WEBHOOK_URL")
         url = check_webhook_url(raw_url) if raw_url else None
         raw_secret = get("REGIONSYNC_WEBHOOK_SECRET")
@@ -506,13 +578,11 @@ class NotificationSettings:
         max_age = DEFAULT_WEBHOOK_MAX_AGE
         raw_age = get("REGIONSYNC_WEBHOOK_MAX_AGE")
         if raw_age is not None:
-            try:
-                parsed = parse_duration(raw_age)
-            except (OverflowError, ValueError):  # more days than a timedelta holds
-                parsed = None
+            parsed = parse_duration(raw_age)
             if parsed is None:
                 raise ConfigError(
-                    "REGIONSYNC_WEBHOOK_MAX_AGE", "must be a duration like 30m, 24h or 7d"
+                    "REGIONSYNC_WEBHOOK_MAX_AGE",
+                    f"must be a duration from 1s to {MAX_DURATION.days}d, like 30m, 24h or 7d",
                 )
             max_age = parsed
         return cls(
@@ -521,6 +591,7 @@ class NotificationSettings:
             webhook_format=fmt,  # type: ignore[arg-type]
             notify_on=parse_notify_on(get("REGIONSYNC_NOTIFY_ON")),
             webhook_max_age=max_age,
+            ca_bundle=ca_bundle,
         )
 
 
@@ -672,23 +743,34 @@ def _metrics_host(raw: str | None) -> str:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Read a ``.env``-style file: ``KEY=VALUE`` lines, ``#`` comments, optional quotes."""
+    """Read a ``.env`` file as python-dotenv reads it, ``${VAR}`` left as written (README,
+    *Settings*, ``--env-file``); a line it cannot read is refused, naming its number.
+
+    python-dotenv's own parser: the reference of the format (quotes, escapes, values over
+    several lines, inline comments). Its ``dotenv_values`` would skip such a line with a
+    warning, and a setting silently missing is worse than exit 2. The line is never quoted:
+    it may hold a secret.
+    """
+    from dotenv.parser import parse_stream
+
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError("--env-file", f"cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError("--env-file", f"{path} is not UTF-8 text") from None
     values: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        line = line.removeprefix("export ").strip()
-        key, sep, value = line.partition("=")
-        key = key.strip()
-        if not sep or not key.isidentifier():
-            raise ConfigError("--env-file", f"{path}:{number}: expected KEY=VALUE")
-        value = value.strip()
-        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
-            value = value[1:-1]
-        values[key] = value
+    for binding in parse_stream(io.StringIO(text)):
+        if binding.error or (binding.key is not None and not ENV_NAME.fullmatch(binding.key)):
+            # A statement's text starts with the blank lines before it: count past them.
+            statement = binding.original.string
+            blank = statement[: len(statement) - len(statement.lstrip())]
+            line = binding.original.line + len(_NEWLINE.findall(blank))
+            raise ConfigError(
+                "--env-file",
+                f"{path}:{line}: expected NAME=VALUE, NAME a variable name (ASCII letters, "
+                "digits, _) and VALUE unquoted or in matching quotes",
+            )
+        if binding.key is not None and binding.value is not None:  # a NAME alone sets nothing
+            values[binding.key] = binding.value
     return values

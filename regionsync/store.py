@@ -200,3 +200,12 @@ def connection_schema(connection: Connection) -> str | None:
     """The PostgreSQL schema a connection works in; None on SQLite."""
     schema: str | None = connection.info.get(_SCHEMA_INFO)
     return schema
+
+
+def database_place(url: sa.URL, schema: str | None) -> str:
+    """Which tables a message is about, never with the password: ``host:port/db in schema S
+    (REGIONSYNC_DB_SCHEMA)`` on PostgreSQL, ``PATH (SQLite)`` for the embedded file."""
+    if url.get_backend_name() == "sqlite":
+        return f"{url.database} (SQLite)"
+    place = f"{url.host or 'localhost'}:{url.port or 5432}/{url.database or ''}"
+    return place if schema is None else f"{place} in schema {schema} (REGIONSYNC_DB_SCHEMA)"

@@ -2,7 +2,9 @@
 
 Region names come from an API: a hostile ``display_name`` could carry escape sequences
 that rewrite the screen or the window title, so control and format characters (ESC, CR,
-bidi overrides...) are shown escaped, and long values are cut.
+bidi overrides...) are shown escaped, and long values are cut. CSV is read by spreadsheets
+too, which would run a name such as ``=HYPERLINK(...)`` as a formula: such cells are
+neutralised unless the raw form is asked for.
 """
 
 from __future__ import annotations
@@ -42,15 +44,29 @@ def cell(value: Any, *, limit: int | None = MAX_CELL) -> str:
     return clean(str(value), limit=limit)
 
 
-def csv_cell(value: Any) -> str:
-    """A value for CSV: ``true``/``false``, ISO 8601 times, NULL empty, text escaped."""
+#: What makes a spreadsheet read a cell as a formula (OWASP, *CSV Injection*).
+_FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_cell(value: Any, *, raw: bool = False) -> str:
+    """A value for CSV: ``true``/``false``, ISO 8601 times, NULL empty, numbers as they are.
+
+    Text comes from the API, so by default a cell a spreadsheet would run as a formula gets
+    a leading ``'`` (OWASP's advice), and then control characters are escaped as in a
+    table. ``raw`` writes text exactly as stored, for programs rather than spreadsheets. A
+    number (``management_type_value = -1``) is never prefixed: it cannot be a formula, and
+    a ``'`` would turn it into text.
+    """
     if value is None:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, datetime):
         return value.isoformat()
-    return clean(str(value), limit=None)
+    if raw or isinstance(value, int | float):
+        return str(value)
+    text = str(value)
+    return clean(f"'{text}" if text.startswith(_FORMULA_STARTS) else text, limit=None)
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:

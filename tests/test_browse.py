@@ -180,3 +180,51 @@ def test_regions_and_changes_on_the_embedded_database(invoke: Invoke, tmp_path: 
     assert len(regions) == len(changes) > 0
     assert {c["change"] for c in changes} == {"added"}
     assert invoke("changes", "--since", "2999-01-01", env=env).stdout == "no changes\n"
+
+
+#: What a hostile tester put in display names: formulas a spreadsheet would run.
+FORMULAS = ['=HYPERLINK("http://evil.example/x","click")', "+1+1", "-2+3", "@SUM(1)"]
+
+
+@pytest.mark.parametrize("fake_options", [{"sid": "ACME42", "api_key": KEY}])
+def test_csv_neutralises_formulas_and_csv_raw_writes_values_as_they_are(
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+) -> None:
+    names = [*FORMULAS, "\tTab", "\rReturn", "-1", "Plain - name"]
+    fake.set_regions(
+        [
+            region(f"r{i}", name=name, managment_type_value=-1 if i == 0 else 2)
+            for i, name in enumerate(names)
+        ]
+    )
+    env = {
+        **url_env(pg_url),
+        "KALEYRA_BASE_URL": fake.url,
+        "KALEYRA_SID": "ACME42",
+        "KALEYRA_API_KEY": KEY,
+    }
+    assert invoke("run", env=env).returncode == 0
+
+    def cells(*args: str) -> dict[str, dict[str, str]]:
+        done = invoke("regions", *args, env=env)
+        assert done.returncode == 0, done.stderr
+        return {row["id"]: row for row in csv.DictReader(io.StringIO(done.stdout))}
+
+    safe = cells("--csv")
+    assert [safe[f"r{i}"]["display_name"] for i in range(len(names))] == [
+        "'" + FORMULAS[0],
+        "'+1+1",
+        "'-2+3",
+        "'@SUM(1)",
+        "'\\x09Tab",  # the tab is neutralised, then escaped for the terminal
+        "'\\x0dReturn",
+        "'-1",  # text from the API, however numeric it looks
+        "Plain - name",
+    ]
+    assert safe["r0"]["management_type_value"] == "-1"  # a number column holds no formula
+    raw = cells("--csv-raw")
+    assert [raw[f"r{i}"]["display_name"] for i in range(len(names))] == names
+    assert raw["r0"]["management_type_value"] == "-1"
+    both = invoke("regions", "--csv", "--csv-raw", env=env)
+    assert both.returncode == 2
+    assert "not allowed with argument" in both.stderr

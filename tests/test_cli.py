@@ -10,17 +10,23 @@ import fcntl
 import itertools
 import json
 import os
+import re
+import signal
 import subprocess
 import sys
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+import requests
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
+from regionsync import cli
 from regionsync.fakeapi import FakeKaleyra
+from regionsync.fakehook import WebhookReceiver, WebhookServer
 from tests.cli_support import (
     Invoke,
     assert_one_line_error,
@@ -33,6 +39,7 @@ from tests.support import clean_environ
 SAMPLE = Path(__file__).resolve().parents[1] / "regionsync" / "samples" / "regions.json"
 KEY = "live-key-0c9f3b8497f58a94e84b"
 PASSWORD = "db-pass-w0rd-77"
+WEBHOOK_SECRET = "whsec_cXVpZXQtcnVuLXdlYmhvb2stc2VjcmV0LTMyYg=="  # 28 bytes, base64
 
 
 def subprocess_cli(
@@ -111,6 +118,17 @@ def test_unmigrated_database_is_refused(invoke: Invoke, home: dict[str, str]) ->
         assert_one_line_error(invoke(*args, env=home), 2, "run `regionsync migrate`")
 
 
+def test_an_unmigrated_sqlite_file_is_named(invoke: Invoke, home: dict[str, str]) -> None:
+    path = Path(home["XDG_DATA_HOME"]) / "regionsync" / "regionsync.db"
+    assert_one_line_error(
+        invoke("status", env=home),
+        2,
+        f"the database {path} (SQLite) has no regionsync schema: run `regionsync migrate`",
+    )
+    check = invoke("check", env=home)  # a file that now exists, empty
+    assert f"{path} (SQLite) has no regionsync schema: run `regionsync migrate`" in check.stdout
+
+
 @pytest.mark.parametrize(
     ("env", "setting"),
     [
@@ -144,6 +162,137 @@ def test_usage_error_exits_2(invoke: Invoke, home: dict[str, str]) -> None:
         done = invoke(*args, env=home)
         assert done.returncode == 2, args
         assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("changes", "--since", "2999999d"),
+        ("status", "--max-age", "999999999999d"),
+        ("status", "--max-age", "36501d"),
+        ("changes", "--since", "0001-01-01T00:00:00+14:00"),
+        ("changes", "--since", "9999-12-31T23:59:59-14:00"),
+        ("changes", "--since", "1899-12-31T23:59:59+00:00"),
+        ("regions", "--limit", "99999999999999999999"),
+        ("changes", "--limit", "99999999999999999999"),
+        ("status", "--limit", "99999999999999999999"),
+        ("notifications", "--limit", "99999999999999999999"),
+        ("regions", "--limit", "1000001"),
+        ("schedule", "--count", "1000001"),
+        ("status", "--max-age", "\u0661\u0665m"),  # Arabic-Indic digits: ASCII only, as settings
+        ("changes", "--since", "\u0661\u0665m"),
+        ("regions", "--limit", "\u0661\u0665"),
+    ],
+)
+def test_an_out_of_range_option_exits_2_with_one_line_naming_it(
+    invoke: Invoke, home: dict[str, str], args: tuple[str, ...]
+) -> None:
+    assert invoke("migrate", env=home).returncode == 0  # so a bad value would reach the database
+    done = invoke(*args, env=home)
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    [error] = [line for line in done.stderr.splitlines() if "error:" in line]
+    assert f"argument {args[-2]}: " in error
+
+
+def test_the_widest_options_in_range_work_on_either_database(invoke: Invoke, db_url: URL) -> None:
+    env = url_env(db_url)
+    for args in (
+        ("regions", "--limit", "1000000"),
+        ("changes", "--limit", "1000000", "--since", "36500d"),
+        ("changes", "--since", "1900-01-01T00:00:00+00:00"),
+        ("changes", "--since", "9998-12-31T00:00:00-14:00"),
+        ("notifications", "--limit", "1000000"),
+        ("status", "--limit", "1000000", "--max-age", "36500d"),
+    ):
+        done = invoke(*args, env=env)
+        assert done.returncode in (0, 1), (args, done.stderr)  # status: 1 when stale
+        assert "error" not in done.stderr, (args, done.stderr)
+
+
+def test_an_iso_time_with_an_offset_counts_from_that_moment(
+    invoke: Invoke, home: dict[str, str], tmp_path: Path
+) -> None:
+    env = home
+    assert invoke("migrate", env=env).returncode == 0
+    saved = _write(tmp_path / "r.json", [region("a"), region("b")])
+    assert invoke("run", "--from-file", str(saved), env=env).returncode == 0
+    now = datetime.now(UTC)
+
+    def changes_since(moment: datetime, offset: int) -> list[Any]:
+        local = moment.astimezone(UTC) + timedelta(hours=offset)
+        written = f"{local.replace(tzinfo=None).isoformat()}{offset:+03d}:00"
+        done = invoke("changes", "--json", "--since", written, env=env)
+        assert done.returncode == 0, done.stderr
+        return list(json.loads(done.stdout))
+
+    assert len(changes_since(now - timedelta(minutes=5), +14)) == 2
+    assert changes_since(now + timedelta(minutes=1), -14) == []
+
+
+def command_paths(invoke: Invoke, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command, and every subcommand of a command that has its own, as ``--help``
+    lists them (the commands in the indented list under a COMMAND argument)."""
+    shown = invoke(*path, "--help").stdout
+    listing = shown.split("positional arguments:", 1)[-1].split("options:", 1)[0]
+    names = re.findall(r"^    ([a-z][a-z-]*)\b", listing, re.MULTILINE)
+    if not names:
+        return [path]
+    return [found for name in names for found in command_paths(invoke, (*path, name))]
+
+
+#: What a command needs besides options, so that it parses.
+ARGUMENTS = {("grant-readonly",): ("reader",)}
+
+
+def test_every_command_takes_the_global_options_before_or_after_its_name(
+    invoke: Invoke, tmp_path: Path
+) -> None:
+    from regionsync.cli import build_parser
+
+    env_file = tmp_path / "x.env"
+    paths = command_paths(invoke)
+    assert {("fake-api",), ("run",), ("grant-readonly",)} <= set(paths)
+    for path in paths:
+        words = (*path, *ARGUMENTS.get(path, ()))
+        for options in (("-q", "--env-file", str(env_file)), ("-v",)):
+            for argv in ((*options, *words), (*words, *options)):
+                args = build_parser().parse_args(argv)
+                assert callable(args.handler), argv
+                assert args.quiet is ("-q" in options), argv
+                assert args.verbose is ("-v" in options), argv
+                assert args.env_file == (env_file if "-q" in options else None), argv
+
+
+@pytest.mark.parametrize(
+    ("argv", "quiet"),
+    [
+        (("-q", "fake-api", "--port", "0"), True),
+        (("fake-api", "--port", "0", "--quiet"), True),
+        (("fake-api", "--port", "0"), False),
+    ],
+)
+def test_fake_api_is_quiet_with_the_global_option_before_or_after_its_name(
+    argv: tuple[str, ...], quiet: bool
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regionsync", *argv],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**clean_environ(), "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()
+        assert "listening on http://127.0.0.1:" in banner, process.stderr
+        url = banner.split("listening on ", 1)[1].split()[0]
+        requests.get(f"{url}/nothing-here", timeout=5)
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, err = process.communicate(timeout=10)
+    assert process.returncode == 0, err
+    assert ('"GET /nothing-here' in err) is not quiet  # -q: no line per request
 
 
 def test_env_file_is_read_before_or_after_the_command(
@@ -266,6 +415,57 @@ def test_quiet_prints_only_the_result_and_verbose_adds_debug(
     status = invoke("status", "-q", env=env)
     assert status.stdout.splitlines() == [status.stdout.splitlines()[0]]
     assert status.stdout.startswith("last success: ")
+
+
+def test_quiet_run_prints_its_result_line_alone_and_a_failure_once(
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+) -> None:
+    """What cron mails under ``-q``: one line, whatever the logs and the webhook had to say."""
+    receiver = WebhookServer(WebhookReceiver()).start()
+    try:
+        env = {
+            **url_env(pg_url),
+            **kaleyra_env(fake),
+            "REGIONSYNC_WEBHOOK_URL": receiver.url,
+            "REGIONSYNC_WEBHOOK_SECRET": WEBHOOK_SECRET,
+        }
+        fake.set_regions([region("a"), region("b"), region("c", carrier_enabled="y")])
+        done = invoke("-q", "run", env=env)  # a rejected record, a delivered notification
+        assert done.returncode == 0, done.stderr
+        assert len(done.stdout.splitlines()) == 1
+        assert done.stdout.startswith("run 1 succeeded")
+        assert done.stderr == ""
+        assert len(receiver.receiver.accepted_ids()) == 1
+
+        fake.set_regions([region("a")])
+        receiver.receiver.fail(400)  # the delivery is refused: the run still succeeds
+        done = invoke("run", "-q", "--allow-mass-removal", env=env)
+        assert (done.returncode, len(done.stdout.splitlines()), done.stderr) == (0, 1, "")
+
+        fake.fail("rcs601")
+        failed = invoke("-q", "run", env=env)
+        assert failed.returncode == 1
+        assert failed.stdout == ""
+        assert len(failed.stderr.splitlines()) == 1, failed.stderr
+        assert_one_line_error(failed, 1, "RCS601")
+        loud = invoke("run", env=env)  # without -q, the logs still tell the story
+        assert "sync.failed" in [e["event"] for e in log_events(loud.stderr)]
+    finally:
+        receiver.stop()
+
+
+def test_quiet_still_logs_the_traceback_of_a_bug(
+    invoke: Invoke, home: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def boom(args: Any, settings: Any) -> int:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(cli, "cmd_status", boom)
+    done = invoke("-q", "status", env=home)
+    assert done.returncode == 1
+    assert "regionsync: internal error: RuntimeError: boom (details in the log)" in done.stderr
+    [logged] = [e for e in log_events(done.stderr) if e["event"] == "internal_error"]
+    assert "RuntimeError" in json.dumps(logged["exception"])
 
 
 def test_api_run_and_secrets_stay_secret(

@@ -5,13 +5,14 @@ options from ``--help`` as users see it, settings from ``settings.known_variable
 
 from __future__ import annotations
 
+import logging
 import re
 from functools import cache
 from pathlib import Path
 
 import pytest
 
-from regionsync.settings import known_variables
+from regionsync.settings import CA_BUNDLE_VARIABLES, LOG_LEVELS, known_variables
 from tests.cli_support import Invoke
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -58,21 +59,45 @@ def test_every_command_has_help(invoke: Invoke, name: str) -> None:
     done = invoke(name, "--help")
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith(f"usage: regionsync {name}")
-    if name != "fake-api":  # it parses its own options
-        for option in ("--env-file PATH", "-q, --quiet", "-v, --verbose"):
-            assert option in done.stdout, (name, option)
+    for option in ("--env-file PATH", "-q, --quiet", "-v, --verbose"):
+        assert option in done.stdout, (name, option)
 
 
 def test_every_read_setting_is_documented_and_every_documented_one_is_read() -> None:
     documented = settings_table()
-    # XDG_DATA_HOME is read too, for the embedded database's place: not ours to document.
+    # XDG_DATA_HOME is read too, for the embedded database's place: not ours to document;
+    # the CA bundle variables are everyone's, documented in a section of their own.
     read = {name for name in known_variables() if SETTING.fullmatch(name)}
-    assert known_variables() - read == {"XDG_DATA_HOME"}
+    assert known_variables() - read == {"XDG_DATA_HOME", *CA_BUNDLE_VARIABLES}
     assert read == documented, (read - documented, documented - read)
+
+
+def test_the_ca_bundle_variables_are_documented_in_their_order() -> None:
+    section = README.split("## Trusting a private CA", 1)[1].split("\n## ", 1)[0]
+    named = re.findall(r"`((?:REQUESTS|CURL|SSL)_[A-Z_]+)`", section)
+    assert list(dict.fromkeys(named)) == list(CA_BUNDLE_VARIABLES)
 
 
 def test_env_example_lists_exactly_the_documented_settings() -> None:
     assert env_example() == settings_table()
+
+
+def env_example_comment(setting: str) -> str:
+    """The comment lines right above ``# SETTING=`` in ``.env.example``."""
+    lines = ENV_EXAMPLE.split(f"\n# {setting}=", 1)[0].splitlines()
+    above = []
+    for line in reversed(lines):
+        if not line.startswith("# ") or re.match(r"# [A-Z_]+=", line):
+            break
+        above.append(line[2:])
+    return " ".join(reversed(above))
+
+
+def test_the_readme_and_env_example_name_exactly_the_log_levels_the_code_accepts() -> None:
+    named = set(logging.getLevelNamesMapping()) | {"TRACE"}
+    row = next(line for line in README.splitlines() if line.startswith("| `REGIONSYNC_LOG_LEVEL`"))
+    for text in (row.split("|")[3], env_example_comment("REGIONSYNC_LOG_LEVEL")):
+        assert {word for word in re.findall(r"[A-Z]+", text) if word in named} == set(LOG_LEVELS)
 
 
 def test_env_example_sets_nothing_by_default() -> None:

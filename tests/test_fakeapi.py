@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -21,6 +23,7 @@ from regionsync import fakeapi
 from regionsync.fakeapi import FakeKaleyra, parse_fault, sample_regions
 from regionsync.kaleyra import KaleyraClient
 from regionsync.settings import Settings
+from tests.cli_support import Invoke
 from tests.fakeapi_fixtures import API_KEY, FAST
 
 PATH = "/v1/demo/rcs/agent/agent_regions"
@@ -392,6 +395,97 @@ def test_admin_unknown_endpoint_is_404(fake: FakeKaleyra) -> None:
     assert requests.get(fake.url + "/_fake/nothing", timeout=5).status_code == 404
 
 
+def test_admin_404_lists_every_admin_endpoint_and_each_one_answers(fake: FakeKaleyra) -> None:
+    listed = requests.get(fake.url + "/_fake/nothing", timeout=5).json()["error"]
+    endpoints = re.findall(r"\b(GET|PUT|PATCH|POST|DELETE) (/_fake/[\w/{}]+)", listed)
+    assert set(endpoints) >= {
+        ("GET", "/_fake/regions"),
+        ("PUT", "/_fake/regions"),
+        ("PATCH", "/_fake/regions/{id}"),
+        ("PUT", "/_fake/fault"),
+        ("GET", "/_fake/requests"),
+        ("POST", "/_fake/webhook"),
+        ("GET", "/_fake/webhook"),
+        ("DELETE", "/_fake/webhook"),
+        ("PUT", "/_fake/webhook/fault"),
+    }
+    for method, path in endpoints:  # none of them is the 404 itself
+        url = fake.url + path.replace("{id}", "no-such-region")
+        response = requests.request(method, url, data=b"{}", timeout=5)
+        assert response.status_code != 404 or "no region" in response.text, (method, path)
+
+
+def test_admin_get_regions_returns_exactly_what_is_served(fake: FakeKaleyra) -> None:
+    served = requests.get(fake.url + "/_fake/regions", timeout=5)
+    assert served.status_code == 200
+    assert served.headers["Content-Type"] == "application/json"
+    assert served.content == get(fake).content
+    assert served.json()["data"] == sample_regions()
+    admin(fake, "regions", [{"id": "x", "carrier_enabled": True}])
+    assert requests.get(fake.url + "/_fake/regions", timeout=5).content == get(fake).content
+    admin(fake, "regions", {"code": "RCS601", "data": []})
+    assert requests.get(fake.url + "/_fake/regions", timeout=5).json() == {
+        "code": "RCS601",
+        "data": [],
+    }
+    fake.set_raw_body(b'{"data": [NaN]}')
+    assert requests.get(fake.url + "/_fake/regions", timeout=5).content == b'{"data": [NaN]}'
+    # Only the API's own requests count, not these looks at what it serves.
+    assert requests.get(fake.url + "/_fake/requests", timeout=5).json() == {"count": 2}
+
+
+def test_admin_patch_changes_one_region_and_nothing_else(fake: FakeKaleyra) -> None:
+    first, second, *rest = sample_regions()
+    response = requests.patch(
+        f"{fake.url}/_fake/regions/{first['id']}", json={"carrier_enabled": False}, timeout=5
+    )
+    assert response.status_code == 200, response.text
+    assert response.json() == {"ok": True, "region": {**first, "carrier_enabled": False}}
+    assert get(fake).json()["data"] == [{**first, "carrier_enabled": False}, second, *rest]
+
+
+@pytest.mark.parametrize(
+    ("region", "body", "status"),
+    [("no-such-region", {"carrier_enabled": False}, 404), (None, [1], 400), (None, "x", 400)],
+)
+def test_admin_patch_refuses_an_unknown_region_or_a_body_that_is_no_object(
+    fake: FakeKaleyra, region: str | None, body: object, status: int
+) -> None:
+    region = region or sample_regions()[0]["id"]
+    response = requests.patch(f"{fake.url}/_fake/regions/{region}", json=body, timeout=5)
+    assert response.status_code == status
+    assert response.json()["error"]
+    assert get(fake).json()["data"] == sample_regions()
+
+
+def test_admin_patch_refuses_while_a_whole_body_is_served(fake: FakeKaleyra) -> None:
+    admin(fake, "regions", {"code": "RCS601", "data": "not a list"})
+    response = requests.patch(f"{fake.url}/_fake/regions/x", json={}, timeout=5)
+    assert response.status_code == 409
+    assert "PUT /_fake/regions" in response.json()["error"]
+
+
+def readme_fake_section() -> str:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    return readme.split("## Trying it against a fake Kaleyra", 1)[1].split("\n## ", 1)[0]
+
+
+def test_the_readmes_recipe_saves_a_changed_regions_file(fake: FakeKaleyra, tmp_path: Path) -> None:
+    # The README's own command lines, run as a user would, against this fake's port.
+    after = readme_fake_section().split("A changed regions file", 1)[1]
+    block = after.split("\n\n    ", 1)[1].split("\n\n", 1)[0]
+    lines = [line.strip() for line in block.splitlines()]
+    assert len(lines) == 2, lines  # the PATCH of one region, then saving what is served
+    region = sample_regions()[0]["id"]
+    for line in lines:
+        command = line.replace("localhost:8080", fake.url.removeprefix("http://"))
+        command = command.replace("REGION_ID", region)
+        subprocess.run(["/bin/bash", "-c", command], cwd=tmp_path, check=True, timeout=30)
+    saved = json.loads((tmp_path / "changed.json").read_text())
+    assert saved == get(fake).json()
+    assert saved["data"][0] == {**sample_regions()[0], "carrier_enabled": False}
+
+
 # Logging -------------------------------------------------------------------------------
 
 
@@ -455,8 +549,8 @@ def run_command(*args: str) -> tuple[subprocess.Popen[str], str]:
     return process, line
 
 
-def env_from(line: str) -> dict[str, str]:
-    return dict(word.split("=", 1) for word in line.split() if word.startswith("KALEYRA_"))
+def env_from(line: str, prefix: str = "KALEYRA_") -> dict[str, str]:
+    return dict(word.split("=", 1) for word in line.split() if word.startswith(prefix))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
@@ -484,6 +578,33 @@ def test_command_takes_regions_and_a_fault(tmp_path: Path) -> None:
         assert [r.id for r in snapshot.records] == ["one"]
         url = env_from(line)["KALEYRA_BASE_URL"]
         assert requests.get(url + "/_fake/requests", timeout=5).json() == {"count": 2}
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+
+
+SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
+
+
+@pytest.mark.parametrize(
+    ("options", "verified"), [(["--webhook-secret", SECRET], True), ([], None)]
+)
+def test_command_banner_gives_the_webhook_settings_and_they_deliver(
+    invoke: Invoke, tmp_path: Path, options: list[str], verified: bool | None
+) -> None:
+    process, line = run_command(*options)
+    try:
+        assert process.stdout is not None
+        hook_line = process.stdout.readline()
+        env = {**env_from(line), **env_from(hook_line, "REGIONSYNC_")}
+        assert env["REGIONSYNC_WEBHOOK_URL"] == env["KALEYRA_BASE_URL"] + "/_fake/webhook"
+        env["REGIONSYNC_DATABASE_URL"] = f"sqlite:///{tmp_path / 'banner.db'}"
+        assert invoke("migrate", env=env).returncode == 0
+        done = invoke("run", env=env)
+        assert done.returncode == 0, done.stderr
+        url = env["REGIONSYNC_WEBHOOK_URL"]
+        received = requests.get(url, timeout=5).json()["received"]
+        assert [(r["verified"], r["answered"]) for r in received] == [(verified, 204)]
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0

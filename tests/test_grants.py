@@ -21,6 +21,7 @@ from regionsync import store
 from regionsync.errors import ConfigError, SchemaError
 from regionsync.grants import grant_readonly, quote_identifier, readonly_grants
 from regionsync.schema import migrate
+from tests.cli_support import Invoke, url_env
 from tests.seed import seed
 from tests.support import admin_url, create_pg_database, drop_pg_database, settings_for
 
@@ -256,3 +257,38 @@ def test_a_superuser_or_the_owner_is_refused_because_it_would_stay_writable(
             assert caught.value.exit_code == 2
     finally:
         admin.dispose()
+
+
+def test_the_command_says_what_it_granted_and_print_says_it_ran_nothing(
+    invoke: Invoke, database: Database, make_role: MakeRole
+) -> None:
+    reader = make_role("reader")
+    env = url_env(database.url)
+    as_reader = database.engine_as(reader)
+    try:
+        printed = invoke("grant-readonly", reader, "--print", env=env)
+        assert printed.returncode == 0, printed.stderr
+        assert readable(as_reader, ["regions"]) == {"regions": False}
+        header, *sql = printed.stdout.splitlines()
+        assert header == "-- NOT EXECUTED: the SQL `regionsync grant-readonly` would run"
+        assert sql == [
+            f"{statement};"
+            for statement in readonly_grants(
+                reader, "public", owner=database.owner, database=database.url.database
+            )
+        ]
+
+        done = invoke("grant-readonly", reader, env=env)
+        assert done.returncode == 0, done.stderr
+        assert readable(as_reader, ["regions"]) == {"regions": True}
+        granted, can_read = done.stdout.splitlines()
+        names = sorted([*TABLES, "notification_deliveries", *VIEWS])
+        assert granted == (
+            f"granted role {quote_identifier(reader)} read access to {len(names)} tables and "
+            f'views in schema "public" of database "{database.url.database}", and to those '
+            "later migrations add"
+        )
+        assert can_read == f"{quote_identifier(reader)} can now read: {', '.join(names)}"
+        assert "GRANT" not in done.stdout
+    finally:
+        as_reader.dispose()

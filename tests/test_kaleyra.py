@@ -429,7 +429,7 @@ def test_a_drip_that_ends_in_time_is_read_whole(fake: FakeKaleyra) -> None:
 
 def test_the_deadline_timer_is_gone_after_the_fetch(fake: FakeKaleyra) -> None:
     client_for_fake(fake, TWO_SECONDS).fetch()
-    assert [t for t in threading.enumerate() if t.name == "regionsync-fetch-deadline"] == []
+    assert [t for t in threading.enumerate() if t.name == "regionsync-http-deadline"] == []
 
 
 def test_http_404_names_the_settings_that_build_the_url(fake: FakeKaleyra) -> None:
@@ -497,3 +497,52 @@ def test_the_deadline_closes_the_descriptors_it_watched(fake: FakeKaleyra) -> No
     while len(os.listdir("/proc/self/fd")) > before and time.monotonic() < settle:
         time.sleep(0.05)
     assert len(os.listdir("/proc/self/fd")) <= before
+
+
+class CutShortServer:
+    """Answers every request with the start of a head, ``HTTP/1.1 200 OK\\r\\nContent-Le``,
+    then closes: no fake mode cuts a head, so this one speaks raw sockets."""
+
+    def __init__(self) -> None:
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.stop = threading.Event()
+        self.answered = 0
+        self.thread = threading.Thread(target=self.serve, daemon=True)
+
+    def serve(self) -> None:
+        while not self.stop.is_set():
+            try:
+                connection, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            with connection:
+                connection.settimeout(5)
+                connection.recv(65536)
+                connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Le")
+                self.answered += 1
+
+    def __enter__(self) -> CutShortServer:
+        self.thread.start()
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+        self.listener.close()
+
+
+def test_an_answer_cut_short_in_its_head_is_a_broken_connection_retried() -> None:
+    with CutShortServer() as server:
+        settings = Settings.from_env(
+            {"KALEYRA_BASE_URL": server.url, "KALEYRA_SID": "demo", "KALEYRA_API_KEY": API_KEY}
+        )
+        with pytest.raises(TransientSourceError) as caught:
+            KaleyraClient(settings.require_kaleyra(), retry=FAST).fetch()
+        assert server.answered == FAST.attempts
+    assert caught.value.code == "connection"
+    assert "the answer was cut short" in str(caught.value)

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 import base64
 import collections
+import copy
 import json
+import re
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -416,6 +420,45 @@ def test_a_refused_delivery_fails_at_once_and_retry_delivers_it(
     assert "no pending or failed deliveries" in capsys.readouterr().out
 
 
+def documented_delivery_fields() -> list[str]:
+    """The fields of ``notifications --json`` as the README's *Operators* table lists them."""
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("### Operators", 1)[1].split("\n### ", 1)[0]
+    return re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE)
+
+
+def test_notifications_name_fields_as_the_logs_do_documented_with_a_table_header(
+    sqlite_engine: Engine, receiver: WebhookServer, invoke: Invoke
+) -> None:
+    sync(sqlite_engine, ListSource([region("a")]))
+    receiver.receiver.fail(400, times=1)
+    with structlog.testing.capture_logs() as logged:
+        notifier(sqlite_engine, receiver.url).deliver_pending()
+    [row] = deliveries(sqlite_engine)
+    [failed] = [e for e in logged if e["event"] == "notify.failed"]
+    env = {"REGIONSYNC_DATABASE_URL": str(sqlite_engine.url)}
+
+    [listed] = json.loads(invoke("notifications", "--json", env=env).stdout)
+    assert listed["delivery_id"] == failed["delivery_id"] == row["id"]
+    assert listed["sync_run_id"] == failed["sync_run_id"]
+    assert listed["id"] == row["id"]  # the name before delivery_id, kept for scripts
+    assert list(listed) == documented_delivery_fields()
+
+    table = invoke("notifications", env=env).stdout.splitlines()
+    assert table[0].split() == [
+        "delivery_id",
+        "status",
+        "sync_run_id",
+        "part",
+        "created_at",
+        "changes",
+        "attempts",
+        "last_error",
+    ]
+    assert table[1].split()[:4] == [row["id"], "failed", str(row["sync_run_id"]), "1/1"]
+    assert table[1].endswith(row["last_error"])
+
+
 def test_retry_after_is_honoured_within_and_across_passes(
     sqlite_engine: Engine, receiver: WebhookServer
 ) -> None:
@@ -685,3 +728,141 @@ def test_the_fake_receiver_verifies_what_standard_webhooks_libraries_sign() -> N
     assert not verify(body.encode(), {**headers, "webhook-id": "msg_2"})
     stale = {**headers, "webhook-timestamp": str(int(now.timestamp()) - 3600)}
     assert not verify(body.encode(), stale)
+
+
+#: The fake's whole answer to a delivery it is told to answer with 200, as sent on the wire.
+WHOLE_200 = (
+    b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\nContent-Length: 15\r\n\r\n"
+    b'{"status": 200}'
+)
+
+
+@pytest.mark.parametrize(
+    "cut_at",
+    [
+        len(b"HTTP/1.0 200 OK"),  # the status line, without its end
+        len(b"HTTP/1.0 200 OK\r\n"),  # the status line alone
+        len(b"HTTP/1.0 200 OK\r\nContent-Ty"),  # inside a header
+        WHOLE_200.index(b"\r\n\r\n") + 2,  # every header, but not the blank line after them
+        len(WHOLE_200) - 3,  # inside the body its Content-Length announced
+    ],
+)
+def test_a_2xx_answer_cut_short_is_a_failed_attempt_retried_later(
+    sqlite_engine: Engine, receiver: WebhookServer, cut_at: int
+) -> None:
+    sync(sqlite_engine, ListSource([region("a")]))
+    receiver.receiver.fail(200, cut_at=cut_at, times=None)
+    sender = notifier(sqlite_engine, receiver.url)
+    report = sender.deliver_pending()
+    [row] = deliveries(sqlite_engine)
+    assert (report.delivered, report.retrying) == ([], [row["id"]])
+    assert (row["status"], row["attempts"]) == ("pending", FAST.attempts_per_pass)
+    assert "answer was cut short" in row["last_error"]
+
+    receiver.receiver.clear_faults()
+    assert sender.deliver_pending().delivered == [row["id"]]
+
+
+def test_a_2xx_answer_whose_headers_do_not_parse_is_a_failed_attempt(
+    sqlite_engine: Engine, receiver: WebhookServer
+) -> None:
+    sync(sqlite_engine, ListSource([region("a")]))
+    # A line without a colon among the headers (smuggled in through the fault's header).
+    receiver.receiver.fail(200, retry_after="0\r\nnot a header", times=None)
+    report = notifier(sqlite_engine, receiver.url).deliver_pending()
+    [row] = deliveries(sqlite_engine)
+    assert (report.delivered, report.retrying) == ([], [row["id"]])
+    assert "headers are malformed" in row["last_error"]
+
+
+def test_an_error_answer_cut_short_is_still_an_attempt_on_record(
+    sqlite_engine: Engine, receiver: WebhookServer
+) -> None:
+    sync(sqlite_engine, ListSource([region("a")]))
+    whole = len(WHOLE_200.replace(b"200 OK", b"503 Service Unavailable"))
+    receiver.receiver.fail(503, cut_at=whole - 3, times=None)
+    report = notifier(sqlite_engine, receiver.url).deliver_pending()
+    [row] = deliveries(sqlite_engine)
+    assert report.retrying == [row["id"]]
+    assert (row["status"], row["attempts"]) == ("pending", FAST.attempts_per_pass)
+    assert "answered HTTP 503" in row["last_error"]
+
+
+def test_the_fake_receiver_cuts_and_drips_the_answer_it_is_told_to() -> None:
+    with WebhookServer() as server:
+        url = server.url
+        requests.put(url + "/fault", json={"status": 200, "cut_at": 27}, timeout=5)
+        with socket.create_connection((server.host, server.port), timeout=5) as raw:
+            raw.sendall(b"POST " + PATH.encode() + b" HTTP/1.0\r\nContent-Length: 2\r\n\r\n{}")
+            assert _read_to_end(raw) == WHOLE_200[:27] == b"HTTP/1.0 200 OK\r\nContent-Ty"
+        assert requests.put(url + "/fault", json={"drip": 1}, timeout=5).json() == {"ok": True}
+        started = time.monotonic()
+        assert requests.post(url, data=b"{}", timeout=5).status_code == 204
+        assert time.monotonic() - started >= 0.9
+        for bad in ({"cut_at": -1}, {"cut_at": 1.5}, {"drip": 10_000}):
+            assert requests.put(url + "/fault", json=bad, timeout=5).status_code == 400
+
+
+def _read_to_end(sock: socket.socket) -> bytes:
+    got = b""
+    while chunk := sock.recv(4096):
+        got += chunk
+    return got
+
+
+#: A pass that ends within 1 s, whose deliveries left pending are due again at once.
+ONE_SECOND = DeliveryPolicy(
+    deadline=1.0,
+    attempts_per_pass=1,
+    connect_timeout=1.0,
+    read_timeout=30.0,
+    retry_initial=timedelta(0),
+    retry_max=timedelta(0),
+)
+
+
+def test_a_pass_cut_at_its_deadline_leaves_no_lock_held_and_nothing_running(
+    engine: Engine, receiver: WebhookServer
+) -> None:
+    """A receiver dripping its answer past the deadline: the pass is over when it returns."""
+    sync(engine, ListSource([region("a")]))
+    [row] = deliveries(engine)
+    receiver.receiver.fail(None, drip=4.0, times=1)  # a whole 204, a byte at a time, for 4 s
+    sender = notifier(engine, receiver.url, policy=ONE_SECOND)
+    started = time.monotonic()
+    report = sender.deliver_pending()
+    assert time.monotonic() - started < 2.0
+    assert not [t.name for t in threading.enumerate() if t.name.startswith("regionsync-")]
+    assert report.retrying == [row["id"]]
+    seen = copy.deepcopy(report)
+    after = deliveries(engine)
+    assert (after[0]["status"], after[0]["attempts"]) == ("pending", 1)
+    assert "delivery deadline" in after[0]["last_error"]
+
+    # The next pass (the daemon's next tick) finds the lock free, and delivers.
+    again = sender.deliver_pending()
+    assert (again.skipped, again.delivered) == (False, [row["id"]])
+
+    # Nothing of the first pass goes on behind its caller's back once the drip has ended.
+    time.sleep(max(0.0, started + 4.5 - time.monotonic()))
+    assert report == seen
+    assert deliveries(engine)[0]["attempts"] == 2
+
+
+def test_retry_while_another_pass_holds_the_lock_says_so(
+    engine: Engine, receiver: WebhookServer, invoke: Invoke
+) -> None:
+    from regionsync.delivery import delivery_lock
+
+    sync(engine, ListSource([region("a")]))
+    [row] = deliveries(engine)
+    env = _cli_env(engine.url.render_as_string(hide_password=False), receiver.url)
+    with delivery_lock(engine) as held:
+        assert held is not None
+        done = invoke("notifications", "--retry", row["id"], env=env)
+    assert done.returncode == 0, done.stderr
+    assert f"{row['id']} skipped: another delivery pass is running" in done.stdout
+    assert receiver.receiver.received == []
+    assert deliveries(engine)[0]["status"] == "pending"
+    assert invoke("notifications", "--retry", row["id"], env=env).returncode == 0
+    assert receiver.receiver.accepted_ids() == [row["id"]]

@@ -254,7 +254,7 @@ def test_grant_readonly_grants_one_schema_only(
         monkeypatch, capsys, account_env(url, fakes["a"], "a"), "grant-readonly", reader
     )
     assert code == 0, err
-    assert 'GRANT USAGE ON SCHEMA "a"' in out
+    assert 'read access to 10 tables and views in schema "a" of database' in out
     assert '"b"' not in out
     assert '"public"' not in out
     execute(url, "CREATE TABLE a.added_later (x int)")  # as the tables' owner, like a migration
@@ -318,6 +318,47 @@ def test_an_unsafe_schema_name_is_a_bad_setting(
     assert out == ""
     [line] = err.strip().splitlines()
     assert "REGIONSYNC_DB_SCHEMA" in line
+
+
+@pytest.mark.parametrize("name", ["information_schema", "pg_catalog", "pg_regionsync"])
+def test_migrate_refuses_a_system_schema_and_writes_nothing(
+    name: str, fresh_pg_url: URL, monkeypatch: Any, capsys: Any
+) -> None:
+    env = {
+        "REGIONSYNC_DATABASE_URL": fresh_pg_url.render_as_string(hide_password=False),
+        "REGIONSYNC_DB_SCHEMA": name,
+    }
+    code, out, err = in_process(monkeypatch, capsys, env, "migrate")
+    assert code == 2
+    assert out == ""
+    [line] = err.strip().splitlines()
+    assert line.startswith("regionsync: error: REGIONSYNC_DB_SCHEMA: ")
+    assert "PostgreSQL's own" in line
+    created = rows(
+        fresh_pg_url,
+        "SELECT c.relname FROM pg_class c WHERE c.relname IN ('regions', 'alembic_version')",
+    )
+    assert created == []
+
+
+@pytest.mark.parametrize("command", ["status", "regions", "daemon", "check", "grant-readonly"])
+def test_an_unmigrated_schema_is_named_with_its_database(
+    command: str, fresh_pg_url: URL, fakes: dict[str, FakeKaleyra], monkeypatch: Any, capsys: Any
+) -> None:
+    url = fresh_pg_url.set(password="hunter2-pw")  # trust auth: any password connects
+    env = account_env(url, fakes["a"], "acct_x")
+    argv = (command, "reader") if command == "grant-readonly" else (command,)
+    code, out, err = in_process(monkeypatch, capsys, env, *argv)
+    assert code == (1 if command == "check" else 2), err
+    [line] = [
+        line
+        for line in (out + err).splitlines()
+        if "no regionsync schema: run `regionsync migrate`" in line
+    ]
+    where = f"{url.host}:{url.port or 5432}/{url.database}"
+    assert where in line
+    assert "schema acct_x (REGIONSYNC_DB_SCHEMA)" in line
+    assert "hunter2-pw" not in out + err
 
 
 def test_the_longest_schema_name_postgresql_allows_works(fresh_pg_url: URL) -> None:

@@ -194,6 +194,113 @@ def test_env_file_is_read(tmp_path: Path) -> None:
         read_env_file(tmp_path / "bad.env")
 
 
+#: Each rule of the ``--env-file`` format (README, *Settings*: python-dotenv's conventions,
+#: without ``${VAR}`` expansion): the file's text, and what it sets.
+ENV_FILE_RULES = {
+    "an unquoted value ends at ' #': the rest is a comment": ("A=value # note", "value"),
+    "a # not after a space is part of an unquoted value": ("A=value#1", "value#1"),
+    "an unquoted value loses its surrounding spaces": ("A =  two words  ", "two words"),
+    "only a comment after '= ' leaves the value empty": ("A= # nothing yet", ""),
+    "a # inside single quotes is kept": ("A='a # b'", "a # b"),
+    "a # inside double quotes is kept, one after them is a comment": ('A="a # b" # c', "a # b"),
+    "single quotes keep backslashes, but for \\' and \\\\": ("A='x\\n\\'y'", "x\\n'y"),
+    'double quotes read \\n, \\t, \\" and \\\\': ('A="x\\ny\\t\\"z\\\\"', 'x\ny\t"z\\'),
+    "a quoted value may span lines": ('A="one\ntwo"', "one\ntwo"),
+    "$ is literal, no ${VAR} expansion": ("A=${HOME}$x", "${HOME}$x"),
+    "an export prefix is allowed": ("export A=1", "1"),
+    "the last line for a name wins": ("A=1\nA=2", "2"),
+    "blank lines and # lines are skipped": ("\n# A=commented\n  # indented\n\nA=1\n", "1"),
+    "CRLF line ends and a UTF-8 BOM are fine": ("\ufeffA=1\r\nB=2\r\n", "1"),
+}
+
+
+@pytest.mark.parametrize("rule", sorted(ENV_FILE_RULES))
+def test_env_file_follows_python_dotenv_conventions(rule: str, tmp_path: Path) -> None:
+    text, value = ENV_FILE_RULES[rule]
+    path = tmp_path / ".env"
+    path.write_text(text, encoding="utf-8", newline="")
+    assert read_env_file(path)["A"] == value
+
+
+def test_env_file_name_alone_sets_nothing(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("A\nB=2\n")
+    assert read_env_file(path) == {"B": "2"}
+
+
+def test_env_file_comment_no_longer_reaches_a_setting(tmp_path: Path) -> None:
+    path = tmp_path / ".env"
+    path.write_text("KALEYRA_BASE_URL=http://127.0.0.1:8080   # the fake, see README\n")
+    settings = Settings.from_env(read_env_file(path))
+    assert settings.kaleyra_base_url == "http://127.0.0.1:8080"
+
+
+@pytest.mark.parametrize(
+    ("text", "line"),
+    [
+        ("A=1\nB='x'y\n", 2),  # text after a closing quote
+        ('A=1\n\nKALEYRA_API_KEY="s3cret-unterminated\nC=3\n', 3),
+        ("A B=1\n", 1),
+        ("1A=2\n", 1),  # not a variable name
+        ("A.B=2\n", 1),
+        ("A-B=2\n", 1),
+        ("'\u00e9t\u00e9'=2\n", 1),  # a variable name is ASCII
+    ],
+)
+def test_env_file_refuses_a_line_it_cannot_read_naming_its_number(
+    text: str, line: int, tmp_path: Path
+) -> None:
+    path = tmp_path / "bad.env"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ConfigError) as caught:
+        read_env_file(path)
+    assert caught.value.setting == "--env-file"
+    assert f"bad.env:{line}: " in str(caught.value)
+    assert "s3cret" not in str(caught.value)  # a line may hold a secret: never quoted
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "information_schema",
+        "INFORMATION_SCHEMA",
+        "Information_Schema",
+        "pg_catalog",
+        "pg_toast",
+        "PG_CATALOG",
+        "pg_temp_3",
+        "pg_anything",
+    ],
+)
+def test_postgresqls_own_schemas_are_refused(name: str) -> None:
+    env = {"REGIONSYNC_DATABASE_URL": "postgresql://u@h/db", "REGIONSYNC_DB_SCHEMA": name}
+    with pytest.raises(ConfigError) as caught:
+        Settings.from_env(env)
+    assert caught.value.setting == "REGIONSYNC_DB_SCHEMA"
+    assert "PostgreSQL's own" in caught.value.problem
+    assert "(information_schema and pg_* are refused)" in caught.value.problem
+
+
+@pytest.mark.parametrize("name", ["information", "schema_information", "pgx", "public"])
+def test_names_near_the_system_schemas_are_fine(name: str) -> None:
+    env = {"REGIONSYNC_DATABASE_URL": "postgresql://u@h/db", "REGIONSYNC_DB_SCHEMA": name}
+    assert Settings.from_env(env).db_schema == name
+
+
+@pytest.mark.parametrize("name", ["REGIONSYNC_WEBHOOK_MAX_AGE", "REGIONSYNC_SCHEDULE"])
+def test_a_duration_setting_takes_ascii_digits_only(name: str) -> None:
+    env = {"REGIONSYNC_WEBHOOK_URL": "http://127.0.0.1:9/x", "REGIONSYNC_WEBHOOK_FORMAT": "slack"}
+    raw = "\u0661\u0665m"  # 15m in Arabic-Indic digits
+    if name == "REGIONSYNC_SCHEDULE":  # a schedule is parsed where it is used
+        from regionsync.schedule import parse_schedule
+
+        with pytest.raises(ConfigError, match=name):
+            parse_schedule(Settings.from_env({**env, name: raw}).schedule)
+        return
+    with pytest.raises(ConfigError, match=name):
+        Settings.from_env({**env, name: raw})
+
+
 def test_the_reject_fraction_is_a_number_from_0_to_1() -> None:
     assert Settings.from_env({}).max_reject_fraction == 0.5
     for raw, value in [("0", 0.0), ("0.25", 0.25), (" 1 ", 1.0), ("1e-1", 0.1)]:
