@@ -11,8 +11,8 @@ from alembic import context
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from regionsync.models import Base
-from regionsync.store import connection_schema
+from regionsync.store.engine import connection_schema
+from regionsync.store.models import Base
 
 config = context.config
 target_metadata = Base.metadata

@@ -8,7 +8,7 @@ Two things make every command cheaper:
   thousand (``python -c 'import ...'`` takes 0.28 s with the collector on, 0.25 s off), and
   the collection set off when a 100,000-region ``run`` turned it back on walked its records
   for 35-40 ms. The daemon, which runs for days, turns it back on
-  (:func:`regionsync.daemon.run_daemon`).
+  (:func:`regionsync.daemon.loop.run_daemon`).
 - structlog imports ``rich`` and ``better_exceptions``, when they happen to be installed
   (``rich`` comes with dlt, the benchmark's peer), to render tracebacks. regionsync renders
   its own, plainly and never with frame locals (see :mod:`regionsync.logs`), so the program
@@ -27,7 +27,7 @@ def program() -> int:
     for name in UNUSED_RENDERERS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not installed"
     gc.disable()
-    from regionsync.cli import entry
+    from regionsync.cli.commands import entry
 
     return entry()
 

@@ -2,7 +2,7 @@
 
 Foreign errors are translated at one boundary each: requests' where Kaleyra (or the
 webhook) is called, SQLAlchemy's (and psycopg's, which it wraps) at each public entry point
-that uses the database (:func:`regionsync.store.translated_errors`). The CLI turns this
+that uses the database (:func:`regionsync.store.engine.translated_errors`). The CLI turns this
 tree into exit codes in one place, using ``exit_code``::
 
     RegionSyncError                 exit 1

@@ -1,7 +1,7 @@
 """Where a parse hands each valid record as soon as it is validated, when someone listens.
 
 A sync on PostgreSQL stages the snapshot with ``COPY``: by listening here
-(:class:`regionsync.changeset.StreamedStage`), it sends each record while the parser is
+(:class:`regionsync.store.changeset.StreamedStage`), it sends each record while the parser is
 still validating the next ones, so that PostgreSQL stores them on its own CPU instead of
 after the parse. The parse stays the same function for every caller; only a sync that
 opened a stage, in its own context, receives the records.

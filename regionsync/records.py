@@ -1,8 +1,8 @@
 """What a fetch yields: valid region records, rejections, and the snapshot holding both.
 
-How a body becomes these is :mod:`regionsync.kaleyra_answer`; where a snapshot comes from is
-a :class:`Source`: the Kaleyra API (:class:`regionsync.kaleyra.KaleyraClient`) or a saved
-response (:class:`regionsync.saved_response.FileSource`).
+How a body becomes these is :mod:`regionsync.source.answer`; where a snapshot comes from is
+a :class:`Source`: the Kaleyra API (:class:`regionsync.source.kaleyra.KaleyraClient`) or a saved
+response (:class:`regionsync.source.saved.FileSource`).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class Snapshot:
     ``duplicates`` names the ids whose valid copies differed (the last copy won); an id
     that is held is reported through ``rejected`` instead. ``rejected`` lists every
     rejection that names an id, and the first
-    :data:`~regionsync.kaleyra_answer.LISTED_ANONYMOUS_REJECTIONS` that don't;
+    :data:`~regionsync.source.answer.LISTED_ANONYMOUS_REJECTIONS` that don't;
     ``unlisted_rejections`` counts the others, so a body of junk costs no memory.
     """
 

@@ -12,12 +12,13 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from regionsync import outbox, runs
-from regionsync.lock import LockHolder, lock_holder
-from regionsync.runs import RunRow
-from regionsync.schema import require_current
-from regionsync.store import translated_errors
-from regionsync.tables import regions, sync_runs
+from regionsync.notify import outbox
+from regionsync.store import runs
+from regionsync.store.engine import translated_errors
+from regionsync.store.lock import LockHolder, lock_holder
+from regionsync.store.runs import RunRow
+from regionsync.store.schema import require_current
+from regionsync.store.tables import regions, sync_runs
 
 
 @dataclass(frozen=True)

@@ -15,17 +15,19 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync import changeset, gc_pause, outbox, runs
-from regionsync.changeset import Change
+from regionsync import gc_pause
 from regionsync.errors import GuardError, RegionSyncError, one_line
-from regionsync.lock import sync_lock
 from regionsync.logs import redact
+from regionsync.notify import outbox
 from regionsync.records import Snapshot, Source
 from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
-from regionsync.runs import Counts
-from regionsync.schema import require_current
-from regionsync.store import describe_db_error, translated_errors
-from regionsync.tables import RunTrigger
+from regionsync.store import changeset, runs
+from regionsync.store.changeset import Change
+from regionsync.store.engine import describe_db_error, translated_errors
+from regionsync.store.lock import sync_lock
+from regionsync.store.runs import Counts
+from regionsync.store.schema import require_current
+from regionsync.store.tables import RunTrigger
 
 if TYPE_CHECKING:
     from regionsync.settings import Settings

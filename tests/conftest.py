@@ -13,12 +13,12 @@ import pytest
 from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
-from regionsync.schema import migrate
-from tests.cli_support import invoke as invoke  # the in-process CLI fixture
-from tests.daemon_support import start_daemon as start_daemon  # a real daemon process
-from tests.fakeapi_fixtures import fake as fake  # the fake Kaleyra API
-from tests.fakeapi_fixtures import fake_options as fake_options
+from regionsync.store.schema import migrate
 from tests.support import TABLES, create_pg_database, drop_pg_database, settings_for
+from tests.support.cli import invoke as invoke  # the in-process CLI fixture
+from tests.support.daemon import start_daemon as start_daemon  # a real daemon process
+from tests.support.fakeapi_fixtures import fake as fake  # the fake Kaleyra API
+from tests.support.fakeapi_fixtures import fake_options as fake_options
 
 
 @pytest.fixture(scope="session")

@@ -13,9 +13,9 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from regionsync.kaleyra_answer import parse_body
-from tests import bench_sync
-from tests.bench_measure import (
+from regionsync.source.answer import parse_body
+from tests.benchmarks import bench_sync
+from tests.benchmarks.bench_measure import (
     BenchError,
     create_database,
     database_url,
@@ -24,8 +24,8 @@ from tests.bench_measure import (
     run_timed,
     tuples_written,
 )
-from tests.bench_sync import Result, Run, steps, targets
-from tests.sources import body
+from tests.benchmarks.bench_sync import Result, Run, steps, targets
+from tests.support.sources import body
 
 
 def by_id(regions: list[dict[str, object]]) -> dict[object, dict[str, object]]:

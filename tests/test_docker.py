@@ -21,7 +21,7 @@ from typing import Any
 import pytest
 import yaml
 
-from regionsync.metrics import DaemonMetrics, MetricsServer
+from regionsync.daemon.metrics import DaemonMetrics, MetricsServer
 from regionsync.settings import known_variables
 from tests.support import clean_environ
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from regionsync.settings import CA_BUNDLE_VARIABLES, LOG_LEVELS, known_variables
-from tests.cli_support import Invoke
+from tests.support.cli import Invoke
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -23,7 +23,7 @@ SETTING = re.compile(r"\b(?:KALEYRA_[A-Z_]+|REGIONSYNC_[A-Z_]+|DATABASE_URL)\b")
 
 @cache
 def top_help() -> str:
-    from regionsync import cli
+    from regionsync.cli import commands as cli
 
     return cli.build_parser().format_help()
 

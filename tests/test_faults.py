@@ -20,10 +20,10 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from regionsync.fakeapi import FakeKaleyra
-from tests.fakeapi_fixtures import process_variables
-from tests.sources import region
+from regionsync.testing.fakeapi import FakeKaleyra
 from tests.support import clean_environ
+from tests.support.fakeapi_fixtures import process_variables
+from tests.support.sources import region
 
 N = 50_000
 #: A statement of the apply (staging included) is running in the regionsync session.

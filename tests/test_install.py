@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from regionsync import schema
+from regionsync.store import schema
 from tests.support import clean_environ
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -73,7 +73,7 @@ def test_migrate_works_installed_and_from_the_source_tree(tmp_path: Path) -> Non
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     where = _python(
-        ["-c", "from regionsync import schema; print(schema.migrations_directory())"],
+        ["-c", "from regionsync.store import schema; print(schema.migrations_directory())"],
         path=[site, dependencies],
         cwd=outside,
         data=tmp_path / "a",

@@ -16,7 +16,7 @@ import pytest
 import structlog
 
 from regionsync import logs
-from tests.leaks import FORMATS, KEY, PASSWORD, assert_clean, escaped_forms
+from tests.support.leaks import FORMATS, KEY, PASSWORD, assert_clean, escaped_forms
 
 #: Plain ASCII: written raw into a line, so finding it there is a leak.
 PLAIN_KEY = "k3y-7f58a94e84b671aca43"

@@ -27,16 +27,16 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from regionsync import cli, fakehook, logs
+from regionsync import logs
+from regionsync.cli import commands as cli
 from regionsync.errors import TransientSourceError
-from regionsync.fakeapi import FakeKaleyra
-from regionsync.grants import quote_identifier
-from regionsync.kaleyra import KaleyraClient
-from regionsync.schema import migrate
-from regionsync.store import create_engine
+from regionsync.source.kaleyra import KaleyraClient
+from regionsync.store.engine import create_engine
+from regionsync.store.grants import quote_identifier
+from regionsync.store.schema import migrate
 from regionsync.sync import run_sync
-from tests.fakeapi_fixtures import FAST
-from tests.leaks import FORMATS, KEY, PASSWORD, WEBHOOK_SECRET, assert_clean
+from regionsync.testing import fakehook
+from regionsync.testing.fakeapi import FakeKaleyra
 from tests.support import (
     admin_url,
     clean_environ,
@@ -45,6 +45,8 @@ from tests.support import (
     scrub_environ,
     settings_for,
 )
+from tests.support.fakeapi_fixtures import FAST
+from tests.support.leaks import FORMATS, KEY, PASSWORD, WEBHOOK_SECRET, assert_clean
 
 SID = "ACME42"
 
@@ -323,7 +325,7 @@ def test_database_connection_failures_name_the_setting_and_what_was_tried(
 HIDE_RICH = "import sys; sys.modules['rich'] = None\n"
 RUN_MAIN = "import sys\nfrom regionsync import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
 BOOM = (
-    "from regionsync import cli\n"
+    "from regionsync.cli import commands as cli\n"
     "def boom(args, settings):\n"
     "    secret = settings.kaleyra_api_key.reveal()\n"
     "    raise RuntimeError('boom ' + repr(secret))\n"

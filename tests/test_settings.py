@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from regionsync import cli
+from regionsync.cli import commands as cli
 from regionsync.errors import ConfigError
 from regionsync.settings import (
     DEFAULT_SCHEDULE,
@@ -292,7 +292,7 @@ def test_a_duration_setting_takes_ascii_digits_only(name: str) -> None:
     env = {"REGIONSYNC_WEBHOOK_URL": "http://127.0.0.1:9/x", "REGIONSYNC_WEBHOOK_FORMAT": "slack"}
     raw = "\u0661\u0665m"  # 15m in Arabic-Indic digits
     if name == "REGIONSYNC_SCHEDULE":  # a schedule is parsed where it is used
-        from regionsync.schedule import parse_schedule
+        from regionsync.daemon.schedule import parse_schedule
 
         with pytest.raises(ConfigError, match=name):
             parse_schedule(Settings.from_env({**env, name: raw}).schedule)

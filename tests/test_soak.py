@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import Engine
 
-from tests.sources import region
+from tests.support.sources import region
 from tests.test_sync_model import HOSTING, IDS, SyncMachine
 
 STEPS = 500

@@ -8,9 +8,9 @@ from datetime import timedelta
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
-from regionsync import runs
-from regionsync.metrics import DaemonMetrics
+from regionsync.daemon.metrics import DaemonMetrics
 from regionsync.status import gather
+from regionsync.store import runs
 from tests.support import as_utc
 
 SHARED = ("last_success_at", "consecutive_failures", "active_regions", "removed_regions")

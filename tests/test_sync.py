@@ -14,14 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 from structlog.testing import capture_logs
 
-from regionsync import cli, lock, runs
+from regionsync.cli import commands as cli
+from regionsync.daemon.metrics import DaemonMetrics
 from regionsync.errors import ConfigError, GuardError, PermanentSourceError, StoreError
-from regionsync.metrics import DaemonMetrics
 from regionsync.settings import Settings
 from regionsync.status import gather
-from regionsync.store import sqlite_path
+from regionsync.store import lock, runs
+from regionsync.store.engine import sqlite_path
 from regionsync.sync import Guard, SyncResult, preview, run_sync
-from tests.sources import FailingSource, ListSource, body, region
+from tests.support.sources import FailingSource, ListSource, body, region
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[tuple[Any, ...]]:

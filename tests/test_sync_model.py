@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from regionsync.errors import GuardError
 from regionsync.sync import Guard, run_sync
-from tests.sources import ListSource, region
+from tests.support.sources import ListSource, region
 
 IDS = [f"r{i}" for i in range(6)]
 HOSTING = ["NORTH_AMERICA", "EUROPE", "HOSTING_REGION_US", None]

@@ -1,7 +1,7 @@
 """Trusting a private CA (README, *Trusting a private CA*): Kaleyra behind a TLS-inspecting
 proxy, or a webhook receiver with an internal certificate.
 
-Real TLS on loopback (:mod:`tests.tlsfront`) with a CA made by ``openssl`` for the test, in
+Real TLS on loopback (:mod:`tests.support.tlsfront`) with a CA made by ``openssl`` for the test, in
 front of the fake Kaleyra server and the fake webhook receiver; ``regionsync`` run in-process.
 """
 
@@ -17,13 +17,13 @@ import pytest
 
 import regionsync
 from regionsync.errors import TransientSourceError
-from regionsync.fakeapi import FakeKaleyra
-from regionsync.fakehook import PATH, WebhookReceiver, WebhookServer
-from regionsync.kaleyra import KaleyraClient, RetryPolicy
 from regionsync.settings import CA_BUNDLE_VARIABLES, Settings
-from tests.cli_support import Invoke, assert_one_line_error
-from tests.fakeapi_fixtures import FAST, fake_variables
-from tests.tlsfront import ConnectProxy, PrivateCA, TlsFront, make_private_ca
+from regionsync.source.kaleyra import KaleyraClient, RetryPolicy
+from regionsync.testing.fakeapi import FakeKaleyra
+from regionsync.testing.fakehook import PATH, WebhookReceiver, WebhookServer
+from tests.support.cli import Invoke, assert_one_line_error
+from tests.support.fakeapi_fixtures import FAST, fake_variables
+from tests.support.tlsfront import ConnectProxy, PrivateCA, TlsFront, make_private_ca
 
 SAMPLE = Path(regionsync.__file__).parent / "samples" / "regions.json"
 SECRET = "whsec_" + base64.b64encode(b"a-webhook-secret-of-32-bytes-ok!").decode()

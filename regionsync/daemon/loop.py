@@ -1,0 +1,364 @@
+"""``regionsync daemon``: an APScheduler loop around :func:`regionsync.sync.run_sync`.
+
+One sync at start, then on ``REGIONSYNC_SCHEDULE``. The job never raises: a failed sync
+(API down, database down, guard tripped) is logged, recorded when the database allows it,
+and the next tick tries again. Job options:
+
+- ``max_instances=1``: a sync still running when the next tick comes makes APScheduler skip
+  that tick (the advisory lock would make it ``skipped`` anyway); the daemon reports every
+  skipped tick (``daemon.tick_skipped``, a metric, ``/healthz``), and a sync cannot run for
+  long because its fetch ends within the fetch budget whatever the API does;
+- ``coalesce=True``: ticks missed while the process could not run (suspended host, clock
+  jump) become one run;
+- ``misfire_grace_time`` = the schedule's period (the interval, or a crontab's longest gap
+  between fire times): APScheduler's default of 1 s would drop a run that starts a second
+  late, while a run later than a whole period is never needed because the next tick is due.
+
+Stopping: the first SIGTERM or SIGINT takes no new runs, lets a sync in progress finish
+(within the fetch budget and its apply) and exits 0; a second one exits at once with 128 +
+the signal number (130 for SIGINT, 143 for SIGTERM), leaving the run in progress
+``running`` until the next sync closes it as abandoned.
+The signal handler only writes a byte to a pipe; a thread reads it and stops the scheduler,
+so no lock is ever taken inside a signal handler.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+from types import FrameType
+from typing import Any
+
+import structlog
+from apscheduler.events import EVENT_JOB_MAX_INSTANCES, JobSubmissionEvent
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers import SchedulerNotRunningError
+from apscheduler.schedulers.blocking import BlockingScheduler
+from sqlalchemy.engine import Engine
+
+from regionsync.daemon.health import DaemonHealth
+from regionsync.daemon.metrics import DaemonMetrics, MetricsServer, failure_reason
+from regionsync.daemon.schedule import Schedule, load_schedule
+from regionsync.errors import ConfigError, RegionSyncError, StoreError
+from regionsync.notify.delivery import Notifier
+from regionsync.notify.outbox import OutboxPolicy
+from regionsync.records import Source
+from regionsync.settings import Settings
+from regionsync.source.kaleyra import KaleyraClient
+from regionsync.status import StatusReport, gather
+from regionsync.store.engine import create_engine, translated_errors
+from regionsync.store.schema import require_current
+from regionsync.sync import Guard, run_sync
+
+logger = structlog.get_logger("regionsync.daemon.loop")
+
+JOB_ID = "sync"
+#: /healthz turns 503 when the last success is older than this many periods: two missed or
+#: failed runs in a row are tolerated, the third is not.
+HEALTH_PERIODS = 3
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def run_daemon(settings: Settings) -> int:
+    """Run until SIGTERM/SIGINT; returns the exit code. Raises :class:`ConfigError` or
+    :class:`~regionsync.errors.SchemaError` (exit 2) when it cannot start."""
+    # The program starts every command with the cyclic collector off (regionsync.__main__);
+    # a process that runs for days needs it, between syncs (which pause it, gc_pause).
+    gc.enable()
+    schedule = load_schedule(settings)
+    source = KaleyraClient(settings.require_kaleyra())
+    period = schedule.period(now=datetime.now(UTC))
+    engine = create_engine(settings)
+    try:
+        reachable = _check_database(engine)
+        metrics = DaemonMetrics(max_age=period * HEALTH_PERIODS, period=period)
+        health = DaemonHealth(metrics)
+        server = _serve_metrics(health, settings.metrics_host, settings.metrics_port)
+        try:
+            daemon = Daemon(
+                engine,
+                source,
+                schedule=schedule,
+                guard=Guard.from_settings(settings),
+                metrics=metrics,
+                period=period,
+                notifier=Notifier.from_settings(engine, settings.notifications),
+                notify=OutboxPolicy.from_settings(settings.notifications),
+                health=health,
+            )
+            if reachable:
+                daemon.refresh_status()
+            logger.info(
+                "daemon.started",
+                schedule=schedule.describe(),
+                timezone=settings.timezone,
+                misfire_grace_s=daemon.misfire_grace_time,
+                health_max_age_s=metrics.max_age.total_seconds(),
+                metrics_port=server.port if server else None,
+                metrics_host=settings.metrics_host if server else None,
+                database=settings.database_display,
+                source=source.description,
+                webhook=settings.notifications.webhook_display,
+                pid=os.getpid(),
+            )
+            return daemon.run()
+        finally:
+            if server is not None:
+                server.stop()
+    finally:
+        engine.dispose()
+
+
+def _check_database(engine: Engine) -> bool:
+    """Refuse an unmigrated schema (exit 2); an unreachable database is only logged."""
+    try:
+        with translated_errors("reading the schema revision"):
+            require_current(engine)
+    except StoreError as error:
+        logger.warning(
+            "daemon.database_unavailable",
+            error=str(error),
+            hint="starting anyway; each run tries again",
+        )
+        return False
+    return True
+
+
+def _serve_metrics(health: DaemonHealth, host: str, port: int | None) -> MetricsServer | None:
+    if port is None:
+        return None
+    try:
+        return MetricsServer(health.metrics, port, host, health=health.health).start()
+    except OSError as error:
+        raise ConfigError(
+            "REGIONSYNC_METRICS_PORT",
+            f"cannot listen on {host} port {port}: {error.strerror or error}",
+        ) from None
+
+
+class Daemon:
+    """The scheduler, its one job, and the stop protocol described in the module docstring."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        source: Source,
+        *,
+        schedule: Schedule,
+        guard: Guard,
+        metrics: DaemonMetrics,
+        period: timedelta,
+        notifier: Notifier | None = None,
+        notify: OutboxPolicy | None = None,
+        health: DaemonHealth | None = None,
+    ) -> None:
+        self.engine = engine
+        self.notifier = notifier
+        self.notify = notify
+        self.source = source
+        self.schedule = schedule
+        self.guard = guard
+        self.metrics = metrics
+        self.health = health or DaemonHealth(metrics)
+        self.misfire_grace_time = max(1, int(period.total_seconds()))
+        self.scheduler = BlockingScheduler(
+            timezone=schedule.timezone,
+            executors={"default": ThreadPoolExecutor(max_workers=1)},
+        )
+        self._trigger: Any = None
+        self._state = threading.Condition()
+        self._stopping = False
+        self._running = False
+        self._signals = 0
+        self._wake_read, self._wake_write = os.pipe()
+
+    # The job -------------------------------------------------------------------------
+
+    def sync_once(self) -> None:
+        """One scheduled sync; never raises, so a failure never stops the daemon."""
+        with self._state:
+            if self._stopping:
+                logger.info("daemon.run_not_started", reason="the daemon is stopping")
+                return
+            self._running = True
+        self.health.sync_started()
+        try:
+            self._sync()
+        finally:
+            self.health.sync_finished()
+            with self._state:
+                self._running = False
+                self._state.notify_all()
+
+    def _on_max_instances(self, event: JobSubmissionEvent) -> None:
+        """APScheduler skipped a tick because the previous sync is still running."""
+        running = self.health.running_for()
+        skipped = self.health.tick_skipped("still_running")
+        logger.warning(
+            "daemon.tick_skipped",
+            reason="the previous sync is still running",
+            running_for_s=None if running is None else round(running, 3),
+            skipped_so_far=skipped,
+        )
+
+    def _sync(self) -> None:
+        started = time.monotonic()
+        database_down = skipped = False
+        self.metrics.sync_started()
+        try:
+            result = run_sync(
+                self.engine, self.source, trigger="daemon", guard=self.guard, notify=self.notify
+            )
+        except RegionSyncError as error:
+            database_down = isinstance(error, StoreError)
+            self.metrics.record_run(
+                "failed", time.monotonic() - started, reason=failure_reason(error)
+            )
+            logger.warning(
+                "daemon.run_failed",
+                error=str(error),
+                consecutive_failures=self.metrics.consecutive_failures,
+            )
+        except Exception as error:
+            self.metrics.record_run("failed", time.monotonic() - started, reason="internal")
+            logger.exception(
+                "daemon.run_failed",
+                error=f"internal error: {type(error).__name__}: {error}",
+                consecutive_failures=self.metrics.consecutive_failures,
+            )
+        else:
+            skipped = result.status == "skipped"
+            if skipped:
+                self.metrics.record_run("skipped", None, counts=result.counts)
+            else:
+                self.metrics.record_run("succeeded", result.duration, counts=result.counts)
+        if not database_down:  # no second wait for a database that just failed to answer
+            self.deliver_notifications()
+            self.refresh_status()
+            if skipped:
+                self._report_lock_held()
+        self._log_next_run()
+
+    def deliver_notifications(self) -> None:
+        """Deliver the outbox after the run (this one's and any left pending), bounded."""
+        if self.notifier is None:
+            return
+        report = self.notifier.deliver_pending()
+        self.metrics.notifications.record_pass(
+            delivered=len(report.delivered),
+            retried=report.retried_attempts,
+            failed=len(report.failed) + len(report.expired),
+        )
+
+    def refresh_status(self) -> StatusReport | None:
+        """Update the health, region and lock gauges from the database, if it answers."""
+        try:
+            report = gather(self.engine, limit=1)
+        except RegionSyncError as error:
+            logger.debug("daemon.status_unavailable", error=str(error))
+            return None
+        self.metrics.record_status(report)
+        self.health.record_lock(report.lock)
+        return report
+
+    def _report_lock_held(self) -> None:
+        skipped = self.health.tick_skipped("lock_held")
+        lock = self.health.lock_report() or {}
+        log = logger.warning if lock.get("stuck") else logger.info
+        log(
+            "daemon.tick_skipped",
+            reason="another session holds the sync lock",
+            skipped_so_far=skipped,
+            holder_pid=lock.get("pid"),
+            holder_user=lock.get("user"),
+            held_at_least_s=lock.get("held_at_least_seconds"),
+            stuck=lock.get("stuck", False),
+        )
+
+    def _log_next_run(self) -> None:
+        now = datetime.now(UTC)
+        upcoming = self._trigger.get_next_fire_time(None, now) if self._trigger else None
+        if upcoming is not None:
+            logger.info(
+                "daemon.next_run",
+                at=upcoming.astimezone(self.schedule.timezone).isoformat(),
+                in_s=round((upcoming - now).total_seconds(), 3),
+            )
+
+    # The loop ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Sync now, then on the schedule, until a signal; returns the exit code."""
+        now = datetime.now(UTC)
+        self._trigger = self.schedule.trigger(now)
+        self.scheduler.add_job(
+            self.sync_once,
+            trigger=self._trigger,
+            id=JOB_ID,
+            name="regionsync sync",
+            next_run_time=now,
+            max_instances=1,
+            coalesce=True,
+            misfire_grace_time=self.misfire_grace_time,
+        )
+        self.scheduler.add_listener(self._on_max_instances, EVENT_JOB_MAX_INSTANCES)
+        watcher = threading.Thread(target=self._watch_signals, name="regionsync-stop", daemon=True)
+        watcher.start()
+        previous = {sig: signal.signal(sig, self._on_signal) for sig in STOP_SIGNALS}
+        try:
+            self.scheduler.start()
+            self._wait_for_sync()
+        finally:
+            for sig, handler in previous.items():
+                if handler is not None:
+                    signal.signal(sig, handler)
+            os.close(self._wake_write)
+            os.close(self._wake_read)
+        logger.info("daemon.stopped")
+        return 0
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals == 1:
+            os.write(self._wake_write, bytes([signum]))
+            return
+        logger.error(
+            "daemon.killed",
+            signal=signal.Signals(signum).name,
+            hint="a sync in progress stays 'running' until the next sync closes it as abandoned",
+        )
+        os._exit(128 + signum)
+
+    def _watch_signals(self) -> None:
+        """Wait for the first signal's byte, then stop the scheduler from this thread."""
+        try:
+            signum = os.read(self._wake_read, 1)[0]
+        except (OSError, IndexError):
+            return
+        with self._state:
+            self._stopping = True
+            busy = self._running
+        extra = {"hint": "send the signal again to exit at once"} if busy else {}
+        logger.info(
+            "daemon.stopping", signal=signal.Signals(signum).name, waiting_for_sync=busy, **extra
+        )
+        while True:
+            try:
+                self.scheduler.shutdown(wait=False)
+                return
+            except SchedulerNotRunningError:
+                time.sleep(0.05)  # the signal came before the scheduler had started
+
+    def _wait_for_sync(self) -> None:
+        """Let a sync in progress finish; a second signal still interrupts this wait."""
+        with self._state:
+            self._stopping = True
+            while self._running:
+                self._state.wait(timeout=0.5)
+
+
+__all__ = ["Daemon", "run_daemon"]

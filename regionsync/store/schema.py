@@ -1,0 +1,137 @@
+"""Migrations shipped inside the package, and the check that the schema is current.
+
+Alembic (with Mako and its templates) is imported only to migrate: the check every ``run``
+makes reads ``alembic_version`` itself and compares it with :data:`HEAD`, which
+``tests/store/test_migrations.py`` keeps equal to the newest migration's revision.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from importlib.resources import files
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+
+from regionsync.errors import SchemaError
+from regionsync.store.engine import connection_schema, database_place, translated_errors
+
+if TYPE_CHECKING:
+    from alembic.config import Config
+
+HEAD = "0003"
+"""The revision of the newest migration in ``migrations/versions``: the schema this code needs."""
+VERSION_TABLE = "alembic_version"
+
+
+def migrations_directory() -> Path:
+    """Where the Alembic scripts are, however regionsync was imported.
+
+    Installed (plain or editable), they are the package ``regionsync.migrations``. Imported
+    from a checkout's source tree (``python -m regionsync`` at the repository's root, which
+    shadows an installed copy), that package does not exist: the scripts are the
+    repository's ``migrations/``, beside the ``regionsync/`` folder.
+    """
+    try:
+        found = importlib.util.find_spec("regionsync.migrations") is not None
+    except ModuleNotFoundError:
+        found = False
+    if found:
+        return Path(str(files("regionsync.migrations")))
+    checkout = Path(__file__).resolve().parents[2] / "migrations"
+    if (checkout / "env.py").is_file():
+        return checkout
+    raise SchemaError(
+        f"regionsync's migrations are missing: neither the package regionsync.migrations nor "
+        f"{checkout} exists; reinstall regionsync"
+    )
+
+
+def alembic_config() -> Config:
+    """An Alembic config pointing at the migrations (see :func:`migrations_directory`)."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_directory()))
+    config.set_main_option("path_separator", "os")
+    return config
+
+
+def head_revision() -> str:
+    """The schema revision this code needs (the newest migration's)."""
+    return HEAD
+
+
+def script_head() -> str | None:
+    """The head revision as Alembic reads it from the migration scripts (slow: imports them)."""
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def current_revision(engine: Engine) -> str | None:
+    """The revision in ``alembic_version`` (None: not migrated), found through the search
+    path as Alembic finds it."""
+    with engine.connect() as connection:
+        if not _has_version_table(connection):
+            return None
+        found = connection.exec_driver_sql(f"SELECT version_num FROM {VERSION_TABLE}").all()
+    if len(found) > 1:
+        heads = ", ".join(sorted(row[0] for row in found))
+        raise SchemaError(
+            f"the database has several schema revisions ({heads}); fix {VERSION_TABLE}"
+        )
+    return found[0][0] if found else None
+
+
+@translated_errors("migrating the database")
+def migrate(engine: Engine) -> tuple[str | None, str]:
+    """Upgrade to head (idempotent); returns the revisions before and after."""
+    from alembic import command
+
+    before = current_revision(engine)
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.upgrade(config, "head")
+    after = current_revision(engine)
+    assert after is not None
+    return before, after
+
+
+@translated_errors("downgrading the database")
+def downgrade(engine: Engine, revision: str = "base") -> None:
+    from alembic import command
+
+    config = alembic_config()
+    with engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, revision)
+
+
+def _has_version_table(connection: sa.Connection) -> bool:
+    """Whether ``alembic_version`` is visible (one catalog query, not a reflection)."""
+    if connection.dialect.name == "postgresql":
+        found = connection.exec_driver_sql(f"SELECT to_regclass('{VERSION_TABLE}')").scalar()
+    else:
+        found = connection.exec_driver_sql(
+            f"SELECT name FROM sqlite_master WHERE type = 'table' AND name = '{VERSION_TABLE}'"
+        ).scalar()
+    return found is not None
+
+
+def require_current(engine: Engine) -> None:
+    """Raise :class:`SchemaError` unless the database is migrated to head."""
+    current = current_revision(engine)
+    head = head_revision()
+    if current == head:
+        return
+    if current is None:
+        state = "has no regionsync schema"
+    else:
+        state = f"is at schema revision {current}, this regionsync needs {head}"
+    with engine.connect() as connection:
+        place = database_place(engine.url, connection_schema(connection))
+    raise SchemaError(f"the database {place} {state}: run `regionsync migrate`")
