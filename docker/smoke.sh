@@ -240,7 +240,7 @@ fi
 # every setting from an env file (--env-file). Only the fake Kaleyra API is added, in the
 # daemon's network namespace (regionsync takes plain http:// to loopback only), and the
 # daemon's own health check is probed every 2 s instead of every minute. Beside it, the
-# `fake` profile's demo exactly as the README starts it.
+# `fake` profile's demo exactly as docs/operations.md (and the README) start it.
 step "compose: postgres, migrate, daemon with its settings from an env file; the fake profile's demo"
 if docker compose version >/dev/null 2>&1; then
   compose=(docker compose)

@@ -34,8 +34,8 @@ def run_on(connection: Connection) -> None:
 
 
 def create_schema(connection: Connection) -> str | None:
-    """Create the account's schema if missing (see README, *Several accounts in one
-    database*). Checked first: ``IF NOT EXISTS`` still needs CREATE on the database."""
+    """Create the account's schema if missing (see docs/operations.md, *Several accounts in
+    one database*). Checked first: ``IF NOT EXISTS`` still needs CREATE on the database."""
     schema = connection_schema(connection)
     if schema is None:
         return None

@@ -1,19 +1,20 @@
 """``python -m regionsync`` and the ``regionsync`` console script (:func:`program`).
 
-Two things make every command cheaper:
+The process-wide settings that make every command cheaper are made here and nowhere else,
+so that importing regionsync as a library changes nothing in its user's process:
 
 - A command runs with the cyclic garbage collector off. A one-shot process frees its memory
   by reference counting, and all of it at exit; the collections would only walk the objects
-  it still uses: importing SQLAlchemy, psycopg and structlog allocates a few hundred
-  thousand (``python -c 'import ...'`` takes 0.28 s with the collector on, 0.25 s off), and
-  the collection set off when a 100,000-region ``run`` turned it back on walked its records
-  for 35-40 ms. The daemon, which runs for days, turns it back on
+  it still uses: the hundreds of thousands that importing SQLAlchemy, psycopg and structlog
+  allocates, then a sync's records. The daemon, which runs for days, turns it back on
   (:func:`regionsync.daemon.loop.run_daemon`).
+- At exit, every object still alive is frozen (``gc.freeze``): the interpreter's last
+  collections, which run even with the collector off, would otherwise walk every module,
+  class and function it loaded, for nothing.
 - structlog imports ``rich`` and ``better_exceptions``, when they happen to be installed
   (``rich`` comes with dlt, the benchmark's peer), to render tracebacks. regionsync renders
   its own, plainly and never with frame locals (see :mod:`regionsync.logs`), so the program
-  tells Python they are absent: ``import structlog`` takes 0.06 s instead of 0.09 s
-  (measured on ``python -c``).
+  tells Python they are absent and spares itself their import.
 """
 
 import gc
@@ -26,10 +27,12 @@ UNUSED_RENDERERS = ("rich", "better_exceptions")
 def program() -> int:
     for name in UNUSED_RENDERERS:
         sys.modules.setdefault(name, None)  # type: ignore[arg-type]  # None: "not installed"
-    gc.disable()
-    from regionsync.cli.commands import entry
+    gc.disable()  # a one-shot command frees its memory by reference counting, and at exit
+    from regionsync.cli.program import main
 
-    return entry()
+    status = main()
+    gc.freeze()  # the last collections at exit would walk every object loaded, for nothing
+    return status
 
 
 if __name__ == "__main__":

@@ -6,8 +6,9 @@ import re
 from datetime import timedelta
 
 UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-#: The longest duration read anywhere (README, *Commands*): past any freshness limit or history
-#: an operator means, and far inside what ``timedelta`` and dates can hold once subtracted.
+#: The longest duration read anywhere (docs/commands.md, *Options are bounded*): past any
+#: freshness limit or history an operator means, and far inside what ``timedelta`` and dates
+#: can hold once subtracted.
 MAX_DURATION = timedelta(days=36500)
 #: ASCII digits only, as every setting: ``\d`` would also take Arabic-Indic or full-width ones.
 _PATTERN = re.compile(r"\s*([0-9]{1,12})\s*([smhd])\s*", re.IGNORECASE | re.ASCII)

@@ -1,10 +1,12 @@
-"""Pausing Python's cyclic garbage collector while a sync builds and stages its records.
+"""Pausing Python's cyclic garbage collector while the daemon's sync builds and stages its
+records.
 
-A 100,000-region snapshot allocates about a million container objects, none in a cycle.
-Each 700 allocations start a collection, and the older generations' collections walk
-every object alive (SQLAlchemy's and the records): measured on a 100,000-region ``run``,
-the collector took 0.2-0.4 s of a 1.3 s process. Reference counting still frees
-everything at once; the collector runs again when the sync is over.
+A large snapshot allocates container objects by the million, none in a cycle, and every
+few hundred allocations start a collection whose older generations walk every object alive
+(SQLAlchemy's and the records). Reference counting still frees everything at once;
+the collector runs again when the sync is over. Only the daemon, which keeps the collector
+on between syncs, pauses it: a one-shot command runs without it altogether
+(:mod:`regionsync.__main__`), and the library leaves it alone.
 """
 
 from __future__ import annotations

@@ -1,16 +1,21 @@
 """Outbound HTTP, for Kaleyra and webhooks: exchanges that end by a wall-clock deadline,
-answers that must arrive whole, and the CA bundle the settings name.
+answers that must arrive whole, the one boundary where their errors are translated, and the
+CA bundle the settings name.
 
 Socket timeouts bound each read, not the sum of them, so a server that drips a byte every
 few seconds would hold a read forever: :class:`Deadline` shuts the connection's socket down
 when the time is up, which wakes any blocked read, in the caller's own thread. Nothing is
 left running once the ``with`` block ends, so no abandoned thread can hold a lock or write
-a result after its caller moved on. See README, *Daemon* and *Notifications*.
+a result after its caller moved on. See docs/reliability.md and docs/notifications.md.
 
 ``http.client`` takes a head (status line and headers) that ends at a closed connection
 for a whole one (``HTTP/1.1 200 OK`` then nothing reads as an empty 200), and urllib3 only
 logs a head that does not parse. The sessions here refuse both (:class:`BrokenHead`); a
 body shorter than its ``Content-Length`` or a broken chunked body is refused by urllib3.
+
+Inside :func:`translated`, every ``requests``, urllib3, ``ssl`` or socket error is raised as
+one kind of :class:`TransportError`, looked up in :data:`FOREIGN_ERRORS`: each client words
+its own message from the kind, and neither repeats the walk over an error's causes.
 """
 
 from __future__ import annotations
@@ -22,6 +27,9 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 
 import requests
@@ -141,9 +149,146 @@ def error_chain(error: BaseException) -> list[BaseException]:
     return found
 
 
-def broken_head(error: BaseException) -> BrokenHead | None:
-    """The :class:`BrokenHead` behind a requests error, if that is what it was."""
-    return next((e for e in error_chain(error) if isinstance(e, BrokenHead)), None)
+def reason(error: BaseException) -> str | None:
+    """The OS-level reason behind an error ("Connection refused"), if one is given: the
+    socket's or TLS's own words, never a ``requests`` error's text (which holds the URL)."""
+    found = [
+        e
+        for e in error_chain(error)
+        if isinstance(e, OSError) and not isinstance(e, requests.RequestException)
+    ]
+    said = [e.strerror for e in found if e.strerror] + [str(e) for e in found if str(e)]
+    return said[0] if said else None
+
+
+class TransportError(Exception):
+    """An exchange that got no whole answer, as one of the kinds below; :func:`translated`
+    raises it ``from`` the foreign error.
+
+    ``reason`` is the OS-level reason, if any (:func:`reason`); ``raised`` names the foreign
+    error's type. Neither quotes the foreign error's text, which may hold the URL (a Slack
+    webhook's credential): each client words its own error from the kind and raises that
+    unchained.
+    """
+
+    def __init__(self, reason: str | None, raised: str) -> None:
+        super().__init__(reason or raised)
+        self.reason = reason
+        self.raised = raised
+
+
+class DeadlineCut(TransportError):
+    """The :class:`Deadline` cut the connection: whatever broke, the time was up."""
+
+
+class TLSFailed(TransportError):
+    """The TLS handshake failed (an untrusted certificate? :func:`tls_hint`)."""
+
+
+class ConnectTimedOut(TransportError):
+    """No connection within the connect timeout."""
+
+
+class ReadTimedOut(TransportError):
+    """Connected, but the server sent nothing for the read timeout."""
+
+
+class CutShort(TransportError):
+    """The answer ended before it was whole: its head (:class:`BrokenHead`) or its body."""
+
+
+class ConnectionFailed(TransportError):
+    """The server could not be reached, or the connection broke."""
+
+
+class NotSent(TransportError):
+    """The request could not be sent (a bad URL or header): a retry fails alike."""
+
+
+#: What each foreign error means, as httpx's ``map_httpcore_exceptions``: an error takes the
+#: kind of its most specific type listed here (the first in its method resolution order), so
+#: a subclass listed overrides its base (``NewConnectionError`` is a ``ConnectTimeoutError``
+#: to urllib3, but a refused connection to us).
+FOREIGN_ERRORS: dict[type[BaseException], type[TransportError]] = {
+    requests.exceptions.SSLError: TLSFailed,
+    requests.exceptions.ConnectTimeout: ConnectTimedOut,
+    requests.exceptions.Timeout: ReadTimedOut,
+    requests.exceptions.ChunkedEncodingError: CutShort,
+    requests.exceptions.ConnectionError: ConnectionFailed,
+    requests.exceptions.RequestException: NotSent,
+    urllib3.exceptions.SSLError: TLSFailed,
+    urllib3.exceptions.NewConnectionError: ConnectionFailed,
+    urllib3.exceptions.ConnectTimeoutError: ConnectTimedOut,
+    urllib3.exceptions.TimeoutError: ReadTimedOut,
+    urllib3.exceptions.ProtocolError: CutShort,
+    urllib3.exceptions.LocationValueError: NotSent,
+    urllib3.exceptions.ProxySchemeUnsupported: NotSent,
+    urllib3.exceptions.HTTPError: ConnectionFailed,
+    BrokenHead: CutShort,
+    ssl.SSLError: TLSFailed,
+    TimeoutError: ReadTimedOut,
+    OSError: ConnectionFailed,
+}
+
+#: What a :class:`ConnectionFailed` error wraps, when that says more: requests reports a head
+#: cut short, and a body read that timed out, as a plain ``ConnectionError``.
+WRAPPED_ERRORS: dict[type[BaseException], type[TransportError]] = {
+    BrokenHead: CutShort,
+    urllib3.exceptions.ReadTimeoutError: ReadTimedOut,
+}
+
+_FOREIGN = tuple(FOREIGN_ERRORS)
+
+
+def kind_of(
+    error: type[BaseException], table: dict[type[BaseException], type[TransportError]]
+) -> type[TransportError] | None:
+    """The kind ``table`` gives an error of this type: its most specific type listed."""
+    return next((table[t] for t in error.__mro__ if t in table), None)
+
+
+def _translate(error: BaseException) -> TransportError:
+    """The :class:`TransportError` a foreign error (one of :data:`FOREIGN_ERRORS`) means."""
+    raised = type(error).__name__
+    if cut_short():
+        return DeadlineCut(reason(error), raised)
+    kind = kind_of(type(error), FOREIGN_ERRORS) or ConnectionFailed
+    if kind is ConnectionFailed:
+        for inner in error_chain(error)[1:]:
+            wrapped = kind_of(type(inner), WRAPPED_ERRORS)
+            if wrapped is not None:
+                return wrapped(reason(inner), raised)
+    return kind(reason(error), raised)
+
+
+@contextlib.contextmanager
+def translated() -> Iterator[None]:
+    """Inside the block, a foreign error is raised as its :class:`TransportError` kind,
+    ``from`` it; any other error passes untouched."""
+    try:
+        yield
+    except _FOREIGN as error:
+        raise _translate(error) from error
+
+
+def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
+    """``Retry-After`` in seconds from now (delta-seconds or an HTTP-date), or None."""
+    if value is None or not value.strip():
+        return None
+    text = value.strip()
+    try:
+        delay = float(text)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(text)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        delay = (when - (now or datetime.now(UTC))).total_seconds()
+    if delay != delay:  # NaN
+        return None
+    return max(0.0, delay)
 
 
 def tls_hint(error: BaseException) -> str:
@@ -152,7 +297,7 @@ def tls_hint(error: BaseException) -> str:
         return ""
     return (
         " (a private or corporate CA? name its PEM bundle in SSL_CERT_FILE or "
-        "REQUESTS_CA_BUNDLE: see README, Trusting a private CA)"
+        "REQUESTS_CA_BUNDLE: see docs/operations.md, Trusting a private CA)"
     )
 
 

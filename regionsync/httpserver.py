@@ -12,7 +12,7 @@ database connections included) fails with it. Here:
 - when ``accept()`` fails for want of file descriptors the server pauses briefly instead
   of spinning, and it never prints a traceback.
 
-See README, *Daemon* for the bind address.
+See docs/operations.md, *Health and metrics*, for the bind address.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import structlog
 
 logger = structlog.get_logger("regionsync.httpserver")
 
-LOOPBACK = "127.0.0.1"
 #: How long accepting waits after running out of file descriptors.
 EMFILE_PAUSE = 0.1
 _OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM)
@@ -139,4 +138,4 @@ class ServerThread:
         self._thread.join(timeout=5)
 
 
-__all__ = ["LOOPBACK", "BoundedHTTPServer", "ServerThread"]
+__all__ = ["BoundedHTTPServer", "ServerThread"]

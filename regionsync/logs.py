@@ -3,8 +3,8 @@
 JSON lines when stderr is not a terminal (or ``REGIONSYNC_LOG_FORMAT=json``), coloured
 console lines on a terminal. Standard-library loggers (Alembic, APScheduler) go through the
 same renderer. Secrets are scrubbed twice: from every value of an event, and from the final
-rendered line in every escaped form they could take there (see README, *Secrets*).
-Tracebacks never show frame locals, and long values are cut, so one line stays bounded.
+rendered line in every escaped form they could take there (see docs/sync.md, *Secrets in
+logs*). Tracebacks never show frame locals, and long values are cut, so one line stays bounded.
 """
 
 from __future__ import annotations
@@ -135,7 +135,7 @@ class RedactSecrets:
 
 
 def cap_values(logger: WrappedLogger, name: str, event_dict: EventDict) -> EventDict:
-    """Cut long strings, long lists and dicts, and deep nesting (a 10 MB field stays short)."""
+    """Cut long strings, long lists and dicts, and deep nesting (a huge field stays short)."""
     return {
         key: value if key == "exc_info" else _walk(value, truncate)
         for key, value in event_dict.items()

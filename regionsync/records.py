@@ -1,4 +1,5 @@
-"""What a fetch yields: valid region records, rejections, and the snapshot holding both.
+"""What a fetch yields: valid region records (their ``raw`` as :func:`canonical_json`),
+rejections, and the snapshot holding both.
 
 How a body becomes these is :mod:`regionsync.source.answer`; where a snapshot comes from is
 a :class:`Source`: the Kaleyra API (:class:`regionsync.source.kaleyra.KaleyraClient`) or a saved
@@ -7,10 +8,17 @@ response (:class:`regionsync.source.saved.FileSource`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Protocol
+from typing import Any, Protocol
+
+
+def canonical_json(value: Any) -> str:
+    """JSON with sorted keys and no spaces: a record's ``raw`` text, and every JSON value the
+    database stores, so SQLite compares ``raw`` as a value, not as text order."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 @dataclass(slots=True)
@@ -31,6 +39,17 @@ class RegionRecord:
     hosting_region: str | None
     raw: str
     absent: frozenset[str] = frozenset()
+
+
+OPTIONAL_FIELDS = (
+    "region_name",
+    "display_name",
+    "management_type",
+    "management_type_value",
+    "hosting_region",
+)
+"""The stored fields a record may leave out, in :class:`RegionRecord`'s order; its
+``absent`` names them."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -44,7 +44,8 @@ DEFAULT_MAX_REMOVAL_FRACTION = 0.5
 DEFAULT_MAX_REJECT_FRACTION = 0.5
 DEFAULT_LOG_REGION_LINES = 100
 #: How long a statement waits for a lock that another session holds before it fails: a
-#: sync or a migration never waits without a bound (README, *Readers beside the sync*).
+#: sync or a migration never waits without a bound (docs/reliability.md, *Readers beside the
+#: sync*).
 DEFAULT_LOCK_TIMEOUT = timedelta(seconds=10)
 MAX_LOCK_TIMEOUT = timedelta(minutes=10)
 #: The longest interval schedule; anything longer is a typo (and overflows the clock).
@@ -56,7 +57,8 @@ _NEWLINE = re.compile(r"\r\n|\n|\r")
 #: Variables with these prefixes are regionsync's; one it does not read is warned about.
 PREFIXES = ("REGIONSYNC_", "KALEYRA_")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-DEFAULT_METRICS_HOST = "127.0.0.1"
+#: The address regionsync's servers (``/metrics``, the fakes) listen on unless told otherwise.
+LOOPBACK = "127.0.0.1"
 
 LogFormat = Literal["json", "console"]
 #: How a parser reads a variable: its stripped value, None when unset or empty.
@@ -124,23 +126,24 @@ def _sqlite_url(path: Path) -> URL:
     return URL.create("sqlite", database=str(path))
 
 
-def check_base_url(raw: str) -> str:
-    """Refuse anything that would send the API key in clear or to a non-URL."""
-    parts = urlsplit(raw.strip())
+def check_url(raw: str, *, setting: str, query: bool) -> str:
+    """``raw``, stripped, if it is a URL that sends no secret in clear: https, or plain http
+    to a loopback host only, with no credentials or fragment (nor a query unless ``query``)."""
+    url = raw.strip()
+    parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("KALEYRA_BASE_URL", "must be an https:// URL with a host")
-    if parts.query or parts.fragment or parts.username or parts.password:
-        raise ConfigError("KALEYRA_BASE_URL", "must not carry credentials, a query or fragment")
+        raise ConfigError(setting, "must be an https:// URL with a host")
+    if parts.username or parts.password or parts.fragment or (parts.query and not query):
+        carried = "credentials or a fragment" if query else "credentials, a query or fragment"
+        raise ConfigError(setting, f"must not carry {carried}")
     if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ConfigError(
-            "KALEYRA_BASE_URL", "plain http:// is only allowed for loopback hosts; use https://"
-        )
-    return raw.strip().rstrip("/")
+        raise ConfigError(setting, "plain http:// is only allowed for loopback hosts; use https://")
+    return url
 
 
 @dataclass(frozen=True)
 class Settings:
-    """Everything regionsync is configured with; see the README's settings table."""
+    """Everything regionsync is configured with; see docs/settings.md."""
 
     database_url: URL
     embedded_database: bool
@@ -154,9 +157,10 @@ class Settings:
     log_level: str = "INFO"
     max_removal_fraction: float = DEFAULT_MAX_REMOVAL_FRACTION
     metrics_port: int | None = None
-    metrics_host: str = DEFAULT_METRICS_HOST
+    metrics_host: str = LOOPBACK
     notifications: NotificationSettings = field(default_factory=lambda: NotificationSettings())
-    #: The PostgreSQL schema of this account (see README, *Several accounts in one database*).
+    #: The PostgreSQL schema of this account (docs/operations.md, *Several accounts in one
+    #: database*).
     db_schema: str = "public"
     #: ``REGIONSYNC_DB_SCHEMA`` was set, but SQLite has no schemas: warned about, then ignored.
     db_schema_ignored: bool = False
@@ -300,7 +304,9 @@ def _base_url(get: Get) -> str | None:
     if pod is not None and pod.lower() not in POD_BASE_URLS:
         raise ConfigError("KALEYRA_POD", f"must be one of: {', '.join(POD_BASE_URLS)}")
     raw = get("KALEYRA_BASE_URL")
-    return check_base_url(raw) if raw else POD_BASE_URLS.get((pod or "").lower())
+    if raw:
+        return check_url(raw, setting="KALEYRA_BASE_URL", query=False).rstrip("/")
+    return POD_BASE_URLS.get((pod or "").lower())
 
 
 def _regions_path(get: Get) -> str:
@@ -318,7 +324,7 @@ def _regions_path(get: Get) -> str:
 
 
 #: Where the CA certificates to trust may be named, the first one set winning: requests' own
-#: variables, then OpenSSL's (see README, *Trusting a private CA*).
+#: variables, then OpenSSL's (see docs/operations.md, *Trusting a private CA*).
 CA_BUNDLE_VARIABLES = ("REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
@@ -426,7 +432,7 @@ def _schedule(get: Get) -> str:
     return schedule
 
 
-# Several accounts in one database (see README, *Several accounts in one database*) ------
+# Several accounts in one database (see docs/operations.md) ------------------------------
 
 DEFAULT_DB_SCHEMA = "public"
 #: Names that need no quoting in an analyst's SQL; PostgreSQL keeps names to 63 bytes.
@@ -464,7 +470,7 @@ def db_schema_settings(get: Get, *, sqlite: bool) -> dict[str, Any]:
     return {"db_schema": schema, "db_schema_ignored": sqlite and raw is not None}
 
 
-# Notifications (see README, *Notifications*) ---------------------------------------------
+# Notifications (see docs/notifications.md) -----------------------------------------------
 
 WebhookFormat = Literal["json", "slack"]
 #: What ``REGIONSYNC_NOTIFY_ON`` may name: kinds of change, or a tracked field that flipped.
@@ -476,21 +482,6 @@ WEBHOOK_SECRET_BYTES = (24, 64)
 #: A webhook URL path this long may be a credential (Slack's is): it is scrubbed from logs.
 TOKEN_PATH_CHARS = 16
 WEBHOOK_SECRET_PREFIX = "whsec_"  # noqa: S105 - the prefix of a secret, not a secret
-
-
-def check_webhook_url(raw: str) -> str:
-    """https, or http to a loopback host only, as for ``KALEYRA_BASE_URL``; kept as given."""
-    parts = urlsplit(raw.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ConfigError("REGIONSYNC_WEBHOOK_URL", "must be an https:// URL with a host")
-    if parts.username or parts.password or parts.fragment:
-        raise ConfigError("REGIONSYNC_WEBHOOK_URL", "must not carry credentials or a fragment")
-    if parts.scheme == "http" and not is_loopback_host(parts.hostname):
-        raise ConfigError(
-            "REGIONSYNC_WEBHOOK_URL",
-            "plain http:// is only allowed for loopback hosts; use https://",
-        )
-    return raw.strip()
 
 
 def decode_webhook_secret(raw: str) -> bytes:
@@ -562,7 +553,7 @@ class NotificationSettings:
     @classmethod
     def from_env(cls, get: Get, *, ca_bundle: CABundle | None = None) -> NotificationSettings:
         raw_url = get("REGIONSYNC_WEBHOOK_URL")
-        url = check_webhook_url(raw_url) if raw_url else None
+        url = check_url(raw_url, setting="REGIONSYNC_WEBHOOK_URL", query=True) if raw_url else None
         raw_secret = get("REGIONSYNC_WEBHOOK_SECRET")
         if raw_secret is not None:
             decode_webhook_secret(raw_secret)
@@ -725,7 +716,7 @@ def logging_hints(env: Mapping[str, str]) -> tuple[str | None, tuple[str, ...]]:
 def _metrics_host(raw: str | None) -> str:
     """The address ``/healthz`` and ``/metrics`` listen on: loopback unless told otherwise."""
     if raw is None:
-        return DEFAULT_METRICS_HOST
+        return LOOPBACK
     host = raw.removeprefix("[").removesuffix("]")
     try:
         return str(ipaddress.ip_address(host))
@@ -743,8 +734,9 @@ def _metrics_host(raw: str | None) -> str:
 
 
 def read_env_file(path: Path) -> dict[str, str]:
-    """Read a ``.env`` file as python-dotenv reads it, ``${VAR}`` left as written (README,
-    *Settings*, ``--env-file``); a line it cannot read is refused, naming its number.
+    """Read a ``.env`` file as python-dotenv reads it, ``${VAR}`` left as written
+    (docs/settings.md, *The `--env-file` format*); a line it cannot read is refused, naming
+    its number.
 
     python-dotenv's own parser: the reference of the format (quotes, escapes, values over
     several lines, inline comments). Its ``dotenv_values`` would skip such a line with a

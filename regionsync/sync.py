@@ -15,7 +15,6 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync import gc_pause
 from regionsync.errors import GuardError, RegionSyncError, one_line
 from regionsync.logs import redact
 from regionsync.notify import outbox
@@ -54,8 +53,8 @@ class SyncResult:
 
 @dataclass(frozen=True)
 class Guard:
-    """The limits a run keeps: the mass-removal and rejected-records guards (README,
-    *The sync*), and how many per-region lines it logs (README, *Logs*)."""
+    """The limits a run keeps: the mass-removal and rejected-records guards (docs/sync.md,
+    *The sync*), and how many per-region lines it logs (docs/sync.md, *Logs*)."""
 
     max_removal_fraction: float = 0.5
     allow_mass_removal: bool = False
@@ -117,7 +116,7 @@ def run_sync(
     started = time.monotonic()
     require_current(engine)
     log = logger.bind(trigger=trigger, source=source.description)
-    with gc_pause.paused(), sync_lock(engine) as connection:
+    with sync_lock(engine) as connection:
         if connection is None:
             with engine.begin() as other:
                 run_id = runs.open_run(
@@ -180,13 +179,12 @@ def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> Sy
     log = logger.bind(trigger="dry-run", source=source.description)
     lines = RegionLines(log, guard.region_lines)
     try:
-        with gc_pause.paused():
-            snapshot = _fetch(source, log, lines)
-            guard.check_rejects(snapshot)
-            # Staging happens inside a transaction that is rolled back, temporary tables included.
-            with engine.connect() as connection, connection.begin() as transaction:
-                planned = _plan(connection, snapshot, guard, details=None)
-                transaction.rollback()
+        snapshot = _fetch(source, log, lines)
+        guard.check_rejects(snapshot)
+        # Staging happens inside a transaction that is rolled back, temporary tables included.
+        with engine.connect() as connection, connection.begin() as transaction:
+            planned = _plan(connection, snapshot, guard, details=None)
+            transaction.rollback()
     finally:
         lines.summarise("not stored (dry run)")
     return SyncResult(

@@ -2,10 +2,13 @@
 
 PostgreSQL comes from REGIONSYNC_TEST_DATABASE_URL (default: the local server as postgres).
 If it cannot be reached the run fails with a message saying how to start it; it never skips.
+Under pytest-xdist each worker is a session of its own, with its own databases.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -14,11 +17,31 @@ from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
 from regionsync.store.schema import migrate
-from tests.support import TABLES, create_pg_database, drop_pg_database, settings_for
+from tests.support import (
+    TABLES,
+    create_pg_database,
+    drop_pg_database,
+    require_postgresql,
+    settings_for,
+)
 from tests.support.cli import invoke as invoke  # the in-process CLI fixture
 from tests.support.daemon import start_daemon as start_daemon  # a real daemon process
 from tests.support.fakeapi_fixtures import fake as fake  # the fake Kaleyra API
 from tests.support.fakeapi_fixtures import fake_options as fake_options
+
+
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:
+    """``-n auto``: one worker more than there are CPUs, as a test spends much of its time
+    waiting for PostgreSQL, a loopback server or a child process."""
+    return (os.cpu_count() or 1) + 1
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """With xdist workers, find PostgreSQL down here, before they start: a worker that stops
+    the run crashes it instead, without the message that says how to start PostgreSQL."""
+    config = session.config
+    if not hasattr(config, "workerinput") and config.getoption("dist", "no") != "no":
+        require_postgresql()
 
 
 @pytest.fixture(scope="session")
@@ -57,23 +80,26 @@ def sqlite_url(tmp_path: Path) -> URL:
     return URL.create("sqlite", database=str(tmp_path / "regionsync.db"))
 
 
-def _migrated_engine(url: URL) -> Iterator[Engine]:
-    """An engine on ``url``, migrated; disposed when the test ends."""
-    engine = store.create_engine(settings_for(url))
-    migrate(engine)
+@pytest.fixture(scope="session")
+def migrated_sqlite_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite file migrated once per session (per xdist worker), for tests to copy."""
+    path = tmp_path_factory.mktemp("migrated") / "regionsync.db"
+    engine = store.create_engine(settings_for(URL.create("sqlite", database=str(path))))
+    try:
+        migrate(engine)
+    finally:
+        engine.dispose()  # the last connection to close folds the WAL back into the file
+    return path
+
+
+@pytest.fixture
+def sqlite_engine(sqlite_url: URL, migrated_sqlite_file: Path) -> Iterator[Engine]:
+    """A migrated SQLite database of this test's own: a copy of the session's migrated file."""
+    assert sqlite_url.database is not None
+    shutil.copyfile(migrated_sqlite_file, sqlite_url.database)
+    engine = store.create_engine(settings_for(sqlite_url))
     yield engine
     engine.dispose()
-
-
-@pytest.fixture
-def sqlite_engine(sqlite_url: URL) -> Iterator[Engine]:
-    yield from _migrated_engine(sqlite_url)
-
-
-@pytest.fixture
-def fresh_pg_engine(fresh_pg_url: URL) -> Iterator[Engine]:
-    """A migrated PostgreSQL database of this test's own (for tests that alter its schema)."""
-    yield from _migrated_engine(fresh_pg_url)
 
 
 @pytest.fixture(params=["postgresql", "sqlite"])

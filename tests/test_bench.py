@@ -1,4 +1,4 @@
-"""The benchmark's own instruments, on tiny input (the benchmark itself: README, *Performance*)."""
+"""The benchmark's own instruments, on tiny input (the benchmark itself: docs/performance.md)."""
 
 from __future__ import annotations
 
@@ -13,7 +13,6 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from regionsync.source.answer import parse_body
 from tests.benchmarks import bench_sync
 from tests.benchmarks.bench_measure import (
     BenchError,
@@ -25,7 +24,7 @@ from tests.benchmarks.bench_measure import (
     tuples_written,
 )
 from tests.benchmarks.bench_sync import Result, Run, steps, targets
-from tests.support.sources import body
+from tests.support.sources import body, parse_body
 
 
 def by_id(regions: list[dict[str, object]]) -> dict[object, dict[str, object]]:

@@ -39,7 +39,7 @@ def settings() -> set[str]:
 
 
 #: Not regionsync's own, but what it needs to reach Kaleyra or a webhook from a company
-#: network: a private CA (README, *Trusting a private CA*) and a proxy.
+#: network: a private CA (docs/operations.md, *Trusting a private CA*) and a proxy.
 NETWORK = {
     "SSL_CERT_FILE",
     "SSL_CERT_DIR",

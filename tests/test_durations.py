@@ -1,5 +1,5 @@
 """Durations as operators write them: ASCII digits and a unit, up to a century, never an
-exception (README, *Commands*)."""
+exception (docs/commands.md, *Options are bounded*)."""
 
 from __future__ import annotations
 

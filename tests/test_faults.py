@@ -3,7 +3,7 @@ timeout. Whatever happens, nothing is half-written and the next run completes.
 
 Each test loads 50,000 regions, then serves a snapshot that flips every one of them (50,000
 changes, one history row each) and strikes while the apply transaction is at work, as seen in
-``pg_stat_activity``. See README, *Reliability*.
+``pg_stat_activity``. See docs/reliability.md.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """No secret anywhere: every command and failure mode, run with an API key and a database
 password full of quotes, backslashes and non-ASCII characters. Every byte of output, every
 log line (JSON and console, with and without ``rich``), every text of every table: zero
-occurrences, raw or escaped (see README, *Logs*).
+occurrences, raw or escaped (see docs/sync.md, *Secrets in logs*).
 
 Each secret carries an ASCII marker in its middle, which survives any escaping (``repr()``,
 JSON, URL encoding) unchanged: finding no marker means finding no form of the secret.
@@ -27,8 +27,8 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from regionsync import logs
-from regionsync.cli import commands as cli
+from regionsync import cli, logs
+from regionsync.cli import commands
 from regionsync.errors import TransientSourceError
 from regionsync.source.kaleyra import KaleyraClient
 from regionsync.store.engine import create_engine
@@ -176,6 +176,7 @@ def test_every_command_leaks_nothing(
     assert_database_clean(database)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_failure_leaks_nothing(
     regionsync: Runner,
@@ -253,7 +254,7 @@ def test_every_failure_leaks_nothing(
         password = settings.database_url.password
         raise RuntimeError(f"broke on {secret!r} and {password!r} / {json.dumps(secret)}")
 
-    monkeypatch.setattr(cli, "cmd_status", boom)
+    monkeypatch.setattr(commands, "cmd_status", boom)
     done = regionsync(env, "status")
     assert done.code == 1
     assert "internal error: RuntimeError" in done.err
@@ -357,6 +358,7 @@ def python(code: str, *argv: str, env: dict[str, str]) -> Done:
     return Done(done.returncode, done.stdout, done.stderr)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rich", rich_states())
 @pytest.mark.parametrize("fmt", [*FORMATS, "unset"])
 def test_a_malformed_url_is_one_line_and_exit_2_before_logging_is_set_up(
@@ -378,6 +380,7 @@ def test_a_malformed_url_is_one_line_and_exit_2_before_logging_is_set_up(
     done.check("malformed URL", "console")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rich", rich_states())
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_an_internal_error_logs_a_traceback_without_locals(
@@ -398,6 +401,7 @@ def test_an_internal_error_logs_a_traceback_without_locals(
     done.check("internal error", fmt)
 
 
+@pytest.mark.slow
 def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Path) -> None:
     engine = create_engine(settings_for(database))
     migrate(engine)

@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from regionsync.cli import commands as cli
+from regionsync import cli
+from regionsync.cli.parser import build_parser
 from regionsync.errors import ConfigError
 from regionsync.settings import (
     DEFAULT_SCHEDULE,
@@ -22,8 +23,7 @@ from regionsync.settings import (
     read_env_file,
 )
 from tests.support import scrub_environ
-
-ROOT = Path(__file__).resolve().parents[1]
+from tests.support.docs import page
 
 KEY = "k3y-7f58a94e84b671aca43"
 PASSWORD = "pa55-w0rd-xyz"
@@ -194,8 +194,9 @@ def test_env_file_is_read(tmp_path: Path) -> None:
         read_env_file(tmp_path / "bad.env")
 
 
-#: Each rule of the ``--env-file`` format (README, *Settings*: python-dotenv's conventions,
-#: without ``${VAR}`` expansion): the file's text, and what it sets.
+#: Each rule of the ``--env-file`` format (docs/settings.md, *The `--env-file` format*:
+#: python-dotenv's conventions, without ``${VAR}`` expansion): the file's text, and what it
+#: sets.
 ENV_FILE_RULES = {
     "an unquoted value ends at ' #': the rest is a comment": ("A=value # note", "value"),
     "a # not after a space is part of an unquoted value": ("A=value#1", "value#1"),
@@ -395,9 +396,9 @@ def test_cli_exits_2_with_one_line_naming_a_bad_setting(
     assert "Traceback" not in err
 
 
-def test_readme_and_help_list_the_same_log_levels() -> None:
-    readme = (ROOT / "README.md").read_text()
-    row = next(line for line in readme.splitlines() if line.startswith("| `REGIONSYNC_LOG_LEVEL`"))
+def test_the_settings_page_and_help_list_the_same_log_levels() -> None:
+    lines = page("settings.md").splitlines()
+    row = next(line for line in lines if line.startswith("| `REGIONSYNC_LOG_LEVEL`"))
     assert re.findall(r"`([A-Z]+)`", row.split("|")[3]) == list(LOG_LEVELS)
-    shown = " ".join(cli.build_parser().format_help().split())
+    shown = " ".join(build_parser().format_help().split())
     assert f"REGIONSYNC_LOG_LEVEL is one of {', '.join(LOG_LEVELS)}." in shown

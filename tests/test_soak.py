@@ -3,7 +3,7 @@ every step with the invariants of :mod:`tests.test_sync_model` (active rows equa
 snapshot, history replays exactly, intervals never overlap, a repeat writes nothing).
 
 Seeded rather than drawn by hypothesis so that a failure names its step and replays exactly.
-See README, *Reliability*.
+See docs/reliability.md.
 """
 
 from __future__ import annotations

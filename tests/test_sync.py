@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 from structlog.testing import capture_logs
 
-from regionsync.cli import commands as cli
+from regionsync import cli
 from regionsync.daemon.metrics import DaemonMetrics
 from regionsync.errors import ConfigError, GuardError, PermanentSourceError, StoreError
 from regionsync.settings import Settings

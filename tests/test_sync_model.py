@@ -13,6 +13,7 @@ from itertools import pairwise
 from typing import Any
 
 import hypothesis.strategies as st
+import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
@@ -21,6 +22,8 @@ from sqlalchemy.engine import Engine
 from regionsync.errors import GuardError
 from regionsync.sync import Guard, run_sync
 from tests.support.sources import ListSource, region
+
+pytestmark = pytest.mark.slow
 
 IDS = [f"r{i}" for i in range(6)]
 HOSTING = ["NORTH_AMERICA", "EUROPE", "HOSTING_REGION_US", None]

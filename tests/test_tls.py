@@ -1,5 +1,5 @@
-"""Trusting a private CA (README, *Trusting a private CA*): Kaleyra behind a TLS-inspecting
-proxy, or a webhook receiver with an internal certificate.
+"""Trusting a private CA (docs/operations.md, *Trusting a private CA*): Kaleyra behind a
+TLS-inspecting proxy, or a webhook receiver with an internal certificate.
 
 Real TLS on loopback (:mod:`tests.support.tlsfront`) with a CA made by ``openssl`` for the test, in
 front of the fake Kaleyra server and the fake webhook receiver; ``regionsync`` run in-process.
@@ -125,6 +125,7 @@ def test_a_ca_bundle_without_a_certificate_is_bad_configuration(
     assert_one_line_error(invoke("migrate", env=env), 2, "SSL_CERT_FILE", "PEM expected")
 
 
+@pytest.mark.slow
 def test_kaleyra_through_a_tls_inspecting_proxy_is_trusted_and_still_bounded(
     monkeypatch: pytest.MonkeyPatch, private_ca: PrivateCA, fake: FakeKaleyra
 ) -> None:

@@ -6,7 +6,7 @@ Create Date: 2026-11-27
 
 A run's pending deliveries commit (or roll back) with its history, so a notification is
 never sent for a change that rolled back and never lost for one that committed; delivery
-happens after commit and is retried from this table (see README, *Notifications*).
+happens after commit and is retried from this table (see docs/notifications.md).
 """
 
 from __future__ import annotations

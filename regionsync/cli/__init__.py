@@ -1,6 +1,6 @@
 """The command line: a thin layer that parses options, calls the library and turns its
-errors into one message and an exit code (README, *Commands*)."""
+errors into one message and an exit code (docs/commands.md)."""
 
-from regionsync.cli.commands import entry, main
+from regionsync.cli.program import main
 
-__all__ = ["entry", "main"]
+__all__ = ["main"]

@@ -3,8 +3,8 @@
 A tick that finds the previous sync still running (APScheduler's ``max_instances``) or the
 lock held by someone else syncs nothing; left unreported, a hung sync or a session squatting
 on the lock looks healthy from outside until the data goes stale. These are added to
-``/metrics`` (in the daemon's registry) and to the ``/healthz`` body. See README, *Health and
-metrics*.
+``/metrics`` (in the daemon's registry) and to the ``/healthz`` body. See docs/operations.md,
+*Health and metrics*.
 """
 
 from __future__ import annotations

@@ -18,8 +18,8 @@ Stopping: the first SIGTERM or SIGINT takes no new runs, lets a sync in progress
 (within the fetch budget and its apply) and exits 0; a second one exits at once with 128 +
 the signal number (130 for SIGINT, 143 for SIGTERM), leaving the run in progress
 ``running`` until the next sync closes it as abandoned.
-The signal handler only writes a byte to a pipe; a thread reads it and stops the scheduler,
-so no lock is ever taken inside a signal handler.
+The signal handler only writes a byte to a pipe; a thread reads it and stops the scheduler
+(or, at the second signal, logs and exits), so no lock is ever taken inside a signal handler.
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from apscheduler.schedulers import SchedulerNotRunningError
 from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
+from regionsync import gc_pause
 from regionsync.daemon.health import DaemonHealth
 from regionsync.daemon.metrics import DaemonMetrics, MetricsServer, failure_reason
 from regionsync.daemon.schedule import Schedule, load_schedule
@@ -173,7 +174,6 @@ class Daemon:
         self._state = threading.Condition()
         self._stopping = False
         self._running = False
-        self._signals = 0
         self._wake_read, self._wake_write = os.pipe()
 
     # The job -------------------------------------------------------------------------
@@ -210,9 +210,14 @@ class Daemon:
         database_down = skipped = False
         self.metrics.sync_started()
         try:
-            result = run_sync(
-                self.engine, self.source, trigger="daemon", guard=self.guard, notify=self.notify
-            )
+            with gc_pause.paused():
+                result = run_sync(
+                    self.engine,
+                    self.source,
+                    trigger="daemon",
+                    guard=self.guard,
+                    notify=self.notify,
+                )
         except RegionSyncError as error:
             database_down = isinstance(error, StoreError)
             self.metrics.record_run(
@@ -322,9 +327,17 @@ class Daemon:
         return 0
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
-        self._signals += 1
-        if self._signals == 1:
-            os.write(self._wake_write, bytes([signum]))
+        os.write(self._wake_write, bytes([signum]))
+
+    def _watch_signals(self) -> None:
+        """Wait for the first signal's byte and stop the scheduler; then for a second one,
+        and exit at once. Ends when the pipe closes (the daemon stopped)."""
+        signum = self._next_signal()
+        if signum is None:
+            return
+        self._stop(signum)
+        signum = self._next_signal()
+        if signum is None:
             return
         logger.error(
             "daemon.killed",
@@ -333,12 +346,15 @@ class Daemon:
         )
         os._exit(128 + signum)
 
-    def _watch_signals(self) -> None:
-        """Wait for the first signal's byte, then stop the scheduler from this thread."""
+    def _next_signal(self) -> int | None:
+        """The number of the next signal received; None once the pipe is closed."""
         try:
-            signum = os.read(self._wake_read, 1)[0]
+            return os.read(self._wake_read, 1)[0]
         except (OSError, IndexError):
-            return
+            return None
+
+    def _stop(self, signum: int) -> None:
+        """Take no new runs and stop the scheduler (a sync in progress goes on)."""
         with self._state:
             self._stopping = True
             busy = self._running

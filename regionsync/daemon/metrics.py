@@ -8,7 +8,7 @@ JSON body. The server binds ``REGIONSYNC_METRICS_HOST`` (loopback by default; a 
 pages, and bounds its connections (see :mod:`regionsync.httpserver`) so that no client can
 starve the daemon.
 
-The metrics are made to alert on (see README, *Health and metrics*, and
+The metrics are made to alert on (see docs/operations.md, *Health and metrics*, and
 ``docker/prometheus/alerts.yml``): the consecutive failures are the database's count, so a
 crash-looping daemon still reaches a threshold; failures carry a bounded ``reason``; the
 durations of failed and successful runs are apart; ``process_*`` shows restarts.
@@ -19,9 +19,9 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, Literal, get_args
 
 from prometheus_client import (
@@ -36,6 +36,7 @@ from prometheus_client import (
     generate_latest,
 )
 
+from regionsync import __version__
 from regionsync.errors import (
     GuardError,
     PermanentSourceError,
@@ -43,8 +44,9 @@ from regionsync.errors import (
     StoreError,
     TransientSourceError,
 )
-from regionsync.httpserver import LOOPBACK, BoundedHTTPServer, ServerThread
+from regionsync.httpserver import BoundedHTTPServer, ServerThread
 from regionsync.notify.outbox import Backlog
+from regionsync.settings import LOOPBACK
 from regionsync.status import Freshness, StatusReport
 from regionsync.store.runs import Counts
 from regionsync.store.tables import HistoryChange, RunOutcome
@@ -88,11 +90,125 @@ def failure_reason(error: BaseException) -> FailureReason:
     return "internal"
 
 
-def _version() -> str:
-    try:
-        return version("regionsync")
-    except PackageNotFoundError:  # pragma: no cover - a source tree that was never installed
-        return "unknown"
+@dataclass(frozen=True)
+class Metric:
+    """One metric as declared: the attribute that holds it, its type, name and help, and its
+    one label, if any, with the values exported from the start (at 0, so that a rate or an
+    alert sees the first increment)."""
+
+    attribute: str
+    kind: type[Counter | Gauge | Histogram]
+    name: str
+    help: str
+    label: str | None = None
+    values: tuple[str, ...] = ()
+
+    def register(self, registry: CollectorRegistry) -> Counter | Gauge | Histogram:
+        labels = () if self.label is None else (self.label,)
+        options: dict[str, Any] = {"buckets": DURATION_BUCKETS} if self.kind is Histogram else {}
+        metric = self.kind(self.name, self.help, labels, registry=registry, **options)
+        for value in self.values:
+            metric.labels(value)
+        return metric
+
+
+#: What a daemon knows about its syncs, in the order ``/metrics`` lists them (after
+#: ``process_*`` and ``regionsync_build_info``).
+DAEMON_METRICS = (
+    Metric(
+        "_runs",
+        Counter,
+        "regionsync_sync_runs",
+        "Sync attempts by this daemon, by how they ended (failed includes attempts the "
+        "database was too far gone to record).",
+        "status",
+        RUN_OUTCOMES,
+    ),
+    Metric(
+        "_failures",
+        Counter,
+        "regionsync_sync_failures",
+        "Failed sync attempts by this daemon, by the class of error (not its message).",
+        "reason",
+        FAILURE_REASONS,
+    ),
+    Metric(
+        "_duration",
+        Histogram,
+        "regionsync_sync_duration_seconds",
+        "How long this daemon's syncs took, fetch and apply, by outcome.",
+        "status",
+        ("succeeded", "failed"),
+    ),
+    Metric(
+        "_rejected",
+        Counter,
+        "regionsync_records_rejected",
+        "Records the API sent that were rejected (invalid, oversized) by this daemon's "
+        "successful syncs.",
+    ),
+    Metric(
+        "_changes",
+        Counter,
+        "regionsync_region_changes",
+        "Region changes applied by this daemon's syncs, by kind.",
+        "change",
+        CHANGE_KINDS,
+    ),
+    Metric(
+        "_last_attempt",
+        Gauge,
+        "regionsync_last_attempt_timestamp_seconds",
+        "When this daemon's last sync attempt (any outcome) ended, as a Unix time; "
+        "0 before the first.",
+    ),
+    Metric(
+        "_in_progress",
+        Gauge,
+        "regionsync_sync_started_timestamp_seconds",
+        "When the sync now in progress started, as a Unix time; 0 while none runs.",
+    ),
+    Metric(
+        "_last_success",
+        Gauge,
+        "regionsync_last_success_timestamp_seconds",
+        "When the last successful sync (by any process) finished, as a Unix time; "
+        "0 when there has been none.",
+    ),
+    Metric(
+        "_regions",
+        Gauge,
+        "regionsync_regions",
+        "Regions in the database: active, or removed (absent from the API).",
+        "state",
+    ),
+    Metric(
+        "_enabled",
+        Gauge,
+        "regionsync_regions_enabled",
+        "Active regions whose carrier is enabled.",
+    ),
+    Metric(
+        "_consecutive_failures",
+        Gauge,
+        "regionsync_consecutive_failures",
+        "Failed syncs (by any process) since the last success, as the database records "
+        "them, plus this daemon's failures the database has not answered for since.",
+    ),
+    Metric(
+        "_max_age",
+        Gauge,
+        "regionsync_health_max_age_seconds",
+        "/healthz answers 503 when the last success is older than this.",
+    ),
+    Metric(
+        "_period",
+        Gauge,
+        "regionsync_schedule_period_seconds",
+        "The schedule's period (an interval, or a crontab's longest gap between runs); "
+        "alerts on staleness count in these.",
+    ),
+)
 
 
 class DaemonMetrics:
@@ -100,6 +216,21 @@ class DaemonMetrics:
 
     Thread-safe: the scheduler's worker records, the HTTP server's threads read.
     """
+
+    # Set from DAEMON_METRICS.
+    _runs: Counter
+    _failures: Counter
+    _duration: Histogram
+    _rejected: Counter
+    _changes: Counter
+    _last_attempt: Gauge
+    _in_progress: Gauge
+    _last_success: Gauge
+    _regions: Gauge
+    _enabled: Gauge
+    _consecutive_failures: Gauge
+    _max_age: Gauge
+    _period: Gauge
 
     def __init__(
         self, *, max_age: timedelta, period: timedelta | None = None, clock: Clock = _utcnow
@@ -118,93 +249,10 @@ class DaemonMetrics:
             "regionsync_build",
             "The regionsync version this daemon runs.",
             registry=self.registry,
-        ).info({"version": _version()})
-        self._runs = Counter(
-            "regionsync_sync_runs",
-            "Sync attempts by this daemon, by how they ended (failed includes attempts the "
-            "database was too far gone to record).",
-            ["status"],
-            registry=self.registry,
-        )
-        for status in RUN_OUTCOMES:
-            self._runs.labels(status=status)
-        self._failures = Counter(
-            "regionsync_sync_failures",
-            "Failed sync attempts by this daemon, by the class of error (not its message).",
-            ["reason"],
-            registry=self.registry,
-        )
-        for reason in FAILURE_REASONS:
-            self._failures.labels(reason=reason)
-        self._duration = Histogram(
-            "regionsync_sync_duration_seconds",
-            "How long this daemon's syncs took, fetch and apply, by outcome.",
-            ["status"],
-            buckets=DURATION_BUCKETS,
-            registry=self.registry,
-        )
-        for status in ("succeeded", "failed"):
-            self._duration.labels(status=status)
-        self._rejected = Counter(
-            "regionsync_records_rejected",
-            "Records the API sent that were rejected (invalid, oversized) by this daemon's "
-            "successful syncs.",
-            registry=self.registry,
-        )
-        self._changes = Counter(
-            "regionsync_region_changes",
-            "Region changes applied by this daemon's syncs, by kind.",
-            ["change"],
-            registry=self.registry,
-        )
-        for kind in CHANGE_KINDS:
-            self._changes.labels(change=kind)
-        self._last_attempt = Gauge(
-            "regionsync_last_attempt_timestamp_seconds",
-            "When this daemon's last sync attempt (any outcome) ended, as a Unix time; "
-            "0 before the first.",
-            registry=self.registry,
-        )
-        self._in_progress = Gauge(
-            "regionsync_sync_started_timestamp_seconds",
-            "When the sync now in progress started, as a Unix time; 0 while none runs.",
-            registry=self.registry,
-        )
-        self._last_success = Gauge(
-            "regionsync_last_success_timestamp_seconds",
-            "When the last successful sync (by any process) finished, as a Unix time; "
-            "0 when there has been none.",
-            registry=self.registry,
-        )
-        self._regions = Gauge(
-            "regionsync_regions",
-            "Regions in the database: active, or removed (absent from the API).",
-            ["state"],
-            registry=self.registry,
-        )
-        self._enabled = Gauge(
-            "regionsync_regions_enabled",
-            "Active regions whose carrier is enabled.",
-            registry=self.registry,
-        )
-        self._consecutive_failures = Gauge(
-            "regionsync_consecutive_failures",
-            "Failed syncs (by any process) since the last success, as the database records "
-            "them, plus this daemon's failures the database has not answered for since.",
-            registry=self.registry,
-        )
-        self._max_age = Gauge(
-            "regionsync_health_max_age_seconds",
-            "/healthz answers 503 when the last success is older than this.",
-            registry=self.registry,
-        )
+        ).info({"version": __version__})
+        for metric in DAEMON_METRICS:
+            setattr(self, metric.attribute, metric.register(self.registry))
         self._max_age.set(max_age.total_seconds())
-        self._period = Gauge(
-            "regionsync_schedule_period_seconds",
-            "The schedule's period (an interval, or a crontab's longest gap between runs); "
-            "alerts on staleness count in these.",
-            registry=self.registry,
-        )
         self._period.set((period or max_age).total_seconds())
         self.notifications = NotificationMetrics(self.registry, clock)
 
@@ -376,9 +424,33 @@ class MetricsServer:
         self._serving.stop()
 
 
-# Notifications (see README, *Notifications*) ---------------------------------------------
+# Notifications (see docs/notifications.md) -----------------------------------------------
 
 DELIVERY_OUTCOMES = ("delivered", "retried", "failed")
+#: Webhook deliveries, listed after :data:`DAEMON_METRICS`.
+NOTIFICATION_METRICS = (
+    Metric(
+        "_deliveries",
+        Counter,
+        "regionsync_notification_deliveries",
+        "Webhook delivery attempts by this process, by outcome: delivered, retried (failed, "
+        "to be tried again) or failed (given up: refused by the receiver, or too old).",
+        "outcome",
+        DELIVERY_OUTCOMES,
+    ),
+    Metric(
+        "_pending",
+        Gauge,
+        "regionsync_notifications_pending",
+        "Webhook deliveries written but not yet accepted by the receiver.",
+    ),
+    Metric(
+        "_oldest",
+        Gauge,
+        "regionsync_notifications_oldest_pending_age_seconds",
+        "Age of the oldest pending webhook delivery; 0 when none is pending.",
+    ),
+)
 
 
 class NotificationMetrics:
@@ -388,30 +460,18 @@ class NotificationMetrics:
     oldest pending delivery's age is computed at each scrape.
     """
 
+    # Set from NOTIFICATION_METRICS.
+    _deliveries: Counter
+    _pending: Gauge
+    _oldest: Gauge
+
     def __init__(self, registry: CollectorRegistry, clock: Clock = _utcnow) -> None:
         self._clock = clock
         self._lock = threading.Lock()
         self._backlog: Backlog | None = None
-        self._deliveries = Counter(
-            "regionsync_notification_deliveries",
-            "Webhook delivery attempts by this process, by outcome: delivered, retried (failed, "
-            "to be tried again) or failed (given up: refused by the receiver, or too old).",
-            ["outcome"],
-            registry=registry,
-        )
-        for outcome in DELIVERY_OUTCOMES:
-            self._deliveries.labels(outcome=outcome)
-        self._pending = Gauge(
-            "regionsync_notifications_pending",
-            "Webhook deliveries written but not yet accepted by the receiver.",
-            registry=registry,
-        )
+        for metric in NOTIFICATION_METRICS:
+            setattr(self, metric.attribute, metric.register(registry))
         self._pending.set_function(self._pending_count)
-        self._oldest = Gauge(
-            "regionsync_notifications_oldest_pending_age_seconds",
-            "Age of the oldest pending webhook delivery; 0 when none is pending.",
-            registry=registry,
-        )
         self._oldest.set_function(self._oldest_age)
 
     def _read(self) -> Backlog | None:

@@ -3,14 +3,14 @@
 :func:`enqueue` runs inside the apply transaction, after the run's history and counts are
 written: the deliveries it queues and the ``NOTIFY`` it issues commit or roll back with the
 changes they report. Delivery (``regionsync.notify.delivery``) reads and updates the rows after
-commit. See README, *Notifications*.
+commit. See docs/notifications.md.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -19,6 +19,7 @@ from sqlalchemy.engine import Connection
 
 from regionsync.durations import format_duration
 from regionsync.settings import NOTIFY_ON_CHOICES, NotificationSettings
+from regionsync.store.runs import Counts
 from regionsync.store.runs import now as utcnow
 from regionsync.store.tables import (
     DeliveryStatus,
@@ -33,7 +34,8 @@ EVENT_TYPE = "regions.changed"
 #: A run's changes are split into several deliveries past either limit.
 MAX_CHANGES_PER_DELIVERY = 1000
 MAX_DELIVERY_BYTES = 256 * 1024
-COUNTED = ("fetched", "added", "changed", "unchanged", "removed", "restored", "rejected")
+#: The run's counts a notification reports: the ``sync_runs`` columns :class:`Counts` fills.
+COUNTED = tuple(counted.name for counted in fields(Counts))
 CHANGED = ("added", "changed", "removed", "restored")
 
 

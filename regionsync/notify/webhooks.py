@@ -2,8 +2,9 @@
 
 Signature: ``webhook-signature: v1,<base64 HMAC-SHA256 of "id.timestamp.body">`` keyed with
 the bytes of the ``whsec_`` secret, so any Standard Webhooks library verifies it.
-``requests`` errors are translated into an :class:`Attempt` here and never chained or
-quoted whole: their text may hold the URL, and a Slack webhook's URL is its credential.
+Transport errors come as :class:`~regionsync.httpclient.TransportError` kinds and become an
+:class:`Attempt` here, never chained or quoted whole: the foreign errors' text may hold the
+URL, and a Slack webhook's URL is its credential.
 Redirects are not followed (the body would go elsewhere).
 
 Each attempt is over when :meth:`WebhookClient.post` returns: its connection is cut at the
@@ -25,13 +26,11 @@ from http import HTTPStatus
 from urllib.parse import urlsplit
 
 import requests
-import urllib3
 
 from regionsync import __version__, httpclient
 from regionsync.errors import one_line
 from regionsync.logs import redact
 from regionsync.settings import CABundle, Secret, decode_webhook_secret
-from regionsync.source.kaleyra import parse_retry_after
 
 #: At most this much of a receiver's answer is read (to quote a short reason from it, or
 #: to see a 2xx answer end as it said it would).
@@ -76,13 +75,9 @@ class WebhookClient:
         parts = urlsplit(url.reveal())
         self.host = parts.netloc
         self._verify = httpclient.verify(ca_bundle)
-        self._session = requests.Session()
 
     def __repr__(self) -> str:
         return f"WebhookClient(host={self.host!r})"
-
-    def close(self) -> None:
-        self._session.close()
 
     def headers(self, msg_id: str, body: bytes, *, timestamp: int | None = None) -> dict[str, str]:
         stamp = int(time.time()) if timestamp is None else timestamp
@@ -103,16 +98,17 @@ class WebhookClient:
         latest, whatever the receiver does: no thread or connection of it outlives the call."""
         with httpclient.Deadline(deadline), httpclient.watched_session() as session:
             try:
-                response = session.post(
-                    self._url.reveal(),
-                    data=body,
-                    headers=self.headers(msg_id, body),
-                    timeout=(connect, read),
-                    allow_redirects=False,
-                    stream=True,
-                    verify=self._verify,
-                )
-            except requests.RequestException as error:
+                with httpclient.translated():
+                    response = session.post(
+                        self._url.reveal(),
+                        data=body,
+                        headers=self.headers(msg_id, body),
+                        timeout=(connect, read),
+                        allow_redirects=False,
+                        stream=True,
+                        verify=self._verify,
+                    )
+            except httpclient.TransportError as error:
                 return self._unanswered(error, connect, read)
             with response:
                 attempt = self._classify(response)
@@ -120,23 +116,30 @@ class WebhookClient:
                 return self._too_late()
             return attempt
 
-    def _unanswered(self, error: requests.RequestException, connect: float, read: float) -> Attempt:
+    def _unanswered(self, error: httpclient.TransportError, connect: float, read: float) -> Attempt:
         """How an attempt ended that got no whole head of an answer back."""
-        if httpclient.cut_short():
-            return self._too_late()
-        if isinstance(error, requests.exceptions.SSLError):
-            reason = _reason(error) + httpclient.tls_hint(error)
-            return Attempt(False, False, f"TLS connection to {self.host} failed: {reason}")
-        if isinstance(error, requests.exceptions.ConnectTimeout):
-            return Attempt(False, True, f"could not connect to {self.host} within {connect:.1f} s")
-        if isinstance(error, requests.Timeout):
-            return Attempt(False, True, f"{self.host} did not answer within {read:.1f} s")
-        broken = httpclient.broken_head(error)
-        if broken is not None:
-            return Attempt(False, True, f"{self.host}: {broken.strerror}")
-        if isinstance(error, requests.ConnectionError):
-            return Attempt(False, True, f"could not reach {self.host}: {_reason(error)}")
-        return Attempt(False, False, f"could not send to {self.host}: {type(error).__name__}")
+        match error:
+            case httpclient.DeadlineCut():
+                return self._too_late()
+            case httpclient.TLSFailed():
+                reason = self._reason(error) + httpclient.tls_hint(error)
+                return Attempt(False, False, f"TLS connection to {self.host} failed: {reason}")
+            case httpclient.ConnectTimedOut():
+                return Attempt(
+                    False, True, f"could not connect to {self.host} within {connect:.1f} s"
+                )
+            case httpclient.ReadTimedOut():
+                return Attempt(False, True, f"{self.host} did not answer within {read:.1f} s")
+            case httpclient.CutShort():
+                return Attempt(False, True, f"{self.host}: {self._reason(error)}")
+            case httpclient.ConnectionFailed():
+                return Attempt(False, True, f"could not reach {self.host}: {self._reason(error)}")
+        return Attempt(False, False, f"could not send to {self.host}: {error.raised}")
+
+    def _reason(self, error: httpclient.TransportError) -> str:
+        """The OS-level reason of a failed attempt, e.g. "Connection refused", scrubbed."""
+        said = one_line(error.reason, limit=80) if error.reason else "connection failed"
+        return redact(said, self._secrets)
 
     def _too_late(self) -> Attempt:
         return Attempt(
@@ -158,7 +161,8 @@ class WebhookClient:
         host = parts.hostname or ""
         port = parts.port or (443 if parts.scheme == "https" else 80)
         where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        found = self._session.merge_environment_settings(url, {}, None, self._verify, None)
+        with requests.Session() as session:  # reads the proxy and CA settings, opens nothing
+            found = session.merge_environment_settings(url, {}, None, self._verify, None)
         if requests.utils.select_proxy(url, found["proxies"]):
             return Reach(True, "not probed: it is sent through a proxy")
         deadline = time.monotonic() + seconds
@@ -201,7 +205,7 @@ class WebhookClient:
         if 300 <= status < 400:
             return Attempt(False, False, error + " (redirects are not followed)", status)
         if status == 429 or status >= 500:
-            after = parse_retry_after(response.headers.get("Retry-After"))
+            after = httpclient.parse_retry_after(response.headers.get("Retry-After"))
             return Attempt(False, True, error, status, after)
         return Attempt(False, False, error, status)
 
@@ -210,8 +214,9 @@ class WebhookClient:
         if not response.headers.get("Content-Type", "").startswith(("text/", "application/json")):
             return ""
         try:
-            raw = response.raw.read(MAX_ANSWER_BYTES, decode_content=True)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
+            with httpclient.translated():
+                raw = response.raw.read(MAX_ANSWER_BYTES, decode_content=True)
+        except (httpclient.TransportError, ValueError):
             return ""
         text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
         return redact(one_line(text, limit=120), self._secrets)
@@ -230,23 +235,13 @@ def _read_to_end(response: requests.Response) -> str | None:
     know it is not cut short); None when it ended as its head said, else how it broke."""
     read = 0
     try:
-        for chunk in response.raw.stream(1024, decode_content=False):
-            read += len(chunk)
-            if read > MAX_ANSWER_BYTES:
-                break
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        if isinstance(error, urllib3.exceptions.ProtocolError):
-            return "the connection closed before the end of its body"
-        return f"its body broke off ({type(error).__name__})"
+        with httpclient.translated():
+            for chunk in response.raw.stream(1024, decode_content=False):
+                read += len(chunk)
+                if read > MAX_ANSWER_BYTES:
+                    break
+    except httpclient.CutShort:
+        return "the connection closed before the end of its body"
+    except httpclient.TransportError as error:
+        return f"its body broke off ({error.raised})"
     return None
-
-
-def _reason(error: BaseException) -> str:
-    """The OS-level reason of a connection error, e.g. "Connection refused"."""
-    for current in httpclient.error_chain(error):
-        foreign = isinstance(current, OSError) and not isinstance(
-            current, requests.RequestException
-        )
-        if foreign and isinstance(current, OSError) and current.strerror:
-            return one_line(current.strerror, limit=80)
-    return "connection failed"

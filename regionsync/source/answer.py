@@ -4,8 +4,8 @@ classified failure.
 :func:`read_answer` is the one way in, for a live response (:mod:`regionsync.source.kaleyra`) and a
 saved one (:mod:`regionsync.source.saved`) alike: it decodes the body, classifies a
 failure once (the body first, then the HTTP status: docs/contract.md §1), and validates the
-records against the README's rules (*Reliability* has the bounds). Records that break them
-are rejected one by one (the caller logs them); a body that is not the documented success
+records against the rules of docs/contract.md §2. Records that break them are rejected one
+by one (the caller logs them); a body that is not the documented success
 shape is a :class:`SourceError`, never "zero regions".
 
 Speed and memory matter at 100,000 records: msgspec decodes bodies (the stdlib ``json``
@@ -29,14 +29,21 @@ from msgspec import UNSET, Meta, Struct, UnsetType
 
 from regionsync import record_sink
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
-from regionsync.records import RegionRecord, Rejection, Snapshot, held_ids
+from regionsync.records import (
+    OPTIONAL_FIELDS,
+    RegionRecord,
+    Rejection,
+    Snapshot,
+    canonical_json,
+    held_ids,
+)
 
 MAX_BODY_BYTES = 50 * 1024 * 1024
 """The largest body accepted, from the API or a file (a real one is a few kilobytes)."""
 
 PG_INT_MIN, PG_INT_MAX = -(2**31), 2**31 - 1
 
-#: Bounds on one record; a record beyond any of them is rejected (see README, *Reliability*).
+#: Bounds on one record; a record beyond any of them is rejected (docs/contract.md §2).
 MAX_ID_CHARS = 255
 MAX_STRING_CHARS = 4096
 MAX_RECORD_BYTES = 64 * 1024
@@ -58,8 +65,6 @@ NOT_FOUND_HINT = (
 
 STRING_FIELDS = ("region_name", "display_name", "management_type", "hosting_region")
 VALUE_FIELDS = ("management_type_value", "managment_type_value")  # the docs' spelling second
-OPTIONAL_FIELDS = (*STRING_FIELDS, "management_type_value")
-"""The stored fields a record may leave out; ``RegionRecord.absent`` names them."""
 
 
 @dataclass(frozen=True)
@@ -111,34 +116,11 @@ class Origin:
         return self.bad_body(f"HTTP {self.status} with a body that is not JSON ({kind}): {problem}")
 
 
-class TooManyRejectedError(PermanentSourceError):
-    """More of the records were rejected than the caller allows; nothing may be applied.
-
-    Raised as soon as the share is passed, so ``rejected`` may be a lower bound; ``sample``
-    holds the first rejections, for the log.
-    """
-
-    def __init__(
-        self, message: str, *, fetched: int, rejected: int, sample: tuple[Rejection, ...]
-    ) -> None:
-        self.fetched = fetched
-        self.rejected = rejected
-        self.sample = sample
-        super().__init__(message, code="rejected")
-
-
-def read_answer(
-    content: bytes,
-    origin: Origin,
-    *,
-    received_at: datetime,
-    max_reject_fraction: float | None = None,
-) -> Snapshot:
+def read_answer(content: bytes, origin: Origin, *, received_at: datetime) -> Snapshot:
     """The snapshot ``content`` holds, or the :class:`SourceError` it means.
 
     Pass ``content`` without keeping it: it is let go once decoded, so that a large body
-    and its records are not all held at once. With ``max_reject_fraction``, raises
-    :class:`TooManyRejectedError` as :func:`parse_body` says.
+    and its records are not all held at once.
     """
     try:
         body = decode_body(content)
@@ -147,37 +129,23 @@ def read_answer(
     else:
         problem = ""
     del content
-    failure = classify_failure(body, origin)  # a body that is not JSON: the status decides
-    if failure is not None:
-        raise failure
-    if problem:
-        raise origin.not_json(problem)
-    return _snapshot(body, origin, received_at, max_reject_fraction)
+    if problem:  # a body that is not JSON: the status decides
+        raise classify_failure(None, origin) or origin.not_json(problem)
+    return read_decoded(body, origin, received_at=received_at)
 
 
-def parse_body(
-    body: object,
-    *,
-    source: str,
-    received_at: datetime,
-    max_reject_fraction: float | None = None,
-) -> Snapshot:
-    """Validate an already decoded body (:func:`decode_body`, or JSON) into a :class:`Snapshot`.
-
-    Raises :class:`SourceError` (``bad-body``, or the code of an error body) for anything
-    but the documented success shape. With ``max_reject_fraction``, raises
-    :class:`TooManyRejectedError` when every record, or more than that share of them, is
-    rejected, and stops validating as soon as the share is passed.
+def read_decoded(body: object, origin: Origin, *, received_at: datetime) -> Snapshot:
+    """The snapshot an already decoded body (:func:`decode_body`, or JSON) holds, or the
+    :class:`SourceError` it means (``bad-body``, or the code of an error body).
 
     Records decoded by :func:`decode_body` are released one by one as they are validated,
     so a large body's decoded records and the snapshot's records are not all held at once;
     a list the caller built is left as it is.
     """
-    origin = Origin(source=source, where=f"from {source}")
     failure = classify_failure(body, origin)
     if failure is not None:
         raise failure
-    return _snapshot(body, origin, received_at, max_reject_fraction)
+    return _snapshot(body, origin, received_at)
 
 
 # The failure an answer reports -------------------------------------------------------------
@@ -319,7 +287,7 @@ def decode_body(content: bytes) -> object:
 def decode_json(content: bytes) -> object:
     """Decode a JSON body (UTF-8/16/32); raises ValueError with a short reason.
 
-    msgspec decodes it (several times faster than the stdlib, in less memory); what msgspec
+    msgspec decodes it (faster than the stdlib, in less memory); what msgspec
     refuses — NaN, lone surrogates, UTF-16 — is decoded, or explained, by the stdlib, so the
     result is always what ``json.loads`` gives.
     """
@@ -364,10 +332,8 @@ def json_type(value: object) -> str:
 # The records -------------------------------------------------------------------------------
 
 
-def _snapshot(
-    body: object, origin: Origin, received_at: datetime, max_reject_fraction: float | None
-) -> Snapshot:
-    """A success body's records, validated one by one (see :func:`parse_body`)."""
+def _snapshot(body: object, origin: Origin, received_at: datetime) -> Snapshot:
+    """A success body's records, validated one by one (see :func:`read_decoded`)."""
     if received_at.tzinfo is None:
         raise ValueError("received_at must be timezone-aware")
     if not isinstance(body, dict):
@@ -379,7 +345,6 @@ def _snapshot(
         raise origin.bad_body(f"data is a JSON {json_type(data)}, not an array")
 
     fetched = len(data)
-    limit = fetched if max_reject_fraction is None else max_reject_fraction * fetched
     validate = RecordValidator()
     valid: dict[str, RegionRecord] = {}
     differing: set[str] = set()
@@ -416,10 +381,6 @@ def _snapshot(
             anonymous += outcome.region_id is None
         else:
             unlisted += 1
-        if len(rejected) + unlisted > limit:
-            raise _too_many(fetched, len(rejected) + unlisted, rejected, max_reject_fraction)
-    if max_reject_fraction is not None and fetched and len(rejected) + unlisted == fetched:
-        raise _too_many(fetched, fetched, rejected, max_reject_fraction)
 
     held = held_ids(rejected)
     return Snapshot(
@@ -433,29 +394,8 @@ def _snapshot(
     )
 
 
-def _too_many(
-    fetched: int, count: int, rejected: list[Rejection], fraction: float | None
-) -> TooManyRejectedError:
-    sample = tuple(rejected[:LISTED_ANONYMOUS_REJECTIONS])
-    if count == fetched:
-        message = f"every record was rejected ({count:,} of {fetched:,})"
-    else:
-        message = (
-            f"more than {fraction:.0%} of the records were rejected "
-            f"(at least {count:,} of {fetched:,})"
-        )
-    return TooManyRejectedError(message, fetched=fetched, rejected=count, sample=sample)
-
-
 def not_an_object(item: object, position: int) -> Rejection:
     return Rejection(None, f"record #{position} is a JSON {json_type(item)}, not an object")
-
-
-def validate_record(item: object, *, position: int) -> RegionRecord | Rejection:
-    """One record of ``data`` (``position`` counts from 1, for records without an id)."""
-    if type(item) is not dict:
-        return not_an_object(item, position)
-    return RecordValidator()(item, position)
 
 
 class _Missing:
@@ -606,7 +546,7 @@ class RecordValidator:
             or value is missing
         ):
             absent = self._absent_fields(
-                region_name, display_name, management_type, hosting_region, value, missing
+                region_name, display_name, management_type, value, hosting_region, missing
             )
             region_name = None if region_name is missing else region_name
             display_name = None if display_name is missing else display_name
@@ -648,8 +588,6 @@ class RecordValidator:
             if problem is not None:
                 return "", problem
             if has_float:  # msgspec writes some floats differently (1e16, not 1e+16)
-                from regionsync.store.tables import canonical_json
-
                 encoded = canonical_json(item).encode()
             elif encoded is None:
                 encoded = self._encode(item)
@@ -658,7 +596,8 @@ class RecordValidator:
         return encoded.decode(), None
 
     def _absent_fields(self, *values: object) -> frozenset[str]:
-        """The optional fields whose value is ``missing``, the last argument (one set each)."""
+        """The optional fields whose value is ``missing``, the last argument (one set each);
+        the values come in :data:`~regionsync.records.OPTIONAL_FIELDS`' order."""
         *fields, missing = values
         names = tuple(name for name, v in zip(OPTIONAL_FIELDS, fields, strict=True) if v is missing)
         absent = self._absent.get(names)

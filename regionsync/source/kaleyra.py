@@ -1,13 +1,14 @@
 """The Kaleyra source: one GET of "Get an Agent's Regions", retried when worth it.
 
-``requests``/``urllib3`` errors are translated into :mod:`regionsync.errors` here and only
-here, and never chained: their text and attributes may hold the request (and so the key).
+Transport errors come as :class:`~regionsync.httpclient.TransportError` kinds and become
+:mod:`regionsync.errors` here, never chained: the foreign errors' text and attributes may
+hold the request (and so the key).
 What an answer means (its records, or the failure it reports) is
 :func:`regionsync.source.answer.read_answer`'s to say.
 
 The whole fetch (connect, headers, body, every attempt) ends within the budget
 (:data:`FETCH_BUDGET_SECONDS`) whatever the server does: its connections are cut by a
-:class:`~regionsync.httpclient.Deadline`. See README, *Daemon*.
+:class:`~regionsync.httpclient.Deadline`. See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -18,12 +19,10 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 import requests
 import structlog
-import urllib3
 
 from regionsync import __version__, httpclient
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError, one_line
@@ -74,44 +73,6 @@ DEFAULT_RETRY = RetryPolicy()
 
 def seconds(value: float) -> str:
     return f"{value:.0f}" if value >= 10 else f"{value:.1f}"
-
-
-def parse_retry_after(value: str | None, *, now: datetime | None = None) -> float | None:
-    """``Retry-After`` in seconds from now (delta-seconds or an HTTP-date), or None."""
-    if value is None or not value.strip():
-        return None
-    text = value.strip()
-    try:
-        delay = float(text)
-    except ValueError:
-        try:
-            when = parsedate_to_datetime(text)
-        except (TypeError, ValueError, IndexError):
-            return None
-        if when.tzinfo is None:
-            when = when.replace(tzinfo=UTC)
-        delay = (when - (now or datetime.now(UTC))).total_seconds()
-    if delay != delay:  # NaN
-        return None
-    return max(0.0, delay)
-
-
-def _root_reason(error: BaseException) -> str:
-    """The OS-level reason of a requests error (e.g. "Connection refused")."""
-    errors = [
-        e
-        for e in httpclient.error_chain(error)
-        if isinstance(e, OSError) and not isinstance(e, requests.RequestException)
-    ]
-    reasons = [e.strerror for e in errors if e.strerror] + [str(e) for e in errors if str(e)]
-    return reasons[0] if reasons else type(error).__name__
-
-
-def _timed_out(error: BaseException) -> bool:
-    return any(
-        isinstance(e, TimeoutError | urllib3.exceptions.TimeoutError)
-        for e in httpclient.error_chain(error)
-    )
 
 
 def _backoff(policy: RetryPolicy, attempt: int) -> float:
@@ -262,20 +223,17 @@ class KaleyraClient:
         timeout = (min(self.retry.connect_timeout, left), min(self.retry.read_timeout, left))
         failure: SourceError
         try:
-            response = session.get(
-                self.url,
-                headers=self._headers(),
-                timeout=timeout,
-                allow_redirects=False,
-                stream=True,
-                verify=self._verify,
-            )
-        except requests.RequestException as error:
-            failure = (
-                self._over_budget(None)
-                if httpclient.cut_short()
-                else self._translate(error, timeout)
-            )
+            with httpclient.translated():
+                response = session.get(
+                    self.url,
+                    headers=self._headers(),
+                    timeout=timeout,
+                    allow_redirects=False,
+                    stream=True,
+                    verify=self._verify,
+                )
+        except httpclient.TransportError as error:
+            failure = self._unanswered(error, timeout)
         else:
             with response:
                 # A connection from a caller's session was made outside this deadline.
@@ -293,34 +251,44 @@ class KaleyraClient:
             status=status,
         )
 
-    def _translate(
-        self, error: requests.RequestException, timeout: tuple[float, float]
+    def _reason(self, error: httpclient.TransportError) -> str:
+        """The OS-level reason of a failed request (else the error's type), scrubbed."""
+        return self._scrub(one_line(error.reason or error.raised))
+
+    def _unanswered(
+        self, error: httpclient.TransportError, timeout: tuple[float, float]
     ) -> SourceError:
+        """How a request ended that got no whole head of an answer back."""
         host = urlsplit(self.url).netloc
-        reason = self._scrub(one_line(_root_reason(error)))
-        if isinstance(error, requests.exceptions.SSLError):
-            return PermanentSourceError(
-                f"TLS connection to {host} failed: {reason}{httpclient.tls_hint(error)}",
-                code="tls",
-            )
-        if isinstance(error, requests.exceptions.ConnectTimeout):
-            return TransientSourceError(
-                f"could not connect to Kaleyra at {host} within {seconds(timeout[0])} s",
-                code="timeout",
-            )
-        if isinstance(error, requests.Timeout):
-            return TransientSourceError(
-                f"Kaleyra at {host} did not answer within {seconds(timeout[1])} s", code="timeout"
-            )
-        if httpclient.broken_head(error) is not None:
-            return TransientSourceError(f"Kaleyra at {host}: {reason}", code="connection")
-        if isinstance(error, requests.ConnectionError):
-            return TransientSourceError(
-                f"could not reach Kaleyra at {host}: {reason}", code="connection"
-            )
+        match error:
+            case httpclient.DeadlineCut():
+                return self._over_budget(None)
+            case httpclient.TLSFailed():
+                return PermanentSourceError(
+                    f"TLS connection to {host} failed: "
+                    f"{self._reason(error)}{httpclient.tls_hint(error)}",
+                    code="tls",
+                )
+            case httpclient.ConnectTimedOut():
+                return TransientSourceError(
+                    f"could not connect to Kaleyra at {host} within {seconds(timeout[0])} s",
+                    code="timeout",
+                )
+            case httpclient.ReadTimedOut():
+                return TransientSourceError(
+                    f"Kaleyra at {host} did not answer within {seconds(timeout[1])} s",
+                    code="timeout",
+                )
+            case httpclient.CutShort():
+                return TransientSourceError(
+                    f"Kaleyra at {host}: {self._reason(error)}", code="connection"
+                )
+            case httpclient.ConnectionFailed():
+                return TransientSourceError(
+                    f"could not reach Kaleyra at {host}: {self._reason(error)}", code="connection"
+                )
         return PermanentSourceError(
-            f"could not send the request to Kaleyra at {host}: {type(error).__name__}",
-            code="request",
+            f"could not send the request to Kaleyra at {host}: {error.raised}", code="request"
         )
 
     def _read(self, response: requests.Response, deadline: float) -> Snapshot:
@@ -340,10 +308,10 @@ class KaleyraClient:
             status=status,
             reason=response.reason or "",
             content_type=response.headers.get("Content-Type", ""),
-            retry_after=parse_retry_after(response.headers.get("Retry-After")),
+            retry_after=httpclient.parse_retry_after(response.headers.get("Retry-After")),
             scrub=self._scrub,
         )
-        # The content is not kept here: at 100,000 regions it is 25 MB, replaced once decoded.
+        # The content is not kept here: a large body is let go once decoded.
         return read_answer(self._content(response, deadline), origin, received_at=datetime.now(UTC))
 
     def _content(self, response: requests.Response, deadline: float) -> bytes:
@@ -354,28 +322,27 @@ class KaleyraClient:
         content = bytearray()
         failure: SourceError | None = None
         try:
-            for chunk in response.iter_content(CHUNK_BYTES):
-                content += chunk
-                if len(content) > self.max_bytes:
-                    raise self._too_large(status, "it kept coming")
-                if time.monotonic() > deadline:
-                    raise self._over_budget(status)
-        except requests.RequestException as error:
-            if httpclient.cut_short():
-                failure = self._over_budget(status)
-            elif _timed_out(error):
-                failure = TransientSourceError(
-                    f"Kaleyra stopped sending mid-answer (HTTP {status}): read timed out",
-                    code="timeout",
-                    status=status,
-                )
-            else:
-                reason = self._scrub(one_line(_root_reason(error)))
-                failure = TransientSourceError(
-                    f"Kaleyra's answer broke off (HTTP {status}): {reason}",
-                    code="connection",
-                    status=status,
-                )
+            with httpclient.translated():
+                for chunk in response.iter_content(CHUNK_BYTES):
+                    content += chunk
+                    if len(content) > self.max_bytes:
+                        raise self._too_large(status, "it kept coming")
+                    if time.monotonic() > deadline:
+                        raise self._over_budget(status)
+        except httpclient.DeadlineCut:
+            failure = self._over_budget(status)
+        except httpclient.ReadTimedOut:
+            failure = TransientSourceError(
+                f"Kaleyra stopped sending mid-answer (HTTP {status}): read timed out",
+                code="timeout",
+                status=status,
+            )
+        except httpclient.TransportError as error:
+            failure = TransientSourceError(
+                f"Kaleyra's answer broke off (HTTP {status}): {self._reason(error)}",
+                code="connection",
+                status=status,
+            )
         if failure is None and httpclient.cut_short():  # the cut can look like a clean end
             failure = self._over_budget(status)
         if failure is not None:

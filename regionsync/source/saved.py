@@ -28,9 +28,7 @@ class FileSource:
         return load_file(self.path)
 
 
-def load_file(
-    path: Path, *, max_bytes: int = MAX_BODY_BYTES, max_reject_fraction: float | None = None
-) -> Snapshot:
+def load_file(path: Path, *, max_bytes: int = MAX_BODY_BYTES) -> Snapshot:
     """A saved API response, validated like a live one.
 
     ``received_at`` is the time of reading, not the file's age: history times must only
@@ -40,7 +38,6 @@ def load_file(
         _read(path, max_bytes),  # not kept here: the decoded body replaces it
         Origin.saved(path),
         received_at=datetime.now(UTC),
-        max_reject_fraction=max_reject_fraction,
     )
 
 

@@ -61,7 +61,7 @@ class Page:
         return self.total > len(self.rows)
 
 
-def regions(
+def region_page(
     engine: Engine,
     *,
     state: RegionState = "active",
@@ -91,7 +91,7 @@ def regions(
     return _page(engine, query, counted, limit, "reading the regions")
 
 
-def changes(
+def change_page(
     engine: Engine,
     *,
     since: datetime | None = None,
@@ -137,4 +137,11 @@ def _page(
     return Page(rows=rows, total=total)
 
 
-__all__ = ["CHANGE_COLUMNS", "REGION_COLUMNS", "REGION_STATES", "Page", "changes", "regions"]
+__all__ = [
+    "CHANGE_COLUMNS",
+    "REGION_COLUMNS",
+    "REGION_STATES",
+    "Page",
+    "change_page",
+    "region_page",
+]

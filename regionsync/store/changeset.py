@@ -2,8 +2,8 @@
 
 The snapshot is staged in temporary tables (COPY on PostgreSQL), the database classifies
 every staged region in one join (on PostgreSQL a full join, which also meets the active
-regions the snapshot lacks) and keeps only the ones that change, in a temporary table of
-changes; counts, log details, history rows and the upsert all read from that table. An
+regions the snapshot lacks) and keeps only the ones that change, in a temporary diff
+table; counts, log details, history rows and the upsert all read from that table. An
 unchanged snapshot reads back a few counts and writes nothing: comparisons are
 null-safe (``IS DISTINCT FROM``) on the stored fields, ``raw`` included (``jsonb`` equality
 on PostgreSQL, canonical JSON text on SQLite).
@@ -26,7 +26,7 @@ from sqlalchemy.dialects import postgresql
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.engine import Connection
 
-from regionsync.records import RegionRecord, Snapshot
+from regionsync.records import OPTIONAL_FIELDS, RegionRecord, Snapshot
 from regionsync.store.tables import BigId, UTCDateTime, region_history, regions
 
 Kind = Literal["added", "changed", "updated", "removed", "restored"]
@@ -39,14 +39,6 @@ UNTRACKED = ("region_name", "display_name", "management_type", "management_type_
 STORED = TRACKED + UNTRACKED
 #: The stored fields a change describes (``raw`` only says whether it differs).
 SHOWN = tuple(name for name in STORED if name != "raw")
-#: The stored fields a record may omit; ``RegionRecord.absent`` names them.
-OPTIONAL = (
-    "region_name",
-    "display_name",
-    "management_type",
-    "management_type_value",
-    "hosting_region",
-)
 
 #: Canonical JSON text; jsonb on PostgreSQL, so that it compares as a JSON value.
 _RAW = sa.Text().with_variant(JSONB(), "postgresql")
@@ -91,8 +83,8 @@ absent = sa.Table(
 #: One row per region the snapshot changes: its tracked values before and after, and its
 #: other stored fields as the snapshot has them (NULL for a removal), so that applying and
 #: describing the changes read this table alone, never the whole staged snapshot again.
-changes = sa.Table(
-    "regionsync_changes",
+diff = sa.Table(
+    "regionsync_diff",
     _temp,
     sa.Column("region_id", sa.Text, primary_key=True),
     sa.Column("kind", sa.Text, nullable=False),
@@ -110,11 +102,11 @@ BEFORE_AFTER = (
     "hosting_region_before",
     "hosting_region_after",
 )
-TEMP_TABLES = (staged, held, absent, changes)
+TEMP_TABLES = (staged, held, absent, diff)
 
 #: The aliases the statements join: a snapshot row, and the stored row of its region.
 incoming = staged.alias("s")
-current = regions.alias("r")
+existing = regions.alias("r")
 
 
 @dataclass(frozen=True)
@@ -147,8 +139,9 @@ class Plan:
     counts: dict[Kind, int] = field(default_factory=lambda: dict.fromkeys(KINDS, 0))
     unchanged: int = 0
     active_before: int = 0
-    #: Where the changes are: the changes table, or the staged rows when all are added.
-    source: sa.FromClause = changes
+    #: Where the changes are: the diff table, or the staged rows shaped as it when all are
+    #: added.
+    diff: sa.FromClause = diff
     changes: list[Change] = field(default_factory=list)
 
     @property
@@ -198,7 +191,7 @@ def stage(
         {"id": rec.id, "field": name}
         for rec in snapshot.records
         if rec.absent
-        for name in OPTIONAL
+        for name in OPTIONAL_FIELDS
         if name in rec.absent
     ]
     if omitted:
@@ -209,10 +202,10 @@ def stage(
 
 def _create_tables(connection: Connection) -> None:
     """The tables every stage fills; ``held`` and ``absent`` only when there is something to
-    hold or keep (creating a temporary table costs a few milliseconds of catalog writes)."""
+    hold or keep (creating a temporary table writes to the system catalogs)."""
     unstage(connection)
     staged.create(connection)
-    changes.create(connection)
+    diff.create(connection)
 
 
 #: A record as a row of the staging table, in its column order (a C-level getter: it runs
@@ -224,8 +217,8 @@ _row: Callable[[RegionRecord], tuple[Any, ...]] = operator.attrgetter(
 
 @contextmanager
 def _copy_into_staged(connection: Connection) -> Iterator[Any]:
-    """PostgreSQL: a binary COPY into the staging table, the fastest way in (measured
-    against text COPY); yields psycopg's ``Copy``.
+    """PostgreSQL: a binary COPY into the staging table, the fastest way in (faster than a
+    text COPY); yields psycopg's ``Copy``.
 
     ``raw`` is already canonical JSON text: it is sent as jsonb's binary form (a version
     byte and the text) instead of being decoded and encoded again. A driver error is
@@ -264,8 +257,8 @@ class StreamedStage:
     """PostgreSQL: the staging COPY, fed by the parse itself (:mod:`regionsync.record_sink`).
 
     Each valid record goes to PostgreSQL as soon as it is validated, so that PostgreSQL
-    stores the snapshot while Python validates the rest of it: at 100,000 regions that
-    hides most of the COPY behind the parse. The COPY starts with the first record (so
+    stores the snapshot while Python validates the rest of it, which hides most of the COPY
+    behind the parse. The COPY starts with the first record (so
     that no statement is open while the HTTP request waits) and ends in :func:`stage`.
     """
 
@@ -309,7 +302,7 @@ def streamed_stage(connection: Connection) -> Iterator[StreamedStage | None]:
 
 def _keep_stored_values(connection: Connection) -> None:
     """Give each absent field the region's stored value (NULL for a new region)."""
-    for name in OPTIONAL:
+    for name in OPTIONAL_FIELDS:
         stored = sa.select(regions.c[name]).where(regions.c.id == staged.c.id).scalar_subquery()
         omitted = sa.select(absent.c.id).where(absent.c.field == name)
         connection.execute(staged.update().where(staged.c.id.in_(omitted)).values({name: stored}))
@@ -324,19 +317,19 @@ def unstage(connection: Connection) -> None:
 
 
 def _distinct(names: tuple[str, ...]) -> sa.ColumnElement[bool]:
-    return sa.or_(*(current.c[name].is_distinct_from(incoming.c[name]) for name in names))
+    return sa.or_(*(existing.c[name].is_distinct_from(incoming.c[name]) for name in names))
 
 
 #: How a staged region compares with its row in ``regions``.
 _KIND = sa.case(
-    (current.c.id.is_(None), "added"),
-    (current.c.removed_at.is_not(None), "restored"),
+    (existing.c.id.is_(None), "added"),
+    (existing.c.removed_at.is_not(None), "restored"),
     (_distinct(TRACKED), "changed"),
     (_distinct(UNTRACKED), "updated"),
     else_="unchanged",
 )
-#: Active regions missing from the snapshot.
-_MISSING = sa.and_(regions.c.removed_at.is_(None), ~sa.exists().where(staged.c.id == regions.c.id))
+#: Active regions missing from the snapshot: they are removed, unless held.
+_GONE = sa.and_(regions.c.removed_at.is_(None), ~sa.exists().where(staged.c.id == regions.c.id))
 #: Regions held back by rejected records (the held table exists only when some are).
 _HELD = sa.exists().where(held.c.id == regions.c.id)
 
@@ -353,8 +346,8 @@ def plan(
     ``details`` bounds how many :class:`Change` rows are read back (None: all of them).
     """
     if connection.dialect.name == "postgresql":
-        # The diff hashes one table against the other: at the default 4 MB a 100,000-region
-        # hash spills to disk in batches. LOCAL: for this transaction only.
+        # The diff hashes one table against the other: at the default work_mem a large
+        # snapshot's hash spills to disk in batches. LOCAL: for this transaction only.
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
     stage(connection, snapshot, streamed)
     result = Plan()
@@ -362,7 +355,7 @@ def plan(
         # A first load: every staged region is added, nothing to compare with; the records,
         # sorted by id, are the details.
         result.counts["added"] = len(snapshot.records)
-        result.source = _everything_added()
+        result.diff = _everything_added()
         result.changes = [_added(record) for record in snapshot.records[:details]]
         return result
     _classify(connection, snapshot, result)
@@ -372,26 +365,26 @@ def plan(
 
 
 def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
-    """Fill the changes table with every staged region that changes, and count them."""
-    columns = [column.name for column in changes.columns]
+    """Fill the diff table with every staged region that changes, and count them."""
+    columns = [column.name for column in diff.columns]
     # PostgreSQL: one pass. A full join meets, beside the snapshot's regions, the active
     # ones it lacks (the removed); SQLite before 3.39 has no full join, so it looks for
     # those in a second statement, when the counts say there are some.
     full = connection.dialect.name == "postgresql"
-    joined = incoming.outerjoin(current, current.c.id == incoming.c.id, full=full)
+    joined = incoming.outerjoin(existing, existing.c.id == incoming.c.id, full=full)
     kind: sa.ColumnElement[str] = _KIND
     if full:
-        missing: sa.ColumnElement[bool] = current.c.removed_at.is_(None)
+        gone: sa.ColumnElement[bool] = existing.c.removed_at.is_(None)
         if snapshot.held_ids:
-            joined = joined.outerjoin(held, held.c.id == current.c.id)
-            missing = sa.and_(missing, held.c.id.is_(None))
+            joined = joined.outerjoin(held, held.c.id == existing.c.id)
+            gone = sa.and_(gone, held.c.id.is_(None))
         kind = sa.case(
-            (incoming.c.id.is_(None), sa.case((missing, "removed"), else_="unchanged")),
+            (incoming.c.id.is_(None), sa.case((gone, "removed"), else_="unchanged")),
             else_=_KIND,
         )
     present = (
         sa.select(
-            sa.func.coalesce(incoming.c.id, current.c.id).label("region_id")
+            sa.func.coalesce(incoming.c.id, existing.c.id).label("region_id")
             if full
             else incoming.c.id.label("region_id"),
             kind.label("kind"),
@@ -402,12 +395,10 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
         .subquery("present")
     )
     connection.execute(
-        changes.insert().from_select(
-            columns, sa.select(present).where(present.c.kind != "unchanged")
-        )
+        diff.insert().from_select(columns, sa.select(present).where(present.c.kind != "unchanged"))
     )
     for name, number in connection.execute(
-        sa.select(changes.c.kind, sa.func.count()).group_by(changes.c.kind)
+        sa.select(diff.c.kind, sa.func.count()).group_by(diff.c.kind)
     ):
         result.counts[name] = number
     result.unchanged = len(snapshot.records) - sum(result.counts[k] for k in PRESENT)
@@ -421,15 +412,15 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
     else:
         result.active_before = _count(connection, regions.c.removed_at.is_(None))
         if result.active_before > staged_active + held_active:  # usually not: skip the anti-join
-            _add_missing(connection, held=bool(snapshot.held_ids))
+            _add_removals(connection, held=bool(snapshot.held_ids))
             result.counts["removed"] = connection.execute(
-                sa.select(sa.func.count()).where(changes.c.kind == "removed")
+                sa.select(sa.func.count()).where(diff.c.kind == "removed")
             ).scalar_one()
 
 
 def _everything_added() -> sa.Subquery:
-    """The staged snapshot shaped as the changes table, every region added (a first load:
-    writing 100,000 rows to the changes table would only copy the staged ones)."""
+    """The staged snapshot shaped as the diff table, every region added (a first load:
+    filling the diff table would only copy the staged rows)."""
     return sa.select(
         incoming.c.id.label("region_id"),
         sa.literal("added").label("kind"),
@@ -441,11 +432,11 @@ def _everything_added() -> sa.Subquery:
     ).subquery("c")
 
 
-def _add_missing(connection: Connection, *, held: bool) -> None:
+def _add_removals(connection: Connection, *, held: bool) -> None:
     """The active regions missing from the snapshot and not held, as removals."""
-    missing = sa.and_(_MISSING, ~_HELD) if held else _MISSING
+    gone = sa.and_(_GONE, ~_HELD) if held else _GONE
     connection.execute(
-        changes.insert().from_select(
+        diff.insert().from_select(
             ["region_id", "kind", *BEFORE_AFTER],
             sa.select(
                 regions.c.id,
@@ -454,7 +445,7 @@ def _add_missing(connection: Connection, *, held: bool) -> None:
                 sa.null(),
                 regions.c.hosting_region,
                 sa.null(),
-            ).where(missing),
+            ).where(gone),
         )
     )
 
@@ -468,11 +459,11 @@ def _count(connection: Connection, *where: sa.ColumnElement[bool]) -> int:
 
 def _before_after() -> list[sa.ColumnElement[Any]]:
     """The tracked values before (NULL when the region was absent) and after."""
-    was_present = current.c.removed_at.is_(None)
+    was_present = existing.c.removed_at.is_(None)
     return [
-        sa.case((was_present, current.c.carrier_enabled)).label("carrier_enabled_before"),
+        sa.case((was_present, existing.c.carrier_enabled)).label("carrier_enabled_before"),
         incoming.c.carrier_enabled.label("carrier_enabled_after"),
-        sa.case((was_present, current.c.hosting_region)).label("hosting_region_before"),
+        sa.case((was_present, existing.c.hosting_region)).label("hosting_region_before"),
         incoming.c.hosting_region.label("hosting_region_after"),
     ]
 
@@ -485,18 +476,18 @@ def _added(record: RegionRecord) -> Change:
 
 def _details(connection: Connection, limit: int | None) -> list[Change]:
     """The first ``limit`` changes by region id, with every field that differs."""
-    first = sa.select(changes).order_by(changes.c.region_id).limit(limit).subquery("first")
+    first = sa.select(diff).order_by(diff.c.region_id).limit(limit).subquery("first")
     query = (
         sa.select(
             first.c.region_id,
             first.c.kind,
-            *(current.c[name].label(f"{name}_before") for name in SHOWN),
+            *(existing.c[name].label(f"{name}_before") for name in SHOWN),
             *(_after(first, name).label(f"{name}_after") for name in SHOWN),
-            sa.type_coerce(current.c.raw.is_distinct_from(first.c.raw), sa.Boolean).label(
+            sa.type_coerce(existing.c.raw.is_distinct_from(first.c.raw), sa.Boolean).label(
                 "raw_changed"
             ),
         )
-        .select_from(first.outerjoin(current, current.c.id == first.c.region_id))
+        .select_from(first.outerjoin(existing, existing.c.id == first.c.region_id))
         .order_by(first.c.region_id)
     )
     found = []
@@ -529,34 +520,34 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
     History goes last so that the rows of newly added regions exist for its foreign key.
     A statement with nothing to write is not sent (each would scan the staged snapshot).
     Every write is a plain DML statement, whatever its size: the locks it takes never make a
-    reader wait (README, *Readers beside the sync*).
+    reader wait (docs/reliability.md, *Readers beside the sync*).
     """
     when = sa.literal(at, UTCDateTime())
     counts = planned.counts
     if counts["removed"]:
-        removed = sa.select(changes.c.region_id).where(changes.c.kind == "removed")
+        removed = sa.select(diff.c.region_id).where(diff.c.kind == "removed")
         connection.execute(
             regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
         )
     if counts["added"]:
         # A plain INSERT, cheaper than an upsert's speculative insertion.
-        new_regions = _rows(planned.source, when, ("added",))
+        new_regions = _rows(planned.diff, when, ("added",))
         connection.execute(regions.insert().from_select(_COLUMNS, new_regions))
     if counts["changed"] or counts["updated"] or counts["restored"]:
-        connection.execute(_upsert(connection, planned.source, when))
+        connection.execute(_upsert(connection, planned.diff, when))
     if planned.history_rows:
-        source = planned.source
+        changed = planned.diff
         insert_history = region_history.insert().from_select(
             ["sync_run_id", "changed_at", "region_id", "change", *BEFORE_AFTER],
             sa.select(
                 sa.literal(run_id, BigId),
                 when,
-                source.c.region_id,
-                source.c.kind,
-                *(source.c[name] for name in BEFORE_AFTER),
+                changed.c.region_id,
+                changed.c.kind,
+                *(changed.c[name] for name in BEFORE_AFTER),
             )
-            .where(source.c.kind != "updated")
-            .order_by(source.c.region_id),
+            .where(changed.c.kind != "updated")
+            .order_by(changed.c.region_id),
         )
         connection.execute(insert_history)
 
@@ -565,29 +556,29 @@ _COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]
 
 
 def _rows(
-    source: sa.FromClause, when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]
+    changed: sa.FromClause, when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]
 ) -> sa.Select[Any]:
-    """The regions ``source`` (:attr:`Plan.source`) plans as one of ``kinds``, as
-    ``regions`` rows."""
+    """The regions ``changed`` (:attr:`Plan.diff`) plans as one of ``kinds``, as ``regions``
+    rows."""
     return (
         sa.select(
-            source.c.region_id, *(_after(source, name) for name in STORED), when, when, sa.null()
+            changed.c.region_id, *(_after(changed, name) for name in STORED), when, when, sa.null()
         )
         # A WHERE also keeps SQLite from reading an upsert's ON CONFLICT as a join's ON.
-        .where(source.c.kind.in_(kinds))
+        .where(changed.c.kind.in_(kinds))
     )
 
 
-def _after(source: sa.FromClause, name: str) -> sa.ColumnElement[Any]:
-    """A stored field's value in the snapshot, from a row of the changes table."""
-    return source.c[f"{name}_after"] if name in TRACKED else source.c[name]
+def _after(changed: sa.FromClause, name: str) -> sa.ColumnElement[Any]:
+    """A stored field's value in the snapshot, from a row of the diff table."""
+    return changed.c[f"{name}_after"] if name in TRACKED else changed.c[name]
 
 
 def _upsert(
-    connection: Connection, source: sa.FromClause, when: sa.ColumnElement[Any]
+    connection: Connection, changed: sa.FromClause, when: sa.ColumnElement[Any]
 ) -> sa.Executable:
     """Rewrite the existing regions that change (restored ones included)."""
-    rows = _rows(source, when, ("changed", "updated", "restored"))
+    rows = _rows(changed, when, ("changed", "updated", "restored"))
     if connection.dialect.name == "postgresql":
         stmt = postgresql.insert(regions).from_select(_COLUMNS, rows)
         return stmt.on_conflict_do_update(

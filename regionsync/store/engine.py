@@ -17,8 +17,8 @@ from sqlalchemy import event, exc
 from sqlalchemy.engine import Connection, Engine
 
 from regionsync.errors import ConfigError, StoreError
+from regionsync.records import canonical_json
 from regionsync.settings import Settings
-from regionsync.store.tables import canonical_json
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: PostgreSQL's SQLSTATE for a statement that gave up waiting for a lock (``lock_timeout``).
@@ -155,7 +155,7 @@ def translated_errors(action: str) -> Iterator[None]:
         raise StoreError(f"{action}: {describe_db_error(error)}") from error
 
 
-# Several accounts in one database (see README, *Several accounts in one database*) ------
+# Several accounts in one database (see docs/operations.md) ------------------------------
 
 _SCHEMA_INFO = "regionsync_schema"
 
@@ -167,7 +167,7 @@ def _session_settings(engine: Engine, schema: str, lock_timeout: timedelta) -> E
     The schema: the models, the frozen migrations, the views and the example queries name
     their objects unqualified, so they all land and look there. The lock timeout: no
     statement of a sync, a migration or a read waits without a bound on a session that an
-    analyst left idle in a transaction (README, *Readers beside the sync*).
+    analyst left idle in a transaction (docs/reliability.md, *Readers beside the sync*).
 
     SQLAlchemy's recipe for an alternate search path: set on connect, before the dialect's own
     first-connect queries (``insert=True``), in autocommit so no transaction is left open.

@@ -281,8 +281,8 @@ def _file_lock(path: os.PathLike[str]) -> Iterator[bool]:
 
 def advisory_lock_key(schema: str | None, base: int = ADVISORY_LOCK_KEY) -> int:
     """``base``, made one lock per schema so that two accounts in one database never wait on
-    each other (see README, *Several accounts in one database*); ``public`` keeps ``base``,
-    the key older versions take, so an upgrade in place still excludes them."""
+    each other (see docs/operations.md, *Several accounts in one database*); ``public`` keeps
+    ``base``, the key older versions take, so an upgrade in place still excludes them."""
     if schema is None or schema == "public":
         return base
     seed = base.to_bytes(8, "big", signed=True) + schema.encode()

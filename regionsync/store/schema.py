@@ -64,13 +64,6 @@ def head_revision() -> str:
     return HEAD
 
 
-def script_head() -> str | None:
-    """The head revision as Alembic reads it from the migration scripts (slow: imports them)."""
-    from alembic.script import ScriptDirectory
-
-    return ScriptDirectory.from_config(alembic_config()).get_current_head()
-
-
 def current_revision(engine: Engine) -> str | None:
     """The revision in ``alembic_version`` (None: not migrated), found through the search
     path as Alembic finds it."""
@@ -99,16 +92,6 @@ def migrate(engine: Engine) -> tuple[str | None, str]:
     after = current_revision(engine)
     assert after is not None
     return before, after
-
-
-@translated_errors("downgrading the database")
-def downgrade(engine: Engine, revision: str = "base") -> None:
-    from alembic import command
-
-    config = alembic_config()
-    with engine.begin() as connection:
-        config.attributes["connection"] = connection
-        command.downgrade(config, revision)
 
 
 def _has_version_table(connection: sa.Connection) -> bool:

@@ -11,7 +11,6 @@ them to analysts as the data dictionary.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any, Literal, get_args
 
@@ -55,11 +54,6 @@ RunTrigger = Literal["cli", "daemon"]
 """``sync_runs.trigger``: what started the run."""
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 """``notification_deliveries.status``: ``failed`` means given up."""
-
-
-def canonical_json(value: Any) -> str:
-    """JSON with sorted keys, so SQLite compares ``raw`` as a value, not as text order."""
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 class UTCDateTime(TypeDecorator[datetime]):
@@ -266,7 +260,7 @@ Index(
     sqlite_where=region_history.c.change.in_(("added", "restored")),
 )
 
-#: The notification outbox (see README, *Notifications*).
+#: The notification outbox (see docs/notifications.md).
 notification_deliveries = Table(
     "notification_deliveries",
     metadata,

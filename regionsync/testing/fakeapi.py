@@ -14,9 +14,10 @@ Kaleyra would, and can be told to fail in the ways docs/contract.md §1 lists (s
   :mod:`regionsync.testing.fakehook`).
 
 Besides Kaleyra's own failures it has hostile modes, for the reliability suite (see
-README, *Reliability*): a server that drips its headers or body, an endless chunked body,
-compression bombs, a redirect to another host, and bodies with huge or deeply nested values,
-long ids, junk records, non-UTF-8 bytes, NaN/Infinity or NUL characters. It serves from a
+docs/reliability.md, *What the tests inject*): a server that drips its headers or body, an
+endless chunked body, compression bombs, a redirect to another host, and bodies with huge or
+deeply nested values, long ids, junk records, non-UTF-8 bytes, NaN/Infinity or NUL
+characters. It serves from a
 :class:`~regionsync.httpserver.BoundedHTTPServer`.
 """
 
@@ -42,7 +43,7 @@ from typing import Any
 from urllib.parse import unquote
 
 from regionsync.httpserver import BoundedHTTPServer, ServerThread
-from regionsync.settings import is_loopback_host
+from regionsync.settings import LOOPBACK, is_loopback_host
 from regionsync.testing import fakehook
 
 REGIONS_PATHS = ("/v1/{sid}/rcs/agent/agent_regions", "/v1/{sid}/rcs/agent_regions")
@@ -218,7 +219,7 @@ class FakeKaleyra:
         sid: str = "demo",
         api_key: str = "demo-key",
         regions: list[dict[str, Any]] | None = None,
-        host: str = "127.0.0.1",
+        host: str = LOOPBACK,
         port: int = 0,
         verbose: bool = False,
     ) -> None:
@@ -253,7 +254,7 @@ class FakeKaleyra:
         address = self._server.server_address
         host, port = str(address[0]), address[1]
         # A wildcard address is not one a client can use: name the loopback one instead.
-        host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host, host)  # noqa: S104
+        host = {"0.0.0.0": LOOPBACK, "::": "::1"}.get(host, host)  # noqa: S104
         shown = f"[{host}]" if ":" in host else host
         return f"http://{shown}:{port}"
 
@@ -748,9 +749,9 @@ def _build_parser() -> argparse.ArgumentParser:
 
 def add_options(parser: argparse.ArgumentParser) -> None:
     """The fake's own options; ``-q``/``--quiet`` (do not log each request) is every command's
-    in ``regionsync fake-api`` (see :func:`regionsync.cli.commands.build_parser`)."""
+    in ``regionsync fake-api`` (see :func:`regionsync.cli.parser.build_parser`)."""
     parser.add_argument(
-        "--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)"
+        "--host", default=LOOPBACK, help=f"address to listen on (default {LOOPBACK})"
     )
     parser.add_argument(
         "--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)"

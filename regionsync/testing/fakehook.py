@@ -31,7 +31,7 @@ from typing import Any
 from regionsync.errors import ConfigError
 from regionsync.httpserver import BoundedHTTPServer, ServerThread
 from regionsync.notify.webhooks import sign
-from regionsync.settings import decode_webhook_secret
+from regionsync.settings import LOOPBACK, decode_webhook_secret
 
 PATH = "/_fake/webhook"
 FAULT_PATH = PATH + "/fault"
@@ -327,7 +327,7 @@ class WebhookServer:
     """A receiver on its own loopback port (tests); ``fake-api`` mounts one instead."""
 
     def __init__(
-        self, receiver: WebhookReceiver | None = None, *, host: str = "127.0.0.1", port: int = 0
+        self, receiver: WebhookReceiver | None = None, *, host: str = LOOPBACK, port: int = 0
     ) -> None:
         self.receiver = receiver or WebhookReceiver()
         self.host, self.port = host, port

@@ -23,7 +23,7 @@ Before it starts, it compiles regionsync's modules to bytecode, as installing th
 would (:func:`compile_like_an_install`).
 
 It prints a table and one JSON line (everything, and each issue-10 target met or not); with
-``--check`` it exits 1 when a target is missed. See README, *Performance*.
+``--check`` it exits 1 when a target is missed. See docs/performance.md.
 """
 
 from __future__ import annotations

@@ -198,7 +198,7 @@ def test_webhook_settings_are_reported_without_posting_or_showing_the_url_path(
     assert "✓ webhook" not in invoke("check", env={"XDG_DATA_HOME": str(tmp_path)}).stdout
 
 
-# What a run needs to write (docs: README, `check`) -------------------------------------------
+# What a run needs to write (docs/commands.md, `check`) -------------------------------------------
 
 
 @pytest.fixture

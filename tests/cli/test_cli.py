@@ -84,6 +84,7 @@ def kaleyra_env(fake: FakeKaleyra, key: str = KEY) -> dict[str, str]:
 # python -m regionsync, as a new user runs it ---------------------------------------------
 
 
+@pytest.mark.slow
 def test_quick_start_on_the_embedded_database(home: dict[str, str], tmp_path: Path) -> None:
     done = subprocess_cli("migrate", env=home, cwd=tmp_path)
     assert done.returncode == 0, done.stderr
@@ -248,7 +249,7 @@ ARGUMENTS = {("grant-readonly",): ("reader",)}
 def test_every_command_takes_the_global_options_before_or_after_its_name(
     invoke: Invoke, tmp_path: Path
 ) -> None:
-    from regionsync.cli.commands import build_parser
+    from regionsync.cli.parser import build_parser
 
     env_file = tmp_path / "x.env"
     paths = command_paths(invoke)
@@ -264,6 +265,7 @@ def test_every_command_takes_the_global_options_before_or_after_its_name(
                 assert args.env_file == (env_file if "-q" in options else None), argv
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("argv", "quiet"),
     [
@@ -559,6 +561,7 @@ def test_concurrent_runs_apply_once(
     assert len(statuses) == 6
 
 
+@pytest.mark.slow
 def test_a_killed_run_is_closed_as_abandoned_by_the_next(
     invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
 ) -> None:

@@ -704,6 +704,7 @@ def closed_by_peer(sock: socket.socket, timeout: float) -> bool:
         return False
 
 
+@pytest.mark.slow
 def test_metrics_server_bounds_connections_and_drops_idle_and_dripped_requests() -> None:
     metrics = DaemonMetrics(max_age=timedelta(minutes=45))
     server = MetricsServer(metrics, 0, max_connections=4, idle_timeout=0.5, lifetime=1.5).start()

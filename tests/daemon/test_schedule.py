@@ -407,6 +407,7 @@ moments = st.datetimes(
 ZONES = ("UTC", "Asia/Kolkata", "Asia/Tokyo")
 
 
+@pytest.mark.slow
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(cron=crons, now=moments, zone=st.sampled_from(ZONES))
 def test_generated_crontabs_fire_exactly_at_the_matching_minutes(

@@ -31,7 +31,7 @@ import structlog
 from sqlalchemy.engine import Engine
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
-from regionsync.cli import commands as cli
+from regionsync import cli
 from regionsync.daemon.metrics import DaemonMetrics
 from regionsync.errors import ConfigError, StoreError
 from regionsync.notify import outbox
@@ -46,9 +46,9 @@ from regionsync.testing.fakeapi import FakeKaleyra
 from regionsync.testing.fakehook import PATH, WebhookReceiver, WebhookServer
 from tests.support import admin_url, clean_environ, settings_for
 from tests.support.cli import Invoke
+from tests.support.docs import page, section
 from tests.support.sources import ListSource, region
 
-REPO = Path(__file__).resolve().parents[2]
 #: Distinctive, so that a leak anywhere is easy to find.
 SECRET = "whsec_" + base64.b64encode(b"LEAKCHECK-webhook-secret-32bytes").decode()
 #: Fast enough for tests: passes end within 3 s, retries come due at once.
@@ -191,6 +191,7 @@ def _cli_env(db_url: str, webhook_url: str, **extra: str) -> dict[str, str]:
     }
 
 
+@pytest.mark.slow
 def test_a_run_killed_after_commit_is_delivered_by_the_next_run(
     pg_engine: Engine, receiver: WebhookServer, tmp_path: Path, invoke: Invoke
 ) -> None:
@@ -422,10 +423,10 @@ def test_a_refused_delivery_fails_at_once_and_retry_delivers_it(
 
 
 def documented_delivery_fields() -> list[str]:
-    """The fields of ``notifications --json`` as the README's *Operators* table lists them."""
-    readme = (REPO / "README.md").read_text()
-    section = readme.split("### Operators", 1)[1].split("\n### ", 1)[0]
-    return re.findall(r"^\| `([a-z_]+)` \|", section, re.MULTILINE)
+    """The fields of ``notifications --json`` as the notifications page's *Operators* table
+    lists them."""
+    table = section(page("notifications.md"), "Operators")
+    return re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE)
 
 
 def test_notifications_name_fields_as_the_logs_do_documented_with_a_table_header(
@@ -460,6 +461,7 @@ def test_notifications_name_fields_as_the_logs_do_documented_with_a_table_header
     assert table[1].endswith(row["last_error"])
 
 
+@pytest.mark.slow
 def test_retry_after_is_honoured_within_and_across_passes(
     sqlite_engine: Engine, receiver: WebhookServer
 ) -> None:
@@ -482,6 +484,7 @@ def test_retry_after_is_honoured_within_and_across_passes(
     assert len(receiver.receiver.received) == 3
 
 
+@pytest.mark.slow
 def test_a_hanging_receiver_never_holds_the_sync_past_the_deadline(
     sqlite_engine: Engine, receiver: WebhookServer
 ) -> None:
@@ -789,6 +792,7 @@ def test_an_error_answer_cut_short_is_still_an_attempt_on_record(
     assert "answered HTTP 503" in row["last_error"]
 
 
+@pytest.mark.slow
 def test_the_fake_receiver_cuts_and_drips_the_answer_it_is_told_to() -> None:
     with WebhookServer() as server:
         url = server.url
@@ -822,6 +826,7 @@ ONE_SECOND = DeliveryPolicy(
 )
 
 
+@pytest.mark.slow
 def test_a_pass_cut_at_its_deadline_leaves_no_lock_held_and_nothing_running(
     engine: Engine, receiver: WebhookServer
 ) -> None:

@@ -5,7 +5,7 @@ Each case runs a real ``regionsync run`` process (with a 2-second fetch budget, 
 sample regions, and checks the exit code, the time and memory the process took, that a
 failure wrote nothing, and what a success stored. A hypothesis strategy then builds hostile
 bodies from the same parts and runs them through the parser and through real syncs.
-See README, *Reliability*.
+See docs/reliability.md.
 """
 
 from __future__ import annotations
@@ -430,6 +430,7 @@ BODIES = settings(
 )
 
 
+@pytest.mark.slow
 @BODIES
 @given(content=hostile_bodies())
 def test_parsing_a_hostile_body_gives_a_snapshot_or_a_source_error(content: bytes) -> None:

@@ -18,7 +18,7 @@ import structlog
 from regionsync import __version__
 from regionsync.errors import PermanentSourceError, SourceError, TransientSourceError
 from regionsync.settings import Settings
-from regionsync.source.kaleyra import KaleyraClient, RetryPolicy, parse_retry_after
+from regionsync.source.kaleyra import KaleyraClient, RetryPolicy
 from regionsync.testing.fakeapi import FakeKaleyra
 from tests.support.fakeapi_fixtures import (
     API_KEY,
@@ -213,6 +213,7 @@ def test_tls_failure_is_permanent(fake: FakeKaleyra) -> None:
 # Time ----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_retry_after_is_honoured(fake: FakeKaleyra) -> None:
     fake.fail("http429:retry-after=1", times=1)
     client_for_fake(fake).fetch()
@@ -231,6 +232,7 @@ def test_retry_after_longer_than_the_time_left_gives_up_at_once(fake: FakeKaleyr
     assert error.retry_after == 300
 
 
+@pytest.mark.slow
 def test_slow_answers_time_out_within_the_total_budget(fake: FakeKaleyra) -> None:
     fake.fail("slow:30")
     policy = RetryPolicy(attempts=10, total_seconds=1.0, backoff_initial=0.01, read_timeout=30)
@@ -279,18 +281,6 @@ def test_default_policy_gives_up_well_within_two_minutes() -> None:
 def test_retry_policy_refuses_nonsense(options: dict[str, Any]) -> None:
     with pytest.raises(ValueError, match="must"):
         RetryPolicy(**options)
-
-
-def test_retry_after_is_read_as_seconds_or_http_date() -> None:
-    now = datetime(2026, 1, 1, tzinfo=UTC)
-    later = format_datetime(now + timedelta(seconds=90), usegmt=True)
-    assert parse_retry_after("2", now=now) == 2
-    assert parse_retry_after(" 1.5 ", now=now) == 1.5
-    assert parse_retry_after(later, now=now) == 90
-    assert parse_retry_after(format_datetime(now - timedelta(hours=1), usegmt=True), now=now) == 0
-    assert parse_retry_after("-5", now=now) == 0
-    for junk in (None, "", "soon", "nan"):
-        assert parse_retry_after(junk, now=now) is None
 
 
 def test_retry_after_as_http_date_is_honoured(fake: FakeKaleyra) -> None:
@@ -389,6 +379,7 @@ TWO_SECONDS = RetryPolicy(
 )
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "mode",
     [
@@ -411,6 +402,7 @@ def test_the_whole_fetch_ends_within_its_budget_whatever_the_server_does(
     assert "2.0 s" in str(error)
 
 
+@pytest.mark.slow
 def test_a_single_attempt_is_bounded_by_the_budget_too(fake: FakeKaleyra) -> None:
     fake.fail("drip:0.2")
     started = time.monotonic()
@@ -474,6 +466,7 @@ class DrippingTLSServer:
         self.listener.close()
 
 
+@pytest.mark.slow
 def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_within_the_budget() -> None:
     """The handshake is bounded by the connect timeout, capped by the time left."""
     with DrippingTLSServer() as url:
@@ -487,6 +480,7 @@ def test_a_tls_handshake_dripped_a_byte_at_a_time_ends_within_the_budget() -> No
     assert caught.value.code == "timeout"
 
 
+@pytest.mark.slow
 def test_the_deadline_closes_the_descriptors_it_watched(fake: FakeKaleyra) -> None:
     before = len(os.listdir("/proc/self/fd"))
     fake.fail("drip:0.2", times=1)

@@ -13,12 +13,12 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from regionsync.errors import RegionSyncError
+from regionsync.errors import PermanentSourceError, RegionSyncError
 from regionsync.records import RegionRecord, Snapshot
-from regionsync.source.answer import Origin, read_answer, validate_record
+from regionsync.source.answer import Origin, read_answer
 from regionsync.store import changeset
 from regionsync.sync import Guard, preview, run_sync
-from tests.support.sources import ListSource, body, region
+from tests.support.sources import ListSource, body, region, validate_record
 from tests.test_sync import history, rows
 
 OPTIONAL_KEYS = ("region_name", "display_name", "management_type", "hosting_region")
@@ -238,24 +238,25 @@ def test_records_a_duplicate_or_a_reject_replaced_are_staged_again(
     ]
 
 
-class RejectingSource:
-    """Valid records first, then more junk than ``max_reject_fraction`` allows."""
+class FailingAfterParseSource:
+    """Parses valid records (staging them as it goes), then fails before the fetch ends."""
 
-    description = "test:rejecting"
+    description = "test:failing-after-parse"
 
     def fetch(self) -> Snapshot:
         data = [region(f"r{i}") for i in range(5)] + [{"id": f"junk{i}"} for i in range(20)]
         origin = Origin(source=self.description, where="from test")
         content = json.dumps(body(data)).encode()
-        return read_answer(content, origin, received_at=datetime.now(UTC), max_reject_fraction=0.5)
+        read_answer(content, origin, received_at=datetime.now(UTC))
+        raise PermanentSourceError("the fetch failed after the parse", code="test")
 
 
-def test_a_parse_failing_after_staging_some_records_keeps_nothing(pg_engine: Engine) -> None:
-    with pytest.raises(RegionSyncError, match="more than 50% of the records were rejected"):
-        run_sync(pg_engine, RejectingSource())
+def test_a_fetch_failing_after_staging_some_records_keeps_nothing(pg_engine: Engine) -> None:
+    with pytest.raises(RegionSyncError, match="the fetch failed after the parse"):
+        run_sync(pg_engine, FailingAfterParseSource())
     assert rows(pg_engine, "SELECT count(*) FROM regions") == [(0,)]
     [(status, error)] = rows(pg_engine, "SELECT status, error FROM sync_runs")
     assert status == "failed"
-    assert "more than 50% of the records were rejected" in error
+    assert "the fetch failed after the parse" in error
     run_sync(pg_engine, ListSource([region("r1")]))  # the connection and tables are sound
     assert rows(pg_engine, "SELECT id FROM regions") == [("r1",)]

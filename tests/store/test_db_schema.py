@@ -1,5 +1,5 @@
-"""Several Kaleyra accounts in one PostgreSQL database, one schema each (README, *Several
-accounts in one database*): migrated, synced, locked, granted and reported apart."""
+"""Several Kaleyra accounts in one PostgreSQL database, one schema each (docs/operations.md,
+*Several accounts in one database*): migrated, synced, locked, granted and reported apart."""
 
 from __future__ import annotations
 
@@ -27,6 +27,7 @@ from regionsync.sync import run_sync
 from regionsync.testing.fakeapi import FakeKaleyra, sample_regions
 from tests.support import admin_url, clean_environ, settings_for
 from tests.support.cli import Invoke, run_cli
+from tests.support.docs import page, section
 from tests.support.fakeapi_fixtures import API_KEY, FAST, start_fake
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -282,19 +283,18 @@ def test_grant_readonly_grants_one_schema_only(
     }
 
 
-def readme_cross_schema_query() -> str:
-    readme = (ROOT / "README.md").read_text()
-    section = readme.partition("## Several accounts in one database")[2]
-    return section.partition("```sql\n")[2].partition("```")[0]
+def documented_cross_schema_query() -> str:
+    text = section(page("operations.md"), "Several accounts in one database")
+    return text.partition("```sql\n")[2].partition("```")[0]
 
 
-def test_the_readme_query_across_both_schemas_runs(
+def test_the_documented_query_across_both_schemas_runs(
     fresh_pg_url: URL, fakes: dict[str, FakeKaleyra], monkeypatch: Any, capsys: Any
 ) -> None:
     migrate_both(fresh_pg_url, fakes, monkeypatch, capsys)
     for schema, fake in fakes.items():
         in_process(monkeypatch, capsys, account_env(fresh_pg_url, fake, schema), "run")
-    sql = readme_cross_schema_query()
+    sql = documented_cross_schema_query()
     assert "a.region_status_intervals" in sql
     assert "b.region_status_intervals" in sql
     found = rows(fresh_pg_url, sql)
@@ -405,6 +405,7 @@ def test_sqlite_commands_still_work_with_the_setting(tmp_path: Path, invoke: Inv
         assert "settings.db_schema_ignored" in done.stderr
 
 
+@pytest.mark.slow
 def test_alembic_itself_migrates_and_checks_a_schema(fresh_pg_url: URL) -> None:
     env = {
         **clean_environ(),

@@ -7,6 +7,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from regionsync import store
+from regionsync.errors import StoreError
 from tests.support import admin_url, settings_for
 
 
@@ -31,7 +32,7 @@ def test_a_failure_to_connect_says_what_was_tried(pg_url: URL) -> None:
     try:
         with store.translated_errors("connecting"), engine.connect():
             raise AssertionError("connected to port 1")
-    except store.StoreError as error:
+    except StoreError as error:
         message, cause = str(error), error.__cause__
     finally:
         engine.dispose()

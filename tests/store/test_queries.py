@@ -1,4 +1,4 @@
-"""The README's example queries: shipped with the package, shown in the README verbatim,
+"""The example queries: shipped with the package, shown verbatim on the analysts' page,
 and run here against a seeded history with known answers — the portable ones on SQLite too.
 
 A query whose first line says "(PostgreSQL)" may use PostgreSQL's dialect; every other one
@@ -11,7 +11,6 @@ import re
 from datetime import UTC, datetime, timedelta
 from importlib.resources import files
 from itertools import takewhile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,9 +18,9 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from tests.support import as_utc
+from tests.support.docs import page
 from tests.support.seed import Seeded, seed
 
-README = Path(__file__).resolve().parents[2] / "README.md"
 QUERIES = sorted(
     p.name for p in files("regionsync.store.queries").iterdir() if p.name.endswith(".sql")
 )
@@ -68,13 +67,13 @@ def seeded(engine: Engine) -> Seeded:
     return seed(engine, datetime.now(UTC).replace(microsecond=0))
 
 
-def test_there_are_six_to_eight_queries_each_in_the_readme() -> None:
+def test_there_are_six_to_eight_queries_each_on_the_analysts_page() -> None:
     assert 6 <= len(QUERIES) <= 8
-    readme = README.read_text()
+    shown = page("analysts.md")
     for name in QUERIES:
         sql = sql_of(name).strip()
         assert sql.startswith("-- "), f"{name} should start with its question"
-        assert sql in readme, f"{name} is not shown verbatim in the README"
+        assert sql in shown, f"{name} is not shown verbatim in docs/analysts.md"
 
 
 def test_only_queries_marked_postgresql_are_left_out_on_sqlite() -> None:

@@ -1,8 +1,8 @@
-"""Readers beside the sync (README, *Readers beside the sync*): with an analyst's session idle
-inside a transaction on every table and view, readers arriving mid-run and ``status``
-polling, a sync succeeds, no reader waits, and nothing deadlocks; a lock the sync cannot get
-is waited for at most ``REGIONSYNC_LOCK_TIMEOUT``; a holder of the sync lock that waits
-longer shows as stuck, naming whom it waits for.
+"""Readers beside the sync (docs/reliability.md, *Readers beside the sync*): with an
+analyst's session idle inside a transaction on every table and view, readers arriving mid-run
+and ``status`` polling, a sync succeeds, no reader waits, and nothing deadlocks; a lock the
+sync cannot get is waited for at most ``REGIONSYNC_LOCK_TIMEOUT``; a holder of the sync lock
+that waits longer shows as stuck, naming whom it waits for.
 
 Real sessions on a real PostgreSQL, each a psycopg connection of its own.
 """
@@ -184,6 +184,7 @@ def assert_nobody_waited(readers: Readers, polls: StatusPolls) -> None:
     assert polls.slowest < READER_PATIENCE
 
 
+@pytest.mark.slow
 def test_a_first_load_beside_idle_readers_succeeds_and_makes_no_reader_wait(
     migrated_url: URL, sync_engine: Engine
 ) -> None:
@@ -199,6 +200,7 @@ def test_a_first_load_beside_idle_readers_succeeds_and_makes_no_reader_wait(
     print(f"first load of {REGIONS}: run {took:.2f} s; slowest read {slowest:.3f} s")
 
 
+@pytest.mark.slow
 def test_a_large_change_beside_idle_readers_succeeds_and_makes_no_reader_wait(
     migrated_url: URL, sync_engine: Engine
 ) -> None:
@@ -221,6 +223,7 @@ def test_a_large_change_beside_idle_readers_succeeds_and_makes_no_reader_wait(
     print(f"{REGIONS} flipped: run {took:.2f} s; slowest read {max(readers.waits.values()):.3f} s")
 
 
+@pytest.mark.slow
 def test_a_sync_waits_for_a_locked_row_no_longer_than_the_lock_timeout(
     migrated_url: URL,
 ) -> None:
@@ -276,6 +279,7 @@ def lock_holder_waiting_on_an_idle_editor(url: URL) -> Iterator[tuple[int, int]]
         holder.close()
 
 
+@pytest.mark.slow
 def test_a_lock_holder_waiting_longer_than_a_run_would_is_stuck_and_names_whom_it_waits_for(
     migrated_url: URL,
 ) -> None:

@@ -17,9 +17,10 @@ from sqlalchemy.engine import Engine
 
 from regionsync.errors import PermanentSourceError
 from regionsync.store.models import Base
-from regionsync.store.schema import current_revision, downgrade, migrate
+from regionsync.store.schema import current_revision, migrate
 from regionsync.sync import run_sync
 from tests.support import as_utc
+from tests.support.migrations import downgrade
 from tests.support.seed import NAMES, Event, Seeded, Values, seed, state_at, write_events
 from tests.support.sources import FailingSource, ListSource, region
 
@@ -377,6 +378,7 @@ def _clear(engine: Engine) -> None:
             c.exec_driver_sql(f"DELETE FROM {table}")
 
 
+@pytest.mark.slow
 @settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )

@@ -5,13 +5,13 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
-from regionsync.settings import Settings, normalise_database_url
+from regionsync.settings import CA_BUNDLE_VARIABLES, Settings, normalise_database_url
 
 DEFAULT_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/postgres"
 START_HINT = (
@@ -20,12 +20,15 @@ START_HINT = (
     "or point REGIONSYNC_TEST_DATABASE_URL at a server where the user may create databases."
 )
 TABLES = ("region_history", "regions", "sync_runs")
-#: What regionsync reads as its settings; a test passes exactly the ones it means.
+#: What regionsync reads as its settings; a test passes exactly the ones it means. The CA
+#: bundle variables count too: one set in the developer's shell would have every command load
+#: that bundle, and decide which CA a TLS test trusts.
 SETTING_PREFIXES = ("KALEYRA_", "REGIONSYNC_")
+SETTING_NAMES = ("DATABASE_URL", *CA_BUNDLE_VARIABLES)
 
 
 def is_setting(name: str) -> bool:
-    return name.startswith(SETTING_PREFIXES) or name == "DATABASE_URL"
+    return name.startswith(SETTING_PREFIXES) or name in SETTING_NAMES
 
 
 def clean_environ() -> dict[str, str]:
@@ -55,6 +58,22 @@ def _admin_engine() -> Engine:
     return sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
 
 
+def _stop_the_run(error: sa.exc.OperationalError) -> NoReturn:
+    pytest.exit(START_HINT.format(url=admin_url().render_as_string()) + f"\n{error.orig}", 3)
+
+
+def require_postgresql() -> None:
+    """Stop the whole run, saying how to start PostgreSQL, if it cannot be reached."""
+    engine = _admin_engine()
+    try:
+        with engine.connect():
+            pass
+    except sa.exc.OperationalError as error:
+        _stop_the_run(error)
+    finally:
+        engine.dispose()
+
+
 def create_pg_database() -> URL:
     """A new empty database; stops the whole run, saying how to start PostgreSQL, if down."""
     name = f"regionsync_test_{uuid.uuid4().hex[:12]}"
@@ -63,7 +82,7 @@ def create_pg_database() -> URL:
         with engine.connect() as connection:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except sa.exc.OperationalError as error:
-        pytest.exit(START_HINT.format(url=admin_url().render_as_string()) + f"\n{error.orig}", 3)
+        _stop_the_run(error)
     finally:
         engine.dispose()
     return admin_url().set(database=name)

@@ -13,7 +13,7 @@ import atexit
 import sys
 from pathlib import Path
 
-from regionsync.cli import commands as cli
+from regionsync import cli
 from regionsync.source import kaleyra
 
 

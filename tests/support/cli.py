@@ -12,7 +12,7 @@ import sqlalchemy as sa
 import structlog
 from sqlalchemy.engine import URL
 
-from regionsync.cli import commands as cli
+from regionsync import cli
 from tests.support import scrub_environ
 
 

@@ -1,4 +1,5 @@
-"""In-test sources: snapshots built from plain lists through the real parser."""
+"""In-test sources: snapshots built from plain lists through the real parser, and the
+parser's steps called on Python objects (a decoded body, one record)."""
 
 from __future__ import annotations
 
@@ -7,8 +8,14 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from regionsync.records import Snapshot
-from regionsync.source.answer import Origin, read_answer
+from regionsync.records import RegionRecord, Rejection, Snapshot
+from regionsync.source.answer import (
+    Origin,
+    RecordValidator,
+    not_an_object,
+    read_answer,
+    read_decoded,
+)
 
 
 def region(
@@ -34,6 +41,19 @@ def region(
 
 def body(data: list[Any]) -> dict[str, Any]:
     return {"code": "RCS902", "message": "Regions fetched successfully", "data": data, "error": {}}
+
+
+def parse_body(decoded: object, *, source: str, received_at: datetime) -> Snapshot:
+    """The snapshot of an already decoded body (``decode_body``'s, or plain objects)."""
+    origin = Origin(source=source, where=f"from {source}")
+    return read_decoded(decoded, origin, received_at=received_at)
+
+
+def validate_record(item: object, *, position: int) -> RegionRecord | Rejection:
+    """One record of ``data`` as the parser judges it (``position`` counts from 1)."""
+    if type(item) is not dict:
+        return not_an_object(item, position)
+    return RecordValidator()(item, position)
 
 
 class ListSource:

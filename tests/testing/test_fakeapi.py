@@ -24,6 +24,7 @@ from regionsync.source.kaleyra import KaleyraClient
 from regionsync.testing import fakeapi
 from regionsync.testing.fakeapi import FakeKaleyra, parse_fault, sample_regions
 from tests.support.cli import Invoke
+from tests.support.docs import page
 from tests.support.fakeapi_fixtures import API_KEY, FAST
 
 PATH = "/v1/demo/rcs/agent/agent_regions"
@@ -249,6 +250,7 @@ def raw_get(fake: FakeKaleyra, timeout: float = 5) -> tuple[bytes, float]:
     return received, time.monotonic() - started
 
 
+@pytest.mark.slow
 def test_drip_sends_headers_at_once_then_the_body_a_byte_at_a_time(fake: FakeKaleyra) -> None:
     fake.set_regions([{"id": "r", "carrier_enabled": True}])
     fake.fail("drip:0.01")
@@ -281,6 +283,7 @@ def test_endless_is_a_chunked_body_that_never_ends(fake: FakeKaleyra) -> None:
     assert received > 20 * 1024 * 1024
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("mode", "wbits"), [("gzip-bomb", 31), ("deflate-bomb", 15)])
 def test_bombs_are_small_and_inflate_past_the_cap(fake: FakeKaleyra, mode: str, wbits: int) -> None:
     fake.fail(mode)
@@ -465,14 +468,9 @@ def test_admin_patch_refuses_while_a_whole_body_is_served(fake: FakeKaleyra) -> 
     assert "PUT /_fake/regions" in response.json()["error"]
 
 
-def readme_fake_section() -> str:
-    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
-    return readme.split("## Trying it against a fake Kaleyra", 1)[1].split("\n## ", 1)[0]
-
-
-def test_the_readmes_recipe_saves_a_changed_regions_file(fake: FakeKaleyra, tmp_path: Path) -> None:
-    # The README's own command lines, run as a user would, against this fake's port.
-    after = readme_fake_section().split("A changed regions file", 1)[1]
+def test_the_docs_recipe_saves_a_changed_regions_file(fake: FakeKaleyra, tmp_path: Path) -> None:
+    # The command lines of docs/fake-api.md, run as a user would, against this fake's port.
+    after = page("fake-api.md").split("A changed regions file", 1)[1]
     block = after.split("\n\n    ", 1)[1].split("\n\n", 1)[0]
     lines = [line.strip() for line in block.splitlines()]
     assert len(lines) == 2, lines  # the PATCH of one region, then saving what is served
@@ -553,6 +551,7 @@ def env_from(line: str, prefix: str = "KALEYRA_") -> dict[str, str]:
     return dict(word.split("=", 1) for word in line.split() if word.startswith(prefix))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
 def test_command_serves_the_sample_until_signalled(sig: signal.Signals) -> None:
     process, line = run_command("--sid", "ABC123", "--api-key", "trial-key")
@@ -568,6 +567,7 @@ def test_command_serves_the_sample_until_signalled(sig: signal.Signals) -> None:
         assert process.wait(timeout=10) == 0
 
 
+@pytest.mark.slow
 def test_command_takes_regions_and_a_fault(tmp_path: Path) -> None:
     path = tmp_path / "regions.json"
     path.write_text(json.dumps([{"id": "one", "carrier_enabled": False}]), encoding="utf-8")
@@ -586,6 +586,7 @@ def test_command_takes_regions_and_a_fault(tmp_path: Path) -> None:
 SECRET = "whsec_" + base64.b64encode(b"k" * 32).decode()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("options", "verified"), [(["--webhook-secret", SECRET], True), ([], None)]
 )
@@ -610,6 +611,7 @@ def test_command_banner_gives_the_webhook_settings_and_they_deliver(
         assert process.wait(timeout=10) == 0
 
 
+@pytest.mark.slow
 def test_command_accepts_a_whole_body_file(tmp_path: Path) -> None:
     body: dict[str, Any] = {"code": "RCS601", "message": "off", "data": [], "error": {"x": 1}}
     path = tmp_path / "body.json"
