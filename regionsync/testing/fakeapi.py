@@ -10,6 +10,8 @@ Kaleyra would, and can be told to fail in the ways docs/contract.md §1 lists (s
 - ``PUT /_fake/fault``: ``{"mode": "http429:retry-after=2", "times": 3}``, ``{"mode": null}``
   to clear;
 - ``GET /_fake/requests``: ``{"count": N}``, the API requests received so far;
+- with a fleet (``accounts=N``), ``GET|PUT /_fake/accounts/{sid}/regions`` and
+  ``PUT /_fake/accounts/{sid}/fault``: the same, for one account of the fleet;
 - the webhook receiver's endpoints under ``/_fake/webhook`` (see
   :mod:`regionsync.testing.fakehook`).
 
@@ -24,6 +26,7 @@ characters. It serves from a
 from __future__ import annotations
 
 import argparse
+import collections
 import copy
 import functools
 import json
@@ -32,6 +35,7 @@ import signal
 import sys
 import threading
 import time
+import uuid
 import zlib
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -42,6 +46,7 @@ from types import FrameType, TracebackType
 from typing import Any
 from urllib.parse import unquote
 
+from regionsync.durations import parse_duration
 from regionsync.httpserver import BoundedHTTPServer, ServerThread
 from regionsync.settings import LOOPBACK, is_loopback_host
 from regionsync.testing import fakehook
@@ -74,6 +79,23 @@ ADMIN_HELP = (
     f"PUT /_fake/fault, GET /_fake/requests, POST {fakehook.PATH}, GET {fakehook.PATH}, "
     f"DELETE {fakehook.PATH}, PUT {fakehook.FAULT_PATH}"
 )
+ACCOUNTS_PATH = "/_fake/accounts/"
+#: The fleet's admin endpoints, listed too when the fake serves one.
+ACCOUNTS_HELP = (
+    f"GET {ACCOUNTS_PATH}{{sid}}/regions, PUT {ACCOUNTS_PATH}{{sid}}/regions, "
+    f"PUT {ACCOUNTS_PATH}{{sid}}/fault"
+)
+#: A fleet's account ``i`` (1..N) has the SID ``FAKE{i:05d}`` and the api-key ``key-<SID>``.
+FLEET_RULE = "account i (1..N) has SID FAKE{i:05d} (FAKE00001...) and api-key key-<SID>"
+MAX_ACCOUNTS = 100_000
+DEFAULT_REGIONS_PER_ACCOUNT = 12
+MAX_REGIONS_PER_ACCOUNT = 100_000
+#: How many untouched fleet accounts keep their built regions; one changed over the admin
+#: endpoints is kept for good, so a change is never lost.
+FLEET_CACHE = 1024
+MAX_LATENCY_SECONDS = 3600
+_FLEET_SID = re.compile(r"FAKE([0-9]{5,6})", re.ASCII)
+_MILLISECONDS = re.compile(r"\s*([0-9]{1,7})\s*ms\s*", re.IGNORECASE | re.ASCII)
 
 #: Kaleyra's error bodies, by fault name: (code, message, error_code, usual HTTP status).
 KALEYRA_ERRORS = {
@@ -206,6 +228,50 @@ def sample_regions() -> list[Any]:
     return regions
 
 
+def fleet_sid(number: int) -> str:
+    """The SID of a fleet's account ``number`` (see :data:`FLEET_RULE`)."""
+    return f"FAKE{number:05d}"
+
+
+def fleet_key(sid: str) -> str:
+    """The api-key of the fleet's account with this SID: derived, so a trial can compute it."""
+    return f"key-{sid}"
+
+
+def fleet_number(sid: str) -> int | None:
+    """The number of the fleet account this SID names, or None when it names none."""
+    match = _FLEET_SID.fullmatch(sid)
+    if match is None or fleet_sid(int(match.group(1))) != sid:
+        return None
+    return int(match.group(1)) or None
+
+
+def fleet_regions(sid: str, count: int) -> list[dict[str, Any]]:
+    """``count`` regions shaped as the sample's, with ids and switches derived from ``sid``:
+    every account serves regions of its own, the same ones on every start."""
+    sample = sample_regions()
+    regions = []
+    for index in range(count):
+        region_id = str(uuid.uuid5(uuid.NAMESPACE_URL, f"fake-kaleyra:{sid}:{index}"))
+        enabled = zlib.crc32(region_id.encode()) % 4 != 0
+        regions.append({**sample[index % len(sample)], "id": region_id, "carrier_enabled": enabled})
+    return regions
+
+
+def parse_latency(text: str) -> float:
+    """Seconds from ``200ms`` or a duration (``2s``, ``1m``), up to
+    :data:`MAX_LATENCY_SECONDS`; raises ValueError on anything else."""
+    if match := _MILLISECONDS.fullmatch(text):
+        seconds = int(match.group(1)) / 1000
+    elif (duration := parse_duration(text)) is not None:
+        seconds = duration.total_seconds()
+    else:
+        raise ValueError(f"{text!r} is not a latency such as 200ms or 2s")
+    if seconds > MAX_LATENCY_SECONDS:
+        raise ValueError(f"{text!r} is more than {MAX_LATENCY_SECONDS}s")
+    return seconds
+
+
 class _Server(BoundedHTTPServer):
     fake: FakeKaleyra
 
@@ -222,8 +288,19 @@ class FakeKaleyra:
         host: str = LOOPBACK,
         port: int = 0,
         verbose: bool = False,
+        accounts: int = 0,
+        regions_per_account: int = DEFAULT_REGIONS_PER_ACCOUNT,
+        latency: float = 0.0,
     ) -> None:
+        """``accounts=N`` serves a fleet besides ``sid``: see :data:`FLEET_RULE`, each account
+        with ``regions_per_account`` regions of its own (:func:`fleet_regions`), built on its
+        first request. ``latency`` delays every API answer by that many seconds."""
         self.sid = sid
+        self.accounts = accounts
+        self.regions_per_account = regions_per_account
+        self.latency = latency
+        self._fleet: collections.OrderedDict[str, FakeKaleyra] = collections.OrderedDict()
+        self._changed: dict[str, FakeKaleyra] = {}
         self.host = host
         self.port = port
         self.verbose = verbose
@@ -355,6 +432,32 @@ class FakeKaleyra:
     def check_api_key(self, given: str | None) -> bool:
         return given == self._api_key
 
+    def account(self, sid: str, *, keep: bool = False) -> FakeKaleyra | None:
+        """The account this SID names, this fake's own or one of its fleet's, or None.
+
+        A fleet account is built on its first request and cached (at most
+        :data:`FLEET_CACHE` untouched ones); ``keep`` keeps it for good, for a change.
+        """
+        if sid == self.sid:
+            return self
+        number = fleet_number(sid)
+        if number is None or number > self.accounts:
+            return None
+        with self._lock:
+            if sid in self._changed:
+                return self._changed[sid]
+            account = self._fleet.pop(sid, None)
+            if account is None:
+                regions = fleet_regions(sid, self.regions_per_account)
+                account = FakeKaleyra(sid=sid, api_key=fleet_key(sid), regions=regions)
+            if keep:
+                self._changed[sid] = account
+            else:
+                self._fleet[sid] = account
+                while len(self._fleet) > FLEET_CACHE:
+                    self._fleet.popitem(last=False)
+            return account
+
     def take_fault(self) -> Fault | None:
         """The fault for this request, counting it against ``times``."""
         with self._lock:
@@ -396,6 +499,8 @@ class FakeKaleyra:
 
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
+    #: The account the API request names: what it is answered from.
+    account: FakeKaleyra
     protocol_version = "HTTP/1.0"
     server_version = "FakeKaleyra/1"
     sys_version = ""
@@ -440,26 +545,31 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _api(self, path: str) -> None:
         self.fake.record(self)
+        if self.fake.latency and not self.fake.sleep(self.fake.latency):
+            return
         sid = self._sid(path)
-        if sid != self.fake.sid:
+        account = self.fake.account(sid) if sid is not None else None
+        if account is None:
             self._json(404, error_body(None, "Not Found", "NOT_FOUND"))
             return
-        fault = self.fake.take_fault()
+        self.account = account
+        fault = account.take_fault()
         if fault is not None:
             self._fault(fault)
             return
-        if not self.fake.check_api_key(self.headers.get("api-key")):
+        if not account.check_api_key(self.headers.get("api-key")):
             self._json(401, error_body(None, "Invalid or missing api-key", "UNAUTHORIZED"))
             return
         if self.command != "GET":
             code, message, error_code, status = KALEYRA_ERRORS["rcs405"]
             self._json(status, error_body(code, message, error_code))
             return
-        raw = self.fake.raw_body()
-        if raw is not None:
-            self._send(200, raw[0], raw[1])
-            return
-        self._send(200, self.fake.encoded_body(), "application/json")
+        self._send_served(account)
+
+    def _send_served(self, account: FakeKaleyra) -> None:
+        """What ``account`` serves now: its raw bytes if it has some, else its body."""
+        raw = account.raw_body()
+        self._send(200, *(raw or (account.encoded_body(), "application/json")))
 
     def _sid(self, path: str) -> str | None:
         for template in REGIONS_PATHS:
@@ -489,7 +599,7 @@ class _Handler(BaseHTTPRequestHandler):
         elif kind == "malformed":
             self._send(200, b'{"code": "RCS902", "data": [{"id": "x",]', "application/json")
         elif kind == "truncated":
-            whole = json.dumps(self.fake.current_body()).encode()
+            whole = json.dumps(self.account.current_body()).encode()
             self._send(200, whole[: len(whole) // 2], "application/json")
         elif kind == "no-data":
             self._json(200, {**SUCCESS, "error": {}})
@@ -504,7 +614,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(302, b"", "text/plain", {"Location": f"{self.fake.url}/moved{self.path}"})
         elif kind == "slow":
             if self.fake.sleep(fault.delay):
-                self._send(200, self.fake.encoded_body(), "application/json")
+                self._send(200, self.account.encoded_body(), "application/json")
         elif kind == "drop":
             self.close_connection = True
         elif kind == "huge":
@@ -531,7 +641,7 @@ class _Handler(BaseHTTPRequestHandler):
     # Hostile modes ---------------------------------------------------------------------
 
     def _body_bytes(self) -> bytes:
-        return self.fake.encoded_body()
+        return self.account.encoded_body()
 
     def _drip(self, fault: Fault) -> None:
         """Headers at once, then the body one byte every ``delay`` seconds."""
@@ -577,7 +687,7 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(302, b"", "text/plain", {"Location": location})
 
     def _hostile_body(self, fault: Fault) -> None:
-        self._send(200, hostile_body(fault, self.fake.current_body()), "application/json")
+        self._send(200, hostile_body(fault, self.account.current_body()), "application/json")
 
     # Admin -----------------------------------------------------------------------------
 
@@ -585,32 +695,41 @@ class _Handler(BaseHTTPRequestHandler):
         if path == "/_fake/requests" and self.command == "GET":
             self._json(200, {"count": self.fake.request_count()})
             return
-        if path == "/_fake/regions" and self.command == "GET":
-            raw = self.fake.raw_body()
-            self._send(200, *(raw or (self.fake.encoded_body(), "application/json")))
-            return
         if path.startswith(REGION_PATH) and self.command == "PATCH":
             self._patch_region(unquote(path.removeprefix(REGION_PATH)))
             return
-        if self.command != "PUT" or path not in ("/_fake/regions", "/_fake/fault"):
-            self._json(
-                404,
-                {"error": ADMIN_HELP},
-            )
-            return
+        account, what = self._admin_target(path)
+        if account is not None and what == "regions" and self.command == "GET":
+            self._send_served(account)
+        elif account is not None and what in ("regions", "fault") and self.command == "PUT":
+            self._put(account, what)
+        else:
+            help_text = ADMIN_HELP + (f", {ACCOUNTS_HELP}" if self.fake.accounts else "")
+            self._json(404, {"error": help_text})
+
+    def _admin_target(self, path: str) -> tuple[FakeKaleyra | None, str]:
+        """The account an admin path is about and what of it (``regions``, ``fault``):
+        this fake's own for ``/_fake/regions|fault``, a fleet's under ``/_fake/accounts/``."""
+        if path in ("/_fake/regions", "/_fake/fault"):
+            return self.fake, path.removeprefix("/_fake/")
+        if path.startswith(ACCOUNTS_PATH) and self.fake.accounts:
+            sid, _, what = path.removeprefix(ACCOUNTS_PATH).partition("/")
+            return self.fake.account(unquote(sid), keep=self.command == "PUT"), what
+        return None, ""
+
+    def _put(self, account: FakeKaleyra, what: str) -> None:
         try:
             value = json.loads(self._read_body())
         except ValueError as error:
             self._json(400, {"error": f"not JSON: {error}"})
             return
         try:
-            if path == "/_fake/regions":
-                if isinstance(value, list):
-                    self.fake.set_regions(value)
-                else:
-                    self.fake.set_body(value)
+            if what == "fault":
+                self._set_fault(account, value)
+            elif isinstance(value, list):
+                account.set_regions(value)
             else:
-                self._set_fault(value)
+                account.set_body(value)
         except ValueError as error:
             self._json(400, {"error": str(error)})
             return
@@ -637,18 +756,18 @@ class _Handler(BaseHTTPRequestHandler):
             return
         self._json(200, {"ok": True, "region": region})
 
-    def _set_fault(self, value: object) -> None:
+    def _set_fault(self, account: FakeKaleyra, value: object) -> None:
         if not isinstance(value, dict) or "mode" not in value:
             raise ValueError('expected {"mode": "...", "times": N} or {"mode": null}')
         mode, times = value["mode"], value.get("times")
         if mode is None:
-            self.fake.clear_faults()
+            account.clear_faults()
             return
         if not isinstance(mode, str):
             raise ValueError("mode must be a string or null")
         if times is not None and (isinstance(times, bool) or not isinstance(times, int)):
             raise ValueError("times must be an integer or null")
-        self.fake.fail(mode, times=times)
+        account.fail(mode, times=times)
 
     def _read_body(self) -> bytes:
         length = self.headers.get("Content-Length", "0")
@@ -780,6 +899,32 @@ def add_options(parser: argparse.ArgumentParser) -> None:
         metavar="WHSEC",
         help=f"verify the signatures of webhooks POSTed to {fakehook.PATH} with this secret",
     )
+    parser.add_argument(
+        "--accounts",
+        type=int,
+        metavar="N",
+        help=f"also serve a fleet of N accounts (up to {MAX_ACCOUNTS:,}): {FLEET_RULE}",
+    )
+    parser.add_argument(
+        "--regions-per-account",
+        type=int,
+        metavar="M",
+        help=f"regions each fleet account serves (default {DEFAULT_REGIONS_PER_ACCOUNT})",
+    )
+    parser.add_argument(
+        "--latency",
+        type=_latency_option,
+        default=0.0,
+        metavar="DURATION",
+        help="delay every API answer by this much, e.g. 200ms or 2s (default none)",
+    )
+
+
+def _latency_option(text: str) -> float:
+    try:
+        return parse_latency(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -801,6 +946,13 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         parser.error("--sid must be letters and digits only")
     if args.fault_times is not None and (args.fault is None or args.fault_times < 0):
         parser.error("--fault-times needs --fault and a number of 0 or more")
+    if args.accounts is not None and not 1 <= args.accounts <= MAX_ACCOUNTS:
+        parser.error(f"--accounts must be from 1 to {MAX_ACCOUNTS}")
+    per_account = args.regions_per_account
+    if per_account is not None and (
+        args.accounts is None or not 0 <= per_account <= MAX_REGIONS_PER_ACCOUNT
+    ):
+        parser.error(f"--regions-per-account needs --accounts and 0 to {MAX_REGIONS_PER_ACCOUNT}")
 
     regions: list[Any] | None = None
     body: object = None
@@ -821,6 +973,9 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         host=args.host,
         port=args.port,
         verbose=not args.quiet,
+        accounts=args.accounts or 0,
+        regions_per_account=DEFAULT_REGIONS_PER_ACCOUNT if per_account is None else per_account,
+        latency=args.latency,
     )
     if regions is None:
         fake.set_body(body)
@@ -854,6 +1009,14 @@ def serve(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
             flush=True,
         )
         print(_webhook_banner(fake, args.webhook_secret), flush=True)
+        if fake.accounts:
+            first = fleet_sid(1)
+            print(
+                f"Serving a fleet of {fake.accounts} accounts besides {args.sid}: {FLEET_RULE}; "
+                f"the first: KALEYRA_BASE_URL={fake.url} KALEYRA_SID={first} "
+                f"KALEYRA_API_KEY={fleet_key(first)}",
+                flush=True,
+            )
         while not stop.wait(0.2):
             pass
     finally:

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -623,6 +624,140 @@ def test_command_accepts_a_whole_body_file(tmp_path: Path) -> None:
             url + "/v1/demo/rcs/agent/agent_regions", timeout=5, headers={"api-key": "demo-key"}
         )
         assert response.json() == body
+    finally:
+        process.terminate()
+        assert process.wait(timeout=10) == 0
+
+
+# A fleet of accounts -------------------------------------------------------------------
+
+
+def fleet_get(fake: FakeKaleyra, sid: str, key: str | None = None) -> requests.Response:
+    path = f"/v1/{sid}/rcs/agent/agent_regions"
+    return get(fake, path, key=fakeapi.fleet_key(sid) if key is None else key)
+
+
+@pytest.fixture
+def fleet() -> Iterator[FakeKaleyra]:
+    with FakeKaleyra(
+        api_key=API_KEY, regions=sample_regions(), accounts=3, regions_per_account=5
+    ) as fake:
+        yield fake
+
+
+def test_fleet_accounts_serve_regions_of_their_own_with_their_own_keys(
+    fleet: FakeKaleyra,
+) -> None:
+    served = {}
+    for number in (1, 2, 3):
+        sid = fakeapi.fleet_sid(number)
+        response = fleet_get(fleet, sid)
+        assert response.status_code == 200, response.text
+        served[sid] = {region["id"] for region in response.json()["data"]}
+        assert len(served[sid]) == 5
+        assert fleet_get(fleet, sid).json() == response.json()  # the same on each request
+    assert len(set().union(*served.values())) == 15
+    assert fleet_get(fleet, "FAKE00001", key="key-FAKE00002").status_code == 401
+    assert fleet_get(fleet, "FAKE00004").status_code == 404  # past N
+    assert fleet_get(fleet, "FAKE1").status_code == 404  # not the rule's spelling
+    assert get(fleet).json()["data"] == sample_regions()  # its own account still served
+
+
+def test_fleet_faults_and_regions_are_per_account(fleet: FakeKaleyra) -> None:
+    first, second = fakeapi.fleet_sid(1), fakeapi.fleet_sid(2)
+    assert admin(fleet, f"accounts/{first}/fault", {"mode": "rcs502"}).status_code == 200
+    assert fleet_get(fleet, first).json()["code"] == "RCS502"
+    assert fleet_get(fleet, second).status_code == 200
+    assert get(fleet).status_code == 200
+    assert admin(fleet, f"accounts/{first}/fault", {"mode": "bogus"}).status_code == 400
+    assert admin(fleet, f"accounts/{first}/fault", {"mode": None}).status_code == 200
+    assert fleet_get(fleet, first).status_code == 200
+
+    regions = [{"id": "only", "carrier_enabled": True}]
+    assert admin(fleet, f"accounts/{second}/regions", regions).status_code == 200
+    assert fleet_get(fleet, second).json()["data"] == regions
+    served = requests.get(f"{fleet.url}/_fake/accounts/{second}/regions", timeout=5)
+    assert served.content == fleet_get(fleet, second).content
+    assert fleet_get(fleet, first).json()["data"] != regions
+    assert admin(fleet, "accounts/FAKE00009/regions", regions).status_code == 404
+    listed = requests.get(fleet.url + "/_fake/nothing", timeout=5).json()["error"]
+    assert "PUT /_fake/accounts/{sid}/fault" in listed
+
+
+def test_fleet_changes_outlive_the_cache(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(fakeapi, "FLEET_CACHE", 2)
+    with FakeKaleyra(accounts=10, regions_per_account=1) as fake:
+        admin(fake, "accounts/FAKE00001/regions", [])
+        for number in range(2, 11):
+            assert fleet_get(fake, fakeapi.fleet_sid(number)).status_code == 200
+        assert fleet_get(fake, "FAKE00001").json()["data"] == []
+
+
+def test_latency_delays_every_api_answer_but_not_admin_calls() -> None:
+    with FakeKaleyra(api_key=API_KEY, latency=0.3) as fake:
+        started = time.monotonic()
+        assert get(fake).status_code == 200
+        assert 0.3 <= time.monotonic() - started < 3
+        started = time.monotonic()
+        requests.get(fake.url + "/_fake/requests", timeout=5)
+        assert time.monotonic() - started < 0.3
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("200ms", 0.2), ("0ms", 0.0), ("2s", 2.0), ("1m", 60.0)]
+)
+def test_latency_parses(text: str, seconds: float) -> None:
+    assert fakeapi.parse_latency(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["200", "-1s", "0.2s", "2h", "ms"])
+def test_latency_refuses_others(text: str) -> None:
+    with pytest.raises(ValueError, match=r"latency|more than"):
+        fakeapi.parse_latency(text)
+
+
+def test_ten_thousand_accounts_start_at_once_and_the_last_answers() -> None:
+    started = time.monotonic()
+    with FakeKaleyra(accounts=10_000) as fake:
+        assert time.monotonic() - started < 2  # nothing built before it is asked
+        response = fleet_get(fake, fakeapi.fleet_sid(10_000))
+        assert response.status_code == 200
+        assert len(response.json()["data"]) == fakeapi.DEFAULT_REGIONS_PER_ACCOUNT
+        assert fleet_get(fake, fakeapi.fleet_sid(10_001)).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--accounts", "0"],
+        ["--accounts", "100001"],
+        ["--regions-per-account", "3"],
+        ["--accounts", "2", "--regions-per-account", "-1"],
+        ["--latency", "soon"],
+    ],
+)
+def test_bad_fleet_options_exit_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as caught:
+        fakeapi.main(argv)
+    assert caught.value.code == 2
+    assert "regionsync fake-api" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_command_prints_how_to_reach_the_fleet() -> None:
+    process, _ = run_command("--accounts", "1000", "--regions-per-account", "2")
+    try:
+        assert process.stdout is not None
+        process.stdout.readline()  # the webhook receiver's line
+        fleet_line = process.stdout.readline()
+        assert "SID FAKE{i:05d}" in fleet_line
+        env = env_from(fleet_line)
+        assert (env["KALEYRA_SID"], env["KALEYRA_API_KEY"]) == ("FAKE00001", "key-FAKE00001")
+        api = KaleyraClient(Settings.from_env(env).require_kaleyra(), retry=FAST)
+        assert len(api.fetch().records) == 2
+        env["KALEYRA_SID"], env["KALEYRA_API_KEY"] = "FAKE01000", "key-FAKE01000"
+        api = KaleyraClient(Settings.from_env(env).require_kaleyra(), retry=FAST)
+        assert len(api.fetch().records) == 2
     finally:
         process.terminate()
         assert process.wait(timeout=10) == 0
