@@ -9,16 +9,21 @@ from __future__ import annotations
 
 import os
 import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
+from regionsync.store.grants import quote_identifier
 from regionsync.store.schema import migrate
 from tests.support import (
     TABLES,
+    MakeRole,
+    admin_url,
     create_pg_database,
     drop_pg_database,
     require_postgresql,
@@ -132,3 +137,23 @@ def db_url(request: pytest.FixtureRequest) -> URL:
     request.getfixturevalue("sqlite_engine")
     sqlite: URL = request.getfixturevalue("sqlite_url")
     return sqlite
+
+
+@pytest.fixture
+def make_role() -> Iterator[MakeRole]:
+    """Creates LOGIN roles with unique names; drops them once their databases are gone."""
+    admin = sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
+    made: list[str] = []
+
+    def make(prefix: str) -> str:
+        name = f"{prefix} {uuid.uuid4().hex[:8]}"
+        with admin.connect() as c:
+            c.exec_driver_sql(f"CREATE ROLE {quote_identifier(name)} LOGIN")
+        made.append(name)
+        return name
+
+    yield make
+    with admin.connect() as c:
+        for name in reversed(made):
+            c.exec_driver_sql(f"DROP ROLE IF EXISTS {quote_identifier(name)}")
+    admin.dispose()

@@ -8,7 +8,6 @@ import ssl
 import subprocess
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ from regionsync.store.grants import grant_readonly, quote_identifier
 from regionsync.store.schema import migrate
 from regionsync.testing.fakeapi import FakeKaleyra
 from regionsync.testing.fakehook import WebhookServer
-from tests.support import admin_url, create_pg_database, drop_pg_database, settings_for
+from tests.support import create_pg_database, drop_pg_database, settings_for
 from tests.support.cli import Invoke, table_counts, url_env
 from tests.support.sources import region
 
@@ -202,26 +201,6 @@ def test_webhook_settings_are_reported_without_posting_or_showing_the_url_path(
 
 
 @pytest.fixture
-def make_role() -> Iterator[Callable[[str], str]]:
-    """LOGIN roles with unique names that need quoting; dropped after the test's databases."""
-    admin = sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
-    made: list[str] = []
-
-    def make(prefix: str) -> str:
-        name = f'{prefix} "{uuid.uuid4().hex[:8]}"'
-        with admin.connect() as c:
-            c.exec_driver_sql(f"CREATE ROLE {quote_identifier(name)} LOGIN")
-        made.append(name)
-        return name
-
-    yield make
-    with admin.connect() as c:
-        for name in made:
-            c.exec_driver_sql(f"DROP ROLE IF EXISTS {quote_identifier(name)}")
-    admin.dispose()
-
-
-@pytest.fixture
 def own_db(make_role: Callable[[str], str]) -> Iterator[URL]:
     """A migrated database of this test's own (its grants and settings go with it)."""
     url = create_pg_database()
@@ -269,7 +248,7 @@ def test_a_read_only_database_fails_the_access_check(
 def test_a_select_only_role_is_told_which_rights_it_lacks(
     invoke: Invoke, own_db: URL, make_role: Callable[[str], str], fake: FakeKaleyra
 ) -> None:
-    reader, bystander = make_role("reader"), make_role("all data reader")
+    reader, bystander = make_role('reader "r"'), make_role('all data reader "b"')
     owner = store.create_engine(settings_for(own_db))
     try:
         grant_readonly(owner, reader)
@@ -297,7 +276,7 @@ def test_a_select_only_role_is_told_which_rights_it_lacks(
 def test_a_writer_passes_until_a_right_or_a_row_level_policy_is_missing(
     invoke: Invoke, own_db: URL, make_role: Callable[[str], str], fake: FakeKaleyra
 ) -> None:
-    writer = make_role("writer")
+    writer = make_role('writer "w"')
     who = quote_identifier(writer)
     as_admin(
         own_db,

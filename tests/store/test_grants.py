@@ -8,8 +8,7 @@ string-pasted SQL.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,7 +20,7 @@ from regionsync import store
 from regionsync.errors import ConfigError, SchemaError
 from regionsync.store.grants import grant_readonly, quote_identifier, readonly_grants
 from regionsync.store.schema import migrate
-from tests.support import admin_url, create_pg_database, drop_pg_database, settings_for
+from tests.support import MakeRole, admin_url, create_pg_database, drop_pg_database, settings_for
 from tests.support.cli import Invoke, url_env
 from tests.support.seed import seed
 
@@ -48,28 +47,6 @@ WRITES = [
     "COMMENT ON TABLE regions IS 'x'",
     "CREATE SCHEMA mine",
 ]
-
-MakeRole = Callable[[str], str]
-
-
-@pytest.fixture
-def make_role() -> Iterator[MakeRole]:
-    """Creates LOGIN roles with unique names; drops them once their databases are gone."""
-    admin = sa.create_engine(admin_url(), isolation_level="AUTOCOMMIT")
-    made: list[str] = []
-
-    def make(prefix: str) -> str:
-        name = f"{prefix} {uuid.uuid4().hex[:8]}"
-        with admin.connect() as c:
-            c.exec_driver_sql(f"CREATE ROLE {quote_identifier(name)} LOGIN")
-        made.append(name)
-        return name
-
-    yield make
-    with admin.connect() as c:
-        for name in reversed(made):
-            c.exec_driver_sql(f"DROP ROLE IF EXISTS {quote_identifier(name)}")
-    admin.dispose()
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, NoReturn
 
@@ -19,6 +20,8 @@ START_HINT = (
     "`pg_ctlcluster --skip-systemctl-redirect $(ls /etc/postgresql) main start` "
     "or point REGIONSYNC_TEST_DATABASE_URL at a server where the user may create databases."
 )
+#: The ``make_role`` fixture: makes a LOGIN role named from a prefix, returns its name.
+MakeRole = Callable[[str], str]
 TABLES = ("region_history", "regions", "sync_runs")
 #: What regionsync reads as its settings; a test passes exactly the ones it means. The CA
 #: bundle variables count too: one set in the developer's shell would have every command load
