@@ -35,17 +35,27 @@ def _help(*args: str) -> str:
     return done.stdout.rstrip()
 
 
-def command_names() -> list[str]:
-    """The commands ``regionsync --help`` lists, in its order."""
-    listing = _help().split("positional arguments:", 1)[1].split("options:", 1)[0]
+def command_names(*command: str) -> list[str]:
+    """The commands ``regionsync --help`` lists, in its order; with ``command``, the actions
+    its own ``--help`` lists (``accounts add``...), none when it has none."""
+    text = _help(*command)
+    if "positional arguments:" not in text:
+        return []
+    listing = text.split("positional arguments:", 1)[1].split("options:", 1)[0]
+    if command and not re.search(r"^  [A-Z]+\n", listing, re.MULTILINE):
+        return []  # positional arguments, not actions
     return re.findall(r"^    ([a-z][a-z-]*)\b", listing, re.MULTILINE)
 
 
 def command_help() -> str:
-    """``regionsync --help``, then each command's, as the user sees them."""
+    """``regionsync --help``, then each command's, and each of its actions', as the user sees
+    them."""
     parts = [f"### `regionsync`\n\n```text\n{_help()}\n```\n"]
     for name in command_names():
         parts.append(f"### `regionsync {name}`\n\n```text\n{_help(name)}\n```\n")
+        for action in command_names(name):
+            shown = _help(name, action)
+            parts.append(f"#### `regionsync {name} {action}`\n\n```text\n{shown}\n```\n")
     return "\n".join(parts)
 
 

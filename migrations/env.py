@@ -58,9 +58,12 @@ def run_online() -> None:
 
     settings = Settings.from_env()
     logs.configure(level=settings.log_level, fmt="console", secrets=settings.secrets)
+    from regionsync.store.schema import migration_connection
+
+    config.attributes.setdefault("account", settings.account)
     engine = store.create_engine(settings)
     try:
-        with engine.begin() as connection:
+        with migration_connection(engine) as connection:
             run_on(connection)
     finally:
         engine.dispose()

@@ -15,7 +15,9 @@ import logging
 import re
 import sys
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -72,17 +74,36 @@ def _pattern(secrets: frozenset[str]) -> re.Pattern[str] | None:
     return re.compile("|".join(map(re.escape, ordered))) if ordered else None
 
 
+#: Secrets known only inside a block of work (an account's key, read for its sync): the
+#: lines logged in that block are scrubbed of them too (:func:`secrets_in_scope`).
+_scoped: ContextVar[frozenset[str]] = ContextVar("regionsync_scoped_secrets", default=frozenset())
+
+
+@contextmanager
+def secrets_in_scope(*secrets: str) -> Iterator[None]:
+    """Inside the block, every log line of this context is scrubbed of ``secrets`` as well."""
+    token = _scoped.set(_scoped.get() | {s for s in secrets if s})
+    try:
+        yield
+    finally:
+        _scoped.reset(token)
+
+
 class Redactor:
-    """Replaces every form of every secret in a text, in one pass."""
+    """Replaces every form of every secret in a text (and of the secrets in scope, see
+    :func:`secrets_in_scope`), in one pass."""
 
     def __init__(self, secrets: Iterable[str]) -> None:
-        self.pattern = _pattern(frozenset(s for s in secrets if s))
+        self.secrets = frozenset(s for s in secrets if s)
+        self.pattern = _pattern(self.secrets)
 
     def __bool__(self) -> bool:
-        return self.pattern is not None
+        return self.pattern is not None or bool(_scoped.get())
 
     def __call__(self, text: str) -> str:
-        return text if self.pattern is None else self.pattern.sub(REDACTED, text)
+        scoped = _scoped.get()
+        pattern = _pattern(self.secrets | scoped) if scoped else self.pattern
+        return text if pattern is None else pattern.sub(REDACTED, text)
 
 
 def redact(text: str, secrets: Iterable[str]) -> str:

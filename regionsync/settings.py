@@ -53,6 +53,13 @@ MAX_SCHEDULE_INTERVAL = timedelta(days=365)
 _INTERVAL = re.compile(r"\s*([0-9]+)\s*([a-zA-Z]+)\s*")
 #: What an ``--env-file`` may name: an environment variable, ASCII as in POSIX.
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+#: The longest account name; names are lowercase letters, digits, ``-`` and ``_``.
+ACCOUNT_NAME_MAX = 63
+ACCOUNT_NAME = re.compile(rf"[a-z0-9_-]{{1,{ACCOUNT_NAME_MAX}}}")
+DEFAULT_ACCOUNT = "default"
+#: Variables named so hold an account's API key (``accounts add --api-key-env``): read at
+#: sync time, not by :meth:`Settings.from_env`, and not warned about as unknown.
+ACCOUNT_KEY_PREFIX = "KALEYRA_API_KEY_"
 _NEWLINE = re.compile(r"\r\n|\n|\r")
 #: Variables with these prefixes are regionsync's; one it does not read is warned about.
 PREFIXES = ("REGIONSYNC_", "KALEYRA_")
@@ -172,12 +179,20 @@ class Settings:
     database_setting: str | None = None
     #: The CA certificates TLS to Kaleyra and the webhook trusts; None: certifi's bundle.
     ca_bundle: CABundle | None = None
+    #: The account the ``KALEYRA_*`` settings are, while the accounts table is empty; the
+    #: account that rows from before accounts existed are given by ``migrate``.
+    account: str = DEFAULT_ACCOUNT
+    #: Where the key of an account without api_key_env or api_key_file is: ``<dir>/<name>``.
+    api_keys_dir: Path | None = None
+    #: The environment the settings were read from: accounts name variables holding their
+    #: keys, read at sync time. Never shown (``repr``).
+    environment: Mapping[str, str] = field(default_factory=dict, compare=False)
 
     def __repr__(self) -> str:
         fields = ", ".join(
             f"{name}={getattr(self, name)!r}"
             for name in self.__dataclass_fields__
-            if name != "database_url"
+            if name not in ("database_url", "environment")
         )
         shown = self.database_url.render_as_string(hide_password=True)
         return f"Settings(database_url={shown!r}, {fields})"
@@ -258,6 +273,11 @@ class Settings:
             log_region_lines=_count("REGIONSYNC_LOG_REGION_LINES", get, DEFAULT_LOG_REGION_LINES),
             lock_timeout=_lock_timeout(get),
             ca_bundle=ca_bundle,
+            account=check_account_name(
+                get("REGIONSYNC_ACCOUNT") or DEFAULT_ACCOUNT, setting="REGIONSYNC_ACCOUNT"
+            ),
+            api_keys_dir=_api_keys_dir(get),
+            environment=env,
         )
 
 
@@ -387,6 +407,28 @@ def _api_key(get: Get) -> Secret | None:
             "KALEYRA_API_KEY", "must be printable Latin-1 text (it is sent as an HTTP header)"
         )
     return Secret(key)
+
+
+def check_account_name(name: str, *, setting: str = "NAME") -> str:
+    """``name`` if it is a valid account name, else a :class:`ConfigError` naming ``setting``."""
+    if ACCOUNT_NAME.fullmatch(name) is None:
+        shown = name if len(name) <= 80 else name[:80] + "…"
+        raise ConfigError(
+            setting,
+            f"{shown!r} is not an account name: lowercase letters, digits, - and _, "
+            f"1 to {ACCOUNT_NAME_MAX} characters",
+        )
+    return name
+
+
+def _api_keys_dir(get: Get) -> Path | None:
+    raw = get("REGIONSYNC_API_KEYS_DIR")
+    if raw is None:
+        return None
+    path = Path(raw).expanduser()
+    if not path.is_absolute():
+        raise ConfigError("REGIONSYNC_API_KEYS_DIR", f"{raw[:80]!r} must be an absolute path")
+    return path
 
 
 def _timezone(get: Get) -> str:
@@ -683,6 +725,8 @@ def environment_warnings(env: Mapping[str, str]) -> list[dict[str, str]]:
         if name in known and not env[name].strip():
             found.append({"event": "settings.empty_variable", "variable": name, "read_as": "unset"})
         elif name.startswith(PREFIXES) and name not in known:
+            if name.startswith(ACCOUNT_KEY_PREFIX):
+                continue  # an account's key, read when that account syncs
             close = difflib.get_close_matches(name, sorted(known), n=1, cutoff=0.6)
             found.append(
                 {

@@ -20,7 +20,8 @@ from regionsync.logs import redact
 from regionsync.notify import outbox
 from regionsync.records import Snapshot, Source
 from regionsync.region_lines import DEFAULT_LIMIT, RegionLines
-from regionsync.store import changeset, runs
+from regionsync.settings import DEFAULT_ACCOUNT
+from regionsync.store import answers, changeset, runs
 from regionsync.store.changeset import Change
 from regionsync.store.engine import describe_db_error, translated_errors
 from regionsync.store.lock import sync_lock
@@ -45,10 +46,13 @@ class SyncResult:
 
     status: Literal["succeeded", "skipped", "dry-run"]
     run_id: int | None = None
+    account: str = DEFAULT_ACCOUNT
     counts: Counts = field(default_factory=Counts)
     changes: list[Change] = field(default_factory=list)
     duration: float = 0.0
     reason: str | None = None
+    #: The answer was the last applied one, the regions untouched since: no diff was needed.
+    unchanged_answer: bool = False
 
 
 @dataclass(frozen=True)
@@ -104,47 +108,77 @@ def run_sync(
     engine: Engine,
     source: Source,
     *,
+    account: str = DEFAULT_ACCOUNT,
     trigger: RunTrigger = "cli",
     guard: Guard | None = None,
     notify: outbox.OutboxPolicy | None = None,
 ) -> SyncResult:
-    """Sync once under the lock; see the module docstring for how it ends.
+    """Sync ``account`` once under its lock; see the module docstring for how it ends.
 
     ``notify`` says which changes to queue for the webhook (None: none, only ``NOTIFY``).
     """
     guard = guard or Guard()
     started = time.monotonic()
     require_current(engine)
-    log = logger.bind(trigger=trigger, source=source.description)
-    with sync_lock(engine) as connection:
+    log = logger.bind(account=account, trigger=trigger, source=source.description)
+    with sync_lock(engine, account) as connection:
         if connection is None:
             with engine.begin() as other:
                 run_id = runs.open_run(
-                    other, trigger=trigger, source=source.description, skipped=SKIPPED_REASON
+                    other,
+                    account=account,
+                    trigger=trigger,
+                    source=source.description,
+                    skipped=SKIPPED_REASON,
                 )
             log.info("sync.skipped", run_id=run_id, reason=SKIPPED_REASON)
-            return SyncResult("skipped", run_id, reason=SKIPPED_REASON)
+            return SyncResult("skipped", run_id, account, reason=SKIPPED_REASON)
 
         with connection.begin():
-            run_id = runs.open_run(connection, trigger=trigger, source=source.description)
-            abandoned = runs.close_abandoned(connection, except_run=run_id)
+            run_id = runs.open_run(
+                connection, account=account, trigger=trigger, source=source.description
+            )
+            abandoned = runs.close_abandoned(connection, account=account, except_run=run_id)
         with structlog.contextvars.bound_contextvars(run_id=run_id):
             log.info("sync.started", closed_abandoned_runs=abandoned)
             lines = RegionLines(log, guard.region_lines)
             seen = Counts()
             try:
-                # One transaction from the fetch on: on PostgreSQL the parse stages the
-                # records as it validates them (changeset.StreamedStage). Translated here
-                # rather than only at the entry point: the failure is recorded in
-                # sync_runs.error, in our words.
-                with translated_errors("applying the sync"), connection.begin():
-                    with changeset.streamed_stage(connection) as streamed:
+                # Translated here rather than only at the entry point: the failure is
+                # recorded in sync_runs.error, in our words.
+                with translated_errors("applying the sync"):
+                    if connection.dialect.name == "postgresql":
+                        # One transaction from the fetch on: the parse stages the records as
+                        # it validates them (changeset.StreamedStage), which pays off when
+                        # there is something to apply, not when the last answer is
+                        # remembered (this one likely repeats it).
+                        with connection.begin():
+                            expected = answers.remembered(connection, account)
+                            wanted = expected is None
+                            with changeset.streamed_stage(connection, wanted=wanted) as streamed:
+                                snapshot = _fetch(source, log, lines)
+                            seen = Counts(snapshot.fetched, rejected=snapshot.rejected_count)
+                            planned = _settle(
+                                connection,
+                                snapshot,
+                                account,
+                                run_id,
+                                guard,
+                                lines,
+                                notify,
+                                streamed,
+                            )
+                    else:
+                        # SQLite: the fetch first, then a write transaction taken at once
+                        # (BEGIN IMMEDIATE). A deferred one would read, then find another
+                        # account's commit in its way and fail as locked instead of waiting.
                         snapshot = _fetch(source, log, lines)
-                    seen = Counts(fetched=snapshot.fetched, rejected=snapshot.rejected_count)
-                    guard.check_rejects(snapshot)
-                    planned = _apply(
-                        connection, snapshot, run_id, guard, lines.remaining, notify, streamed
-                    )
+                        seen = Counts(snapshot.fetched, rejected=snapshot.rejected_count)
+                        writing = connection.execution_options(sqlite_immediate=True)
+                        with writing.begin():
+                            planned = _settle(
+                                connection, snapshot, account, run_id, guard, lines, notify, None
+                            )
             except BaseException as error:
                 lines.summarise(f"not stored; counted in sync_runs WHERE id = {run_id}")
                 _record_failure(engine, run_id, error, log, started, seen)
@@ -152,9 +186,11 @@ def run_sync(
             result = SyncResult(
                 "succeeded",
                 run_id,
+                account,
                 counts=_counts(snapshot, planned),
                 changes=planned.changes,
                 duration=time.monotonic() - started,
+                unchanged_answer=planned.shortcut,
             )
             _log_changes(planned, lines)
             lines.summarise(
@@ -165,30 +201,39 @@ def run_sync(
                 "sync.finished",
                 status="succeeded",
                 duration_s=round(result.duration, 3),
+                unchanged_answer=result.unchanged_answer,
                 **result.counts.as_dict(),
             )
             return result
 
 
 @translated_errors("comparing with the database")
-def preview(engine: Engine, source: Source, *, guard: Guard | None = None) -> SyncResult:
-    """``--dry-run``: fetch, validate and diff; write nothing, take no lock, record no run."""
+def preview(
+    engine: Engine,
+    source: Source,
+    *,
+    account: str = DEFAULT_ACCOUNT,
+    guard: Guard | None = None,
+) -> SyncResult:
+    """``--dry-run``: fetch, validate and diff in full; write nothing, take no lock, record
+    no run."""
     guard = guard or Guard()
     started = time.monotonic()
     require_current(engine)
-    log = logger.bind(trigger="dry-run", source=source.description)
+    log = logger.bind(account=account, trigger="dry-run", source=source.description)
     lines = RegionLines(log, guard.region_lines)
     try:
         snapshot = _fetch(source, log, lines)
         guard.check_rejects(snapshot)
         # Staging happens inside a transaction that is rolled back, temporary tables included.
         with engine.connect() as connection, connection.begin() as transaction:
-            planned = _plan(connection, snapshot, guard, details=None)
+            planned = _plan(connection, snapshot, account, guard, details=None)
             transaction.rollback()
     finally:
         lines.summarise("not stored (dry run)")
     return SyncResult(
         "dry-run",
+        account=account,
         counts=_counts(snapshot, planned),
         changes=planned.changes,
         duration=time.monotonic() - started,
@@ -218,11 +263,14 @@ def _fetch(
 def _plan(
     connection: Connection,
     snapshot: Snapshot,
+    account: str,
     guard: Guard,
     details: int | None,
     streamed: changeset.StreamedStage | None = None,
 ) -> changeset.Plan:
-    planned = changeset.plan(connection, snapshot, details=details, streamed=streamed)
+    planned = changeset.plan(
+        connection, snapshot, account=account, details=details, streamed=streamed
+    )
     guard.check(planned.counts["removed"], planned.active_before)
     return planned
 
@@ -230,6 +278,7 @@ def _plan(
 def _apply(
     connection: Connection,
     snapshot: Snapshot,
+    account: str,
     run_id: int,
     guard: Guard,
     details: int,
@@ -237,14 +286,48 @@ def _apply(
     streamed: changeset.StreamedStage | None,
 ) -> changeset.Plan:
     """Plan, guard and apply in the caller's transaction, the run's row closed in it too."""
-    planned = _plan(connection, snapshot, guard, details, streamed)
+    planned = _plan(connection, snapshot, account, guard, details, streamed)
     if planned.total:
-        changeset.apply(connection, planned, run_id=run_id, at=snapshot.received_at)
+        changeset.apply(
+            connection, planned, account=account, run_id=run_id, at=snapshot.received_at
+        )
     changeset.unstage(connection)
     runs.finish_run(connection, run_id, status="succeeded", counts=_counts(snapshot, planned))
 
     # Notifications: after the history and counts, in the same transaction.
     outbox.enqueue(connection, run_id=run_id, policy=notify)
+    return planned
+
+
+def _settle(
+    connection: Connection,
+    snapshot: Snapshot,
+    account: str,
+    run_id: int,
+    guard: Guard,
+    lines: RegionLines,
+    notify: outbox.OutboxPolicy | None,
+    streamed: changeset.StreamedStage | None,
+) -> changeset.Plan:
+    """In the caller's transaction: the remembered answer again costs only the run's row
+    (docs/sync.md, *Nothing to do*); any other answer is planned, guarded and applied."""
+    guard.check_rejects(snapshot)
+    digest = answers.content_digest(snapshot)
+    # Read after the fetch: the regions may have been written while it waited.
+    if answers.remembered(connection, account) == digest:
+        return _nothing_to_apply(connection, snapshot, run_id)
+    planned = _apply(
+        connection, snapshot, account, run_id, guard, lines.remaining, notify, streamed
+    )
+    answers.remember(connection, account, digest, run_id=run_id, snapshot=snapshot)
+    return planned
+
+
+def _nothing_to_apply(connection: Connection, snapshot: Snapshot, run_id: int) -> changeset.Plan:
+    """The remembered answer again: what the full diff would find (every record unchanged),
+    without staging or diffing; the run's row is the only write."""
+    planned = changeset.Plan(unchanged=len(snapshot.records), shortcut=True)
+    runs.finish_run(connection, run_id, status="succeeded", counts=_counts(snapshot, planned))
     return planned
 
 

@@ -17,7 +17,7 @@ from structlog.testing import capture_logs
 from regionsync import cli
 from regionsync.daemon.metrics import DaemonMetrics
 from regionsync.errors import ConfigError, GuardError, PermanentSourceError, StoreError
-from regionsync.settings import Settings
+from regionsync.settings import DEFAULT_ACCOUNT, Settings
 from regionsync.status import gather
 from regionsync.store import lock, runs
 from regionsync.store.engine import sqlite_path
@@ -251,14 +251,25 @@ def test_a_run_left_running_is_closed_as_abandoned(engine: Engine) -> None:
     assert statuses[1][1] == "succeeded"
 
 
-def _hold_lock(engine: Engine) -> Any:
+def test_a_run_closes_only_its_own_accounts_abandoned_runs(engine: Engine) -> None:
+    """Another account's running run may be alive: it holds that account's lock, not ours."""
+    with engine.begin() as c:
+        mine = runs.open_run(c, account="brand-a", trigger="daemon", source="killed")
+        theirs = runs.open_run(c, account="brand-b", trigger="daemon", source="running")
+    run_sync(engine, ListSource([region("a")]), account="brand-a")
+    statuses = dict(rows(engine, "SELECT id, status FROM sync_runs WHERE id IN (1, 2)"))
+    assert statuses == {mine: "failed", theirs: "running"}
+
+
+def _hold_lock(engine: Engine, account: str = DEFAULT_ACCOUNT) -> Any:
+    key, suffix = lock.account_lock(account)
     path = sqlite_path(engine)
     if path is not None:
-        fd = os.open(str(path) + ".lock", os.O_RDWR | os.O_CREAT)
+        fd = os.open(str(path) + suffix, os.O_RDWR | os.O_CREAT)
         fcntl.flock(fd, fcntl.LOCK_EX)
         return lambda: os.close(fd)
     connection = engine.connect()
-    connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": lock.ADVISORY_LOCK_KEY})
+    connection.execute(sa.text("SELECT pg_advisory_lock(:k)"), {"k": key})
     connection.commit()
     return connection.close
 
@@ -276,6 +287,47 @@ def test_run_finding_the_lock_held_is_skipped(engine: Engine) -> None:
     assert regions(engine) == {}
     assert last_run(engine)["status"] == "skipped"
     assert run_sync(engine, source).status == "succeeded"
+
+
+def test_a_lock_held_for_one_account_skips_only_that_accounts_run(engine: Engine) -> None:
+    release = _hold_lock(engine, "brand-a")
+    try:
+        held = run_sync(engine, ListSource([region("a")]), account="brand-a")
+        free = run_sync(engine, ListSource([region("a")]), account="brand-b")
+    finally:
+        release()
+    assert (held.status, free.status) == ("skipped", "succeeded")
+    assert rows(engine, "SELECT account, status FROM sync_runs ORDER BY id") == [
+        ("brand-a", "skipped"),
+        ("brand-b", "succeeded"),
+    ]
+    assert rows(engine, "SELECT account, id FROM regions") == [("brand-b", "a")]
+
+
+def test_two_accounts_with_the_same_region_ids_sync_apart(engine: Engine) -> None:
+    run_sync(engine, ListSource([region("a"), region("b")]), account="brand-a")
+    first_b = run_sync(engine, ListSource([region("a", enabled=False)]), account="brand-b")
+    assert first_b.counts.added == 1  # brand-a's "a" is not brand-b's
+    gone = run_sync(engine, ListSource([region("a")]), account="brand-a")
+    assert (gone.counts.removed, gone.counts.unchanged) == (1, 1)  # b: brand-b never had it
+    assert rows(
+        engine,
+        "SELECT account, id, carrier_enabled, removed_at IS NULL FROM regions ORDER BY account, id",
+    ) == [
+        ("brand-a", "a", True, True),
+        ("brand-a", "b", True, False),
+        ("brand-b", "a", False, True),
+    ]
+    assert rows(
+        engine, "SELECT account, sync_run_id, region_id, change FROM region_history ORDER BY id"
+    ) == [
+        ("brand-a", 1, "a", "added"),
+        ("brand-a", 1, "b", "added"),
+        ("brand-b", 2, "a", "added"),
+        ("brand-a", 3, "b", "removed"),
+    ]
+    again = run_sync(engine, ListSource([region("a", enabled=False)]), account="brand-b")
+    assert (again.counts.unchanged, again.counts.removed) == (1, 0)
 
 
 def test_dry_run_writes_nothing(engine: Engine) -> None:

@@ -3,17 +3,21 @@
 The first thing to run in a new deployment and a container's startup probe: the settings
 parse (or the CLI has already exited 2), the schedule parses, the database answers and is
 at the schema this regionsync needs and (PostgreSQL) lets a run write, Kaleyra answers the
-configured key, and the metrics port and webhook, when set, are usable. The embedded SQLite
-file is opened read only and never created; PostgreSQL is read in a read-only transaction;
-Kaleyra is asked once, with a GET; the webhook's host is connected to and sent nothing.
+configured key, and the metrics port and webhook, when set, are usable. With rows in the
+``accounts`` table, each account's key is found (never shown) and its API answers it
+(docs/accounts.md); a paused account is asked only when named with ``--account``. The
+embedded SQLite file is opened read only and never created; PostgreSQL is read in a
+read-only transaction; Kaleyra is asked once per account, with a GET, within
+:data:`KALEYRA_SECONDS`; the webhook's host is connected to and sent nothing.
 """
 
 from __future__ import annotations
 
 import socket
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +25,21 @@ import sqlalchemy as sa
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
 
-from regionsync.errors import RegionSyncError, StoreError
-from regionsync.settings import Settings
+from regionsync import logs
+from regionsync.errors import ConfigError, RegionSyncError, StoreError
+from regionsync.settings import KaleyraConfig, Settings
+from regionsync.store.accounts import AccountRow, list_accounts
 from regionsync.store.engine import database_place, translated_errors
 from regionsync.store.grants import quote_identifier
+from regionsync.store.schema import head_revision
 from regionsync.store.tables import notification_deliveries, region_history, regions, sync_runs
 
 #: One quick attempt: a probe should answer in seconds, not wait out the sync's retries.
 KALEYRA_SECONDS = 20.0
 #: How long the webhook probe may take to connect (and negotiate TLS).
 WEBHOOK_PROBE_SECONDS = 5.0
+#: How many accounts' APIs are asked at once: a fleet's check takes seconds, not minutes.
+ACCOUNT_PROBES = 8
 
 
 @dataclass(frozen=True)
@@ -42,13 +51,23 @@ class Outcome:
     detail: str
 
 
-def run_checks(settings: Settings) -> Iterator[Outcome]:
-    """Each check in turn; the database checks stop at the first that fails."""
+@dataclass
+class _Read:
+    """What the database checks read for the checks after them: the accounts, or None when
+    they could not be read (the database failed, or is not at the latest revision)."""
+
+    accounts: list[AccountRow] | None = field(default=None)
+
+
+def run_checks(settings: Settings, *, account: str | None = None) -> Iterator[Outcome]:
+    """Each check in turn; the database checks stop at the first that fails. ``account``:
+    only that account's key and API (a :class:`ConfigError` when there is no such account)."""
     source = "embedded SQLite" if settings.embedded_database else settings.database_display
     yield Outcome("settings", True, f"all valid (database: {source})")
     yield _schedule(settings)
-    yield from _database(settings)
-    yield _kaleyra(settings)
+    read = _Read()
+    yield from _database(settings, read)
+    yield from _accounts(settings, read.accounts, account)
     if settings.metrics_port is not None:
         yield _metrics(settings)
     if settings.notifications.enabled:
@@ -70,7 +89,7 @@ def _schedule(settings: Settings) -> Outcome:
     )
 
 
-def _database(settings: Settings) -> Iterator[Outcome]:
+def _database(settings: Settings, read: _Read) -> Iterator[Outcome]:
     shown = settings.database_display
     if settings.database_url.get_backend_name() == "sqlite":
         path = Path(settings.database_url.database or "").expanduser()
@@ -87,6 +106,8 @@ def _database(settings: Settings) -> Iterator[Outcome]:
                 if current is None
                 else _write_access(connection, settings.notifications.enabled)
             )
+            if current == head_revision():
+                read.accounts = list_accounts(connection)
     except StoreError as error:
         yield Outcome("database", False, str(error))
         return
@@ -99,8 +120,6 @@ def _database(settings: Settings) -> Iterator[Outcome]:
 
 def _revision(current: str | None, place: str) -> Outcome:
     """The schema revision against this code's; ``place`` names the database and schema."""
-    from regionsync.store.schema import head_revision
-
     head = head_revision()
     if current == head:
         return Outcome("schema", True, f"revision {current}, the latest")
@@ -280,23 +299,79 @@ def _server_version(connection: sa.Connection) -> str:
     return f"PostgreSQL {version}"
 
 
+def _accounts(
+    settings: Settings, rows: list[AccountRow] | None, name: str | None
+) -> Iterator[Outcome]:
+    """The settings' one account as ``kaleyra`` (the accounts table empty or unread), or a
+    ``key NAME`` and a ``kaleyra NAME`` line per account of the table."""
+    if not rows:
+        if name is None or name == settings.account:
+            yield _kaleyra(settings)
+        elif rows is None:
+            yield Outcome(
+                f"kaleyra {name}", False, "not asked: the accounts could not be read (see above)"
+            )
+        else:
+            raise ConfigError(
+                "--account",
+                f"no account named {name!r}: the accounts table is empty, so the only account "
+                f"is {settings.account!r} (REGIONSYNC_ACCOUNT)",
+            )
+        return
+    if name is not None:
+        rows = [row for row in rows if row.name == name]
+        if not rows:
+            raise ConfigError(
+                "--account", f"no account named {name!r}; see `regionsync accounts list`"
+            )
+    with ThreadPoolExecutor(max_workers=min(ACCOUNT_PROBES, len(rows))) as pool:
+        named = name is not None
+        for outcomes in pool.map(lambda row: _account(settings, row, named=named), rows):
+            yield from outcomes
+
+
+def _account(settings: Settings, row: AccountRow, *, named: bool) -> list[Outcome]:
+    """An account of the table: is its key where the row says, and does its API answer it?"""
+    from regionsync.accounts import Account, kaleyra_config
+
+    if row.paused_at is not None and not named:
+        return [
+            Outcome(
+                f"kaleyra {row.name}",
+                True,
+                f"paused since {row.paused_at:%Y-%m-%d %H:%M} UTC: not asked "
+                f"(`regionsync check --account {row.name}` asks)",
+            )
+        ]
+    try:
+        config = kaleyra_config(Account(row.name, row), settings)
+    except ConfigError as error:
+        return [Outcome(f"key {row.name}", False, error.problem)]
+    key = config.api_key.reveal()
+    with logs.secrets_in_scope(key):
+        answer = _guarded(f"kaleyra {row.name}", lambda: _ask(f"kaleyra {row.name}", config))
+    shown = Outcome(answer.name, answer.ok, logs.redact(answer.detail, [key]))
+    return [Outcome(f"key {row.name}", True, f"found ({row.key_source})"), shown]
+
+
 def _kaleyra(settings: Settings) -> Outcome:
-    def ask() -> Outcome:
-        config = settings.require_kaleyra()
-        from regionsync.source.kaleyra import KaleyraClient, RetryPolicy
+    return _guarded("kaleyra", lambda: _ask("kaleyra", settings.require_kaleyra()))
 
-        policy = RetryPolicy(
-            attempts=1, total_seconds=KALEYRA_SECONDS, connect_timeout=5.0, read_timeout=15.0
-        )
-        snapshot = KaleyraClient(config, retry=policy).fetch()
-        rejected = f", {snapshot.rejected_count} rejected" if snapshot.rejected_count else ""
-        return Outcome(
-            "kaleyra",
-            True,
-            f"{config.regions_url} answers the key: {len(snapshot.records)} regions{rejected}",
-        )
 
-    return _guarded("kaleyra", ask)
+def _ask(name: str, config: KaleyraConfig) -> Outcome:
+    """One GET of the regions, no retries, within :data:`KALEYRA_SECONDS`."""
+    from regionsync.source.kaleyra import KaleyraClient, RetryPolicy
+
+    policy = RetryPolicy(
+        attempts=1, total_seconds=KALEYRA_SECONDS, connect_timeout=5.0, read_timeout=15.0
+    )
+    snapshot = KaleyraClient(config, retry=policy).fetch()
+    rejected = f", {snapshot.rejected_count} rejected" if snapshot.rejected_count else ""
+    return Outcome(
+        name,
+        True,
+        f"{config.regions_url} answers the key: {len(snapshot.records)} regions{rejected}",
+    )
 
 
 def _metrics(settings: Settings) -> Outcome:

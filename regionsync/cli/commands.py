@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import structlog
 from sqlalchemy.engine import Engine
@@ -18,6 +19,10 @@ from sqlalchemy.engine import Engine
 from regionsync.cli import output, terminal
 from regionsync.errors import ConfigError, RegionSyncError
 from regionsync.settings import Settings
+
+if TYPE_CHECKING:
+    from regionsync.notify.outbox import OutboxPolicy
+    from regionsync.sync import Guard
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -44,7 +49,7 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.store.schema import migrate
 
     with _database(settings) as engine:
-        before, after = migrate(engine)
+        before, after = migrate(engine, account=settings.account)
     where = settings.database_display
     if settings.database_url.get_backend_name() != "sqlite":
         where += f" schema {settings.db_schema}"  # one account per schema: say which
@@ -56,36 +61,112 @@ def cmd_migrate(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    """One account's sync (``--account``, or the only one), or ``--all`` of them
+    (docs/accounts.md)."""
+    from regionsync.accounts import account_source, select_account
     from regionsync.notify.outbox import OutboxPolicy
     from regionsync.records import Source
     from regionsync.sync import Guard, preview, run_sync
 
-    source: Source
+    if args.all and (args.from_file or args.dry_run):
+        option = "--from-file" if args.from_file else "--dry-run"
+        raise ConfigError(option, "works on one account: use it with --account NAME, not --all")
     if args.from_file:
-        from regionsync.source.saved import FileSource
-
         _require_readable(args.from_file)
-        source = FileSource(args.from_file)
-    else:
-        config = settings.require_kaleyra()
-        from regionsync.source.kaleyra import KaleyraClient  # requests is imported only when used
-
-        source = KaleyraClient(config)
     guard = Guard.from_settings(settings, allow_mass_removal=args.allow_mass_removal)
     notify = OutboxPolicy.from_settings(settings.notifications)
     with _database(settings) as engine:
+        if args.all:
+            return _run_all(args, settings, engine, guard, notify)
+        account = select_account(engine, settings, args.account)
+        if account.paused_at is not None and not args.dry_run:
+            raise ConfigError(
+                "--account",
+                f"account {account.name} is paused (since {account.paused_at:%Y-%m-%d %H:%M} "
+                f"UTC): `regionsync accounts resume {account.name}` resumes it",
+            )
+        source: Source
+        if args.from_file:
+            from regionsync.source.saved import FileSource
+
+            source = FileSource(args.from_file)
+        else:
+            source = account_source(account, settings)
         if args.dry_run:
-            result = preview(engine, source, guard=guard)
+            result = preview(engine, source, account=account.name, guard=guard)
             output.print_plan(result)
             return _rejects_verdict(args, result.counts.rejected)
         try:
-            result = run_sync(engine, source, trigger="cli", guard=guard, notify=notify)
-        except RegionSyncError:
+            result = run_sync(
+                engine, source, account=account.name, trigger="cli", guard=guard, notify=notify
+            )
+        except RegionSyncError as error:
             _deliver_notifications(engine, settings, quiet=args.quiet)  # earlier runs' go out
+            if isinstance(error, ConfigError) and not account.implicit:
+                # The account's key could not be read: a failed run, recorded (exit 1).
+                raise RegionSyncError(str(error)) from error
             raise
         output.print_run(result)
         _deliver_notifications(engine, settings, quiet=args.quiet)
     return _rejects_verdict(args, result.counts.rejected)
+
+
+def _run_all(
+    args: argparse.Namespace,
+    settings: Settings,
+    engine: Engine,
+    guard: Guard,
+    notify: OutboxPolicy | None,
+) -> int:
+    """``run --all``: each unpaused account once, in name order, a line each; one account's
+    failure is its line, and the others still run. Exit 1 when any failed."""
+    from regionsync import logs
+    from regionsync.accounts import account_source, configured_accounts
+    from regionsync.sync import run_sync
+
+    tally = dict.fromkeys(("succeeded", "skipped", "failed", "paused"), 0)
+    failed: list[str] = []
+    rejected = 0
+    accounts = configured_accounts(engine, settings)
+    for account in accounts:
+        name = terminal.clean(account.name)
+        if account.paused_at is not None:
+            tally["paused"] += 1
+            print(
+                f"{name}: paused since {account.paused_at:%Y-%m-%d %H:%M} UTC, not synced "
+                f"(`regionsync accounts resume {name}`)"
+            )
+            continue
+        # The settings' one account is checked here: a missing KALEYRA_* setting is exit 2.
+        source = account_source(account, settings)
+        try:
+            result = run_sync(
+                engine, source, account=account.name, trigger="cli", guard=guard, notify=notify
+            )
+        except Exception as error:  # noqa: BLE001 - one account's failure never stops the rest
+            if not isinstance(error, RegionSyncError):
+                structlog.get_logger("regionsync").critical(
+                    "internal_error", account=account.name, exc_info=True
+                )
+            tally["failed"] += 1
+            failed.append(name)
+            reason = logs.redact(str(error) or type(error).__name__, settings.secrets)
+            print(f"{name}: failed: {terminal.clean(reason, limit=None)}")
+            continue
+        tally[result.status] += 1
+        rejected += result.counts.rejected
+        output.print_run(result, prefix=f"{name}: ")
+    _deliver_notifications(engine, settings, quiet=args.quiet)
+    counted = ", ".join(f"{count} {what}" for what, count in tally.items() if count)
+    print(f"{len(accounts)} account(s): {counted or 'nothing to sync'}")
+    if failed:
+        print(
+            f"regionsync: error: {len(failed)} of {len(accounts)} account(s) failed: "
+            f"{', '.join(failed)}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return _rejects_verdict(args, rejected)
 
 
 def _require_readable(path: Path) -> None:
@@ -124,7 +205,9 @@ def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.status import gather
 
     with _database(settings) as engine:
-        report = gather(engine, limit=args.limit)
+        report = gather(
+            engine, limit=args.limit, account=args.account, default_account=settings.account
+        )
     fresh = report.is_fresh(args.max_age)
     if args.json:
         output.print_status_json(report, args.max_age, fresh)
@@ -137,7 +220,7 @@ def cmd_check(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.cli.check import run_checks
 
     failed = total = 0
-    for outcome in run_checks(settings):
+    for outcome in run_checks(settings, account=args.account):
         total += 1
         failed += not outcome.ok
         if not (args.quiet and outcome.ok):
@@ -155,7 +238,11 @@ def cmd_regions(args: argparse.Namespace, settings: Settings) -> int:
 
     with _database(settings) as engine:
         page = region_page(
-            engine, state=args.state, hosting_region=args.hosting_region, limit=args.limit
+            engine,
+            state=args.state,
+            hosting_region=args.hosting_region,
+            account=_shown_account(engine, settings, args.account),
+            limit=args.limit,
         )
     removed = args.state in ("removed", "all")
     output.print_regions(page, REGION_COLUMNS, _page_format(args), removed=removed)
@@ -166,9 +253,28 @@ def cmd_changes(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.store.browse import CHANGE_COLUMNS, change_page
 
     with _database(settings) as engine:
-        page = change_page(engine, since=args.since, region_id=args.region, limit=args.limit)
+        page = change_page(
+            engine,
+            since=args.since,
+            region_id=args.region,
+            account=_shown_account(engine, settings, args.account),
+            limit=args.limit,
+        )
     output.print_changes(page, CHANGE_COLUMNS, _page_format(args))
     return EXIT_OK
+
+
+def _shown_account(engine: Engine, settings: Settings, name: str | None) -> str | None:
+    """``--account`` of ``regions`` and ``changes``: an account there is, or one whose data
+    is still there (a removed account's stays until purged); else a usage error."""
+    if name is None:
+        return None
+    from regionsync.accounts import select_account
+    from regionsync.store.browse import account_has_data
+
+    if not account_has_data(engine, name):
+        select_account(engine, settings, name)
+    return name
 
 
 def _page_format(args: argparse.Namespace) -> output.PageFormat:
@@ -214,7 +320,7 @@ def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
     from regionsync.store.grants import grant_readonly, quote_identifier, readable_by
 
     with _database(settings) as engine:
-        statements = grant_readonly(engine, args.role, execute=not args.print)
+        statements = grant_readonly(engine, args.role, account=args.account, execute=not args.print)
         readable = None if args.print else readable_by(engine, args.role)
     if readable is None:
         print("-- NOT EXECUTED: the SQL `regionsync grant-readonly` would run")
@@ -224,10 +330,16 @@ def cmd_grant_readonly(args: argparse.Namespace, settings: Settings) -> int:
     who, names = quote_identifier(args.role), readable.relations
     where = f"schema {quote_identifier(readable.schema)} of database "
     where += quote_identifier(readable.database)
+    if readable.accounts is None:
+        scope = "and to those later migrations add"
+    else:
+        scope = (
+            f"limited to the rows of account(s) {', '.join(readable.accounts)} by row-level "
+            "security; run it again after a migration to cover what the migration adds"
+        )
     print(
         terminal.clean(
-            f"granted role {who} read access to {len(names)} tables and views in {where}, "
-            "and to those later migrations add",
+            f"granted role {who} read access to {len(names)} tables and views in {where}, {scope}",
             limit=None,
         )
     )

@@ -19,6 +19,7 @@ from regionsync.durations import format_duration
 
 if TYPE_CHECKING:
     from regionsync.status import StatusReport
+    from regionsync.store.accounts import AccountRow
     from regionsync.store.browse import Page
     from regionsync.sync import SyncResult
 
@@ -63,11 +64,13 @@ def counts(result: SyncResult) -> str:
     return ", ".join(f"{k} {v}" for k, v in result.counts.as_dict().items())
 
 
-def print_run(result: SyncResult) -> None:
+def print_run(result: SyncResult, *, prefix: str = "") -> None:
+    """The run's result line; ``prefix`` names its account in ``run --all``'s list."""
     if result.status == "skipped":
-        print(f"run {result.run_id} skipped: {result.reason}")
+        print(f"{prefix}run {result.run_id} skipped: {result.reason}")
     else:
-        print(f"run {result.run_id} {result.status} in {result.duration:.2f}s: {counts(result)}")
+        shown = f"run {result.run_id} {result.status} in {result.duration:.2f}s: {counts(result)}"
+        print(prefix + shown)
 
 
 def print_plan(result: SyncResult) -> None:
@@ -84,12 +87,25 @@ def print_plan(result: SyncResult) -> None:
 def print_status(
     report: StatusReport, max_age: timedelta, fresh: bool, *, brief: bool = False
 ) -> None:
+    """One account (the one asked for, or the only one): its freshness, counts and recent
+    runs; several: a line summing them up, then a row per account."""
+    if report.account is None:
+        _print_accounts_status(report, max_age, fresh, brief=brief)
+        return
     age = report.freshness.age
     freshness = "never" if age is None else f"{format_duration(age)} ago"
-    verdict = "fresh" if fresh else f"STALE (older than {format_duration(max_age)})"
+    row = next((row for row in report.accounts if row.account == report.account), None)
+    if row is not None and row.paused_at is not None:
+        verdict = (
+            f"account paused since {row.paused_at:%Y-%m-%d %H:%M} UTC "
+            f"(`regionsync accounts resume {terminal.clean(row.account)}`)"
+        )
+    else:
+        verdict = "fresh" if fresh else f"STALE (older than {format_duration(max_age)})"
     print(f"last success: {freshness} - {verdict}")
     if brief:
         return
+    print(f"account: {terminal.clean(report.account)}")
     failures = report.consecutive_failures
     print(
         f"regions: {report.active_regions} active, {report.removed_regions} removed"
@@ -109,8 +125,68 @@ def print_status(
         print(line)
 
 
+#: The columns of ``status``' table of accounts.
+ACCOUNT_STATUS_COLUMNS = (
+    "account",
+    "state",
+    "last success (UTC)",
+    "age",
+    "failures",
+    "active",
+    "enabled",
+    "last run",
+    "error",
+)
+
+
+def _print_accounts_status(
+    report: StatusReport, max_age: timedelta, fresh: bool, *, brief: bool
+) -> None:
+    rows = report.accounts
+    states = [row.state(max_age) for row in rows]
+    tally = ", ".join(
+        f"{states.count(state)} {state}"
+        for state in ("ok", "stale", "failing", "never", "paused")
+        if state in states
+    )
+    stale = sum(row.counts_for_health(max_age) for row in rows)
+    verdict = (
+        "all fresh" if fresh else f"STALE: {stale} not synced within {format_duration(max_age)}"
+    )
+    print(f"{len(rows)} accounts: {tally} - {verdict}")
+    if brief:
+        return
+    cells = []
+    for row, state in zip(rows, states, strict=True):
+        age = row.freshness.age
+        values = (
+            row.account,
+            state,
+            row.last_success_at or "never",
+            "-" if age is None else format_duration(age),
+            row.consecutive_failures,
+            row.active_regions,
+            row.enabled_regions,
+            row.last_run_status or "-",
+        )
+        cells.append(
+            [terminal.cell(value, limit=None) for value in values]
+            + [terminal.cell(row.last_run_error or "", limit=60)]
+        )
+    for line in terminal.table(ACCOUNT_STATUS_COLUMNS, cells):
+        print(line)
+    print_backlog(report)
+    for warning in report.lock_warnings():
+        print(terminal.clean(warning, limit=None))
+    print("`regionsync status --account NAME` shows an account's recent runs")
+
+
 def print_status_json(report: StatusReport, max_age: timedelta, fresh: bool) -> None:
-    shown = {**report.as_json(), "fresh": fresh, "max_age_seconds": max_age.total_seconds()}
+    shown = {
+        **report.as_json(max_age),
+        "fresh": fresh,
+        "max_age_seconds": max_age.total_seconds(),
+    }
     print(json.dumps(shown, indent=2))
 
 
@@ -154,7 +230,10 @@ def _transition(before: Any, after: Any) -> str:
 def print_page(
     page: Page, columns: Sequence[str], shown: Sequence[str], fmt: PageFormat, *, noun: str
 ) -> None:
-    """A page of rows as a table, JSON or CSV; a cut list is reported on stderr."""
+    """A page of rows as a table, JSON or CSV, the account first when the rows can come
+    from more than one; a cut list is reported on stderr."""
+    if page.several_accounts:
+        columns, shown = ("account", *columns), ("account", *shown)
     if fmt == "json":
         records = [{name: json_value(row[name]) for name in columns} for row in page.rows]
         print(json.dumps(records, indent=2))
@@ -204,8 +283,64 @@ def json_value(value: Any) -> Any:
     return value.isoformat() if isinstance(value, datetime) else value
 
 
+#: The columns of ``accounts list``'s table (never a key: only where it is read from).
+ACCOUNT_COLUMNS = ("name", "sid", "endpoint", "key source", "schedule", "paused since", "created")
+
+
+def print_accounts(rows: Sequence[AccountRow], *, as_json: bool, implicit: str) -> None:
+    """``accounts list``; with no row, the settings' one account (``implicit``) is said."""
+    if as_json:
+        shown = [{**row.as_json(), "key_source": row.key_source} for row in rows]
+        print(json.dumps(shown, indent=2))
+        return
+    if not rows:
+        print(
+            "no accounts: the KALEYRA_* settings are the one account, named "
+            f"{terminal.clean(implicit)} (REGIONSYNC_ACCOUNT); add others with "
+            "`regionsync accounts add` or `regionsync accounts import`"
+        )
+        return
+    cells = [
+        [
+            terminal.cell(value, limit=None)
+            for value in (
+                row.name,
+                row.sid,
+                f"pod {row.pod}" if row.pod is not None else row.base_url,
+                row.key_source,
+                row.schedule,
+                row.paused_at,
+                row.created_at,
+            )
+        ]
+        for row in rows
+    ]
+    for line in terminal.table(ACCOUNT_COLUMNS, cells):
+        print(line)
+
+
+def removed_account(name: str, counts: dict[str, int], *, purged: bool) -> str:
+    """``accounts remove``'s line: the rows deleted, or (``purged`` False) the rows kept."""
+    data = (
+        f"{counts.get('regions', 0)} regions, {counts.get('region_history', 0)} history rows, "
+        f"{counts.get('sync_runs', 0)} runs, {counts.get('notification_deliveries', 0)} "
+        "deliveries"
+    )
+    if purged:
+        what = (
+            f"account {name}" if counts.get("accounts") else f"the data of {name} (no account row)"
+        )
+        return f"removed {what} and deleted its data: {data}"
+    return (
+        f"removed account {name}; its data stays ({data}): "
+        f"`regionsync accounts remove {name} --purge` deletes it"
+    )
+
+
 __all__ = [
+    "ACCOUNT_COLUMNS",
     "PageFormat",
+    "print_accounts",
     "print_backlog",
     "print_changes",
     "print_deliveries",
@@ -215,4 +350,5 @@ __all__ = [
     "print_run",
     "print_status",
     "print_status_json",
+    "removed_account",
 ]

@@ -16,7 +16,8 @@ from typing import Any
 from regionsync import __version__
 from regionsync.cli import commands
 from regionsync.durations import MAX_DURATION, parse_duration
-from regionsync.settings import LOG_LEVELS
+from regionsync.errors import ConfigError
+from regionsync.settings import LOG_LEVELS, check_account_name
 
 #: The most rows (or fire times) a command is asked for: far past any page a person reads,
 #: well inside every integer type a database or SQLite binds.
@@ -52,6 +53,7 @@ def build_parser(*, fake_api: bool = True) -> argparse.ArgumentParser:
     add_grant_readonly(subcommands)
     add_fake_api(subcommands, options=fake_api)
     add_notifications(subcommands)
+    add_accounts(subcommands)
     return parser
 
 
@@ -106,7 +108,21 @@ def add_run(subcommands: Subcommands) -> None:
     run = subcommands.add_parser(
         "run",
         help="sync once (for cron)",
-        description="Fetch the agent's regions and apply them to the database in one transaction.",
+        description="Fetch the agent's regions and apply them to the database in one transaction. "
+        "With accounts in the accounts table, name one with --account, or sync each unpaused "
+        "one with --all (in name order, one line each; exit 1 when any failed).",
+    )
+    which = run.add_mutually_exclusive_group()
+    which.add_argument(
+        "--account",
+        type=_account_name,
+        metavar="NAME",
+        help="sync this account (needed when the accounts table holds more than one)",
+    )
+    which.add_argument(
+        "--all",
+        action="store_true",
+        help="sync every unpaused account once, in name order; a failure does not stop the rest",
     )
     run.add_argument(
         "--dry-run",
@@ -117,7 +133,8 @@ def add_run(subcommands: Subcommands) -> None:
         "--from-file",
         type=Path,
         metavar="PATH",
-        help="a saved API response instead of the API (needs no Kaleyra settings)",
+        help="a saved API response instead of the API (needs no Kaleyra settings); its "
+        "records go to the account synced",
     )
     run.add_argument(
         "--allow-mass-removal",
@@ -142,9 +159,16 @@ def add_check(subcommands: Subcommands) -> None:
         "database (and whether `regionsync migrate` is needed), on PostgreSQL whether a run "
         "could write (naming any missing right), Kaleyra with the configured key (one GET), "
         "and the metrics port and the webhook's host (connected to, sent nothing) when set. "
-        "One line per check; exit 0 "
+        "With accounts in the accounts table, each one's key (found, never shown) and API "
+        "(one GET). One line per check; exit 0 "
         "when all pass, 1 when any fails, 2 when a setting cannot be read. Writes nothing, "
         "and never creates the embedded SQLite file.",
+    )
+    check.add_argument(
+        "--account",
+        type=_account_name,
+        metavar="NAME",
+        help="check only this account's key and API (a paused one too)",
     )
     check.set_defaults(handler=commands.cmd_check)
 
@@ -170,6 +194,7 @@ def add_regions(subcommands: Subcommands) -> None:
     regions.add_argument(
         "--hosting-region", metavar="NAME", help="only regions hosted in NAME (exact match)"
     )
+    _account_filter(regions, "regions")
     _output_options(regions, csv_too=True, limit=1000)
     regions.set_defaults(handler=commands.cmd_regions)
 
@@ -189,6 +214,7 @@ def add_changes(subcommands: Subcommands) -> None:
         "time (2026-11-27T06:00, UTC unless it gives an offset)",
     )
     changes.add_argument("--region", metavar="ID", help="only this region's changes")
+    _account_filter(changes, "changes")
     _output_options(changes, csv_too=False, limit=100)
     changes.set_defaults(handler=commands.cmd_changes)
 
@@ -206,8 +232,16 @@ def add_status(subcommands: Subcommands) -> None:
     status = subcommands.add_parser(
         "status",
         help="recent runs and data freshness (a health check)",
-        description="Show recent runs, region counts and the age of the last successful sync. "
-        "Exit 0 when that age is under --max-age, else 1.",
+        description="Show each account's state (ok, stale, failing, never, paused), last "
+        "success, failures and regions; for one account (--account, or the only one) its "
+        "recent runs too. Exit 0 when the last success of every unpaused account is younger "
+        "than --max-age, else 1.",
+    )
+    status.add_argument(
+        "--account",
+        type=_account_name,
+        metavar="NAME",
+        help="only this account, with its recent runs",
     )
     status.add_argument(
         "--max-age",
@@ -262,9 +296,16 @@ def add_grant_readonly(subcommands: Subcommands) -> None:
         help="let a PostgreSQL role read every table and view, and nothing else",
         description="Grant ROLE read access to every regionsync table and view, including "
         "ones later migrations add. Connect as the user that runs `regionsync migrate` (it owns "
-        "the tables) or as a superuser.",
+        "the tables) or as a superuser. With --account, only that account's rows of the "
+        "tables and views there are now: run it again after a migration.",
     )
     grant.add_argument("role", metavar="ROLE", help="an existing PostgreSQL role")
+    grant.add_argument(
+        "--account",
+        metavar="NAME",
+        help="let ROLE read only this account's rows, through row-level security; run again "
+        "with another account to add it",
+    )
     grant.add_argument(
         "--print",
         action="store_true",
@@ -305,6 +346,99 @@ def add_notifications(subcommands: Subcommands) -> None:
     notifications.set_defaults(handler=commands.cmd_notifications)
 
 
+def add_accounts(subcommands: Subcommands) -> None:
+    """``accounts add|list|pause|resume|remove|import``, handled in
+    :mod:`regionsync.cli.accounts`."""
+    from regionsync.cli import accounts as handlers
+
+    group = subcommands.add_parser(
+        "accounts",
+        help="add, list, pause, resume, remove or import the Kaleyra accounts synced",
+        description="Manage the accounts table: the Kaleyra accounts this deployment syncs, "
+        "one row each, saying where each one's API key is (never the key). While the table "
+        "is empty, the KALEYRA_* settings are the one account, named by REGIONSYNC_ACCOUNT.",
+    )
+    actions = Subcommands(group.add_subparsers(dest="action", required=True, metavar="ACTION"))
+
+    add = actions.add_parser(
+        "add",
+        help="add an account",
+        usage="regionsync accounts add NAME --sid SID (--pod {in,na} | --base-url URL) "
+        "[--api-key-env VAR | --api-key-file PATH] [--schedule SPEC] [options]",
+        description="Add an account. Its API key is read when it syncs: from the variable "
+        "--api-key-env names, the file --api-key-file names, or else the file NAME in "
+        "REGIONSYNC_API_KEYS_DIR. Exit 2 when a field is malformed or NAME is taken.",
+    )
+    add.add_argument("name", metavar="NAME", help="lowercase letters, digits, - and _; at most 63")
+    add.add_argument("--sid", metavar="SID", help="the account's Kaleyra SID (required)")
+    add.add_argument("--pod", metavar="{in,na}", help="Kaleyra's pod (or --base-url)")
+    add.add_argument(
+        "--base-url",
+        metavar="URL",
+        help="the API's base URL instead of a pod: https://, or http:// to a loopback host",
+    )
+    add.add_argument(
+        "--api-key-env",
+        metavar="VAR",
+        help="the environment variable holding the key (KALEYRA_API_KEY_<NAME> is not warned "
+        "about as an unknown setting)",
+    )
+    add.add_argument(
+        "--api-key-file", metavar="PATH", help="the file holding the key: an absolute path"
+    )
+    add.add_argument(
+        "--schedule",
+        metavar="SPEC",
+        help="the account's own schedule, as REGIONSYNC_SCHEDULE (15m, or a crontab "
+        "expression); default: REGIONSYNC_SCHEDULE",
+    )
+    add.set_defaults(handler=handlers.cmd_add)
+
+    listing = actions.add_parser(
+        "list",
+        help="list the accounts (never a key)",
+        description="List the accounts: name, SID, endpoint, where the key is read from, "
+        "schedule, since when paused, and when added.",
+    )
+    listing.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    listing.set_defaults(handler=handlers.cmd_list)
+
+    for name, handler, text in (
+        ("pause", handlers.cmd_pause, "stop syncing an account until it is resumed"),
+        ("resume", handlers.cmd_resume, "sync a paused account again"),
+    ):
+        action = actions.add_parser(
+            name, help=text, description=f"{text[0].upper()}{text[1:]}; safe to repeat."
+        )
+        action.add_argument("name", metavar="NAME", help="the account")
+        action.set_defaults(handler=handler)
+
+    remove = actions.add_parser(
+        "remove",
+        help="remove an account; its data stays unless --purge",
+        description="Remove an account's row. Its regions, history, runs and deliveries stay "
+        "(adding the name again picks them up) unless --purge deletes them too, in the same "
+        "transaction; --purge also deletes the data of a name removed earlier.",
+    )
+    remove.add_argument("name", metavar="NAME", help="the account")
+    remove.add_argument(
+        "--purge", action="store_true", help="delete its regions, history, runs and deliveries"
+    )
+    remove.set_defaults(handler=handlers.cmd_remove)
+
+    imports = actions.add_parser(
+        "import",
+        help="add or update accounts from a CSV file, all or nothing",
+        description="Add or update the accounts of a CSV file (UTF-8) whose header names "
+        "some of name,sid,pod,base_url,api_key_env,api_key_file,schedule (name and sid at "
+        "least; an empty cell is unset). All or nothing: the first bad line is named and "
+        "nothing changes (exit 2). Importing the same file again changes nothing; accounts "
+        "not in the file are left as they are, and a paused account stays paused.",
+    )
+    imports.add_argument("file", metavar="FILE", help="the CSV file; - reads stdin")
+    imports.set_defaults(handler=handlers.cmd_import)
+
+
 # Options shared by commands, and the types of option values ------------------------------
 
 
@@ -331,6 +465,24 @@ def _output_options(parser: argparse.ArgumentParser, *, csv_too: bool, limit: in
         metavar="N",
         help=f"show at most N rows (default {limit}); stderr says when there were more",
     )
+
+
+def _account_filter(parser: argparse.ArgumentParser, noun: str) -> None:
+    parser.add_argument(
+        "--account",
+        type=_account_name,
+        metavar="NAME",
+        help=f"only this account's {noun} (default: every account's, with an account column "
+        "when more than one has any)",
+    )
+
+
+def _account_name(text: str) -> str:
+    """An account's name as the accounts table spells them (a usage error otherwise)."""
+    try:
+        return check_account_name(text, setting="--account")
+    except ConfigError as error:
+        raise argparse.ArgumentTypeError(error.problem) from None
 
 
 def _duration(text: str) -> timedelta:

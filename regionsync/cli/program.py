@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -51,6 +52,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("regionsync: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader went away (`regionsync regions | head`): no error of ours to report.
+        # Python's documented recipe: point stdout at devnull so the exit's flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
     except Exception as error:  # noqa: BLE001 - a bug still gets one line and exit 1
         # CRITICAL: the traceback the line below points to is logged even under -q.
         structlog.get_logger("regionsync").critical("internal_error", exc_info=True)

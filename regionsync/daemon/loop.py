@@ -1,6 +1,10 @@
 """``regionsync daemon``: an APScheduler loop around :func:`regionsync.sync.run_sync`.
 
-One sync at start, then on ``REGIONSYNC_SCHEDULE``. The job never raises: a failed sync
+One sync at start, then on ``REGIONSYNC_SCHEDULE``: each tick syncs every account (the
+``KALEYRA_*`` settings' one account while the accounts table is empty), one after another,
+skipping paused ones and those whose own schedule is not due yet (an own schedule is
+honoured at the daemon's ticks: it can make an account sync less often, not more; see
+docs/accounts.md). The job never raises: a failed sync
 (API down, database down, guard tripped) is logged, recorded when the database allows it,
 and the next tick tries again. Job options:
 
@@ -41,9 +45,10 @@ from apscheduler.schedulers.blocking import BlockingScheduler
 from sqlalchemy.engine import Engine
 
 from regionsync import gc_pause
+from regionsync.accounts import Account, account_source, configured_accounts
 from regionsync.daemon.health import DaemonHealth
 from regionsync.daemon.metrics import DaemonMetrics, MetricsServer, failure_reason
-from regionsync.daemon.schedule import Schedule, load_schedule
+from regionsync.daemon.schedule import Schedule, load_schedule, parse_schedule
 from regionsync.errors import ConfigError, RegionSyncError, StoreError
 from regionsync.notify.delivery import Notifier
 from regionsync.notify.outbox import OutboxPolicy
@@ -71,11 +76,11 @@ def run_daemon(settings: Settings) -> int:
     # a process that runs for days needs it, between syncs (which pause it, gc_pause).
     gc.enable()
     schedule = load_schedule(settings)
-    source = KaleyraClient(settings.require_kaleyra())
     period = schedule.period(now=datetime.now(UTC))
     engine = create_engine(settings)
     try:
         reachable = _check_database(engine)
+        source = _settings_source(engine, settings, reachable=reachable)
         metrics = DaemonMetrics(max_age=period * HEALTH_PERIODS, period=period)
         health = DaemonHealth(metrics)
         server = _serve_metrics(health, settings.metrics_host, settings.metrics_port)
@@ -90,6 +95,7 @@ def run_daemon(settings: Settings) -> int:
                 notifier=Notifier.from_settings(engine, settings.notifications),
                 notify=OutboxPolicy.from_settings(settings.notifications),
                 health=health,
+                settings=settings,
             )
             if reachable:
                 daemon.refresh_status()
@@ -102,7 +108,7 @@ def run_daemon(settings: Settings) -> int:
                 metrics_port=server.port if server else None,
                 metrics_host=settings.metrics_host if server else None,
                 database=settings.database_display,
-                source=source.description,
+                source=source.description if source else "the accounts table",
                 webhook=settings.notifications.webhook_display,
                 pid=os.getpid(),
             )
@@ -112,6 +118,21 @@ def run_daemon(settings: Settings) -> int:
                 server.stop()
     finally:
         engine.dispose()
+
+
+def _settings_source(engine: Engine, settings: Settings, *, reachable: bool) -> Source | None:
+    """The source of the settings' one account, checked at start (a missing KALEYRA_*
+    setting is exit 2), unless the accounts table holds the accounts (then None)."""
+    if reachable:
+        try:
+            found = configured_accounts(engine, settings)
+        except StoreError:
+            found = []
+        if found and not found[0].implicit:
+            return None
+    elif not settings.kaleyra_sid:
+        return None  # the accounts are read from the database once it answers
+    return KaleyraClient(settings.require_kaleyra())
 
 
 def _check_database(engine: Engine) -> bool:
@@ -147,7 +168,7 @@ class Daemon:
     def __init__(
         self,
         engine: Engine,
-        source: Source,
+        source: Source | None,
         *,
         schedule: Schedule,
         guard: Guard,
@@ -156,8 +177,14 @@ class Daemon:
         notifier: Notifier | None = None,
         notify: OutboxPolicy | None = None,
         health: DaemonHealth | None = None,
+        settings: Settings | None = None,
     ) -> None:
+        """``source``: the settings' one account's; ``settings``: where the accounts are
+        read from at each tick (None: ``source`` is the only account, ``default``)."""
         self.engine = engine
+        self.settings = settings
+        #: When each account with a schedule of its own is next due.
+        self._due: dict[str, datetime] = {}
         self.notifier = notifier
         self.notify = notify
         self.source = source
@@ -206,14 +233,66 @@ class Daemon:
         )
 
     def _sync(self) -> None:
-        started = time.monotonic()
         database_down = skipped = False
+        try:
+            due = self._due_accounts()
+        except RegionSyncError as error:
+            database_down = isinstance(error, StoreError)
+            self.metrics.sync_started()
+            self.metrics.record_run("failed", 0.0, reason=failure_reason(error))
+            logger.warning("daemon.run_failed", error=str(error))
+            due = []
+        for account, source in due:
+            outcome = self._sync_account(account, source)
+            database_down = outcome == "database_down"
+            skipped = skipped or outcome == "skipped"
+            if database_down:
+                break  # the other accounts would wait for it too; the next tick tries again
+        if not database_down:  # no second wait for a database that just failed to answer
+            self.deliver_notifications()
+            self.refresh_status()
+            if skipped:
+                self._report_lock_held()
+        self._log_next_run()
+
+    def _due_accounts(self) -> list[tuple[Account, Source]]:
+        """The accounts to sync at this tick, with their sources."""
+        if self.settings is None:
+            assert self.source is not None
+            return [(Account("default"), self.source)]
+        now = datetime.now(UTC)
+        due = []
+        for account in configured_accounts(self.engine, self.settings):
+            if account.implicit:
+                source = self.source or account_source(account, self.settings)
+                return [(account, source)]
+            if account.paused_at is not None:
+                continue
+            if account.schedule is not None:
+                if self._due.get(account.name, now) > now:
+                    continue
+                self._due[account.name] = self._next_due(account.schedule, now)
+            due.append((account, account_source(account, self.settings)))
+        return due
+
+    def _next_due(self, expression: str, now: datetime) -> datetime:
+        assert self.settings is not None
+        trigger = parse_schedule(expression, self.settings.timezone).trigger(now)
+        upcoming: datetime | None = trigger.get_next_fire_time(None, now)
+        # A little early is still due: the daemon's own tick may come just before it.
+        return (upcoming or now + timedelta(days=365)) - timedelta(seconds=1)
+
+    def _sync_account(self, account: Account, source: Source) -> str:
+        """One account's sync, recorded in the metrics and the log; returns how it ended:
+        succeeded, skipped, failed or database_down."""
+        started = time.monotonic()
         self.metrics.sync_started()
         try:
             with gc_pause.paused():
                 result = run_sync(
                     self.engine,
-                    self.source,
+                    source,
+                    account=account.name,
                     trigger="daemon",
                     guard=self.guard,
                     notify=self.notify,
@@ -225,28 +304,25 @@ class Daemon:
             )
             logger.warning(
                 "daemon.run_failed",
+                account=account.name,
                 error=str(error),
                 consecutive_failures=self.metrics.consecutive_failures,
             )
+            return "database_down" if database_down else "failed"
         except Exception as error:
             self.metrics.record_run("failed", time.monotonic() - started, reason="internal")
             logger.exception(
                 "daemon.run_failed",
+                account=account.name,
                 error=f"internal error: {type(error).__name__}: {error}",
                 consecutive_failures=self.metrics.consecutive_failures,
             )
-        else:
-            skipped = result.status == "skipped"
-            if skipped:
-                self.metrics.record_run("skipped", None, counts=result.counts)
-            else:
-                self.metrics.record_run("succeeded", result.duration, counts=result.counts)
-        if not database_down:  # no second wait for a database that just failed to answer
-            self.deliver_notifications()
-            self.refresh_status()
-            if skipped:
-                self._report_lock_held()
-        self._log_next_run()
+            return "failed"
+        if result.status == "skipped":
+            self.metrics.record_run("skipped", None, counts=result.counts)
+            return "skipped"
+        self.metrics.record_run("succeeded", result.duration, counts=result.counts)
+        return "succeeded"
 
     def deliver_notifications(self) -> None:
         """Deliver the outbox after the run (this one's and any left pending), bounded."""

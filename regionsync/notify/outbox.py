@@ -65,14 +65,17 @@ def enqueue(connection: Connection, *, run_id: int, policy: OutboxPolicy | None)
     deliveries queued (0 when no webhook is configured or every change is filtered out).
     """
     run = connection.execute(
-        sa.select(*(sync_runs.c[name] for name in COUNTED)).where(sync_runs.c.id == run_id)
+        sa.select(sync_runs.c.account, *(sync_runs.c[name] for name in COUNTED)).where(
+            sync_runs.c.id == run_id
+        )
     ).one()
-    counts = dict(zip(COUNTED, run, strict=True))
+    account = run.account
+    counts = dict(zip(COUNTED, run[1:], strict=True))
     if any(counts[name] for name in CHANGED):
-        _notify_listeners(connection, run_id, counts)
+        _notify_listeners(connection, run_id, account, counts)
     if policy is None:
         return 0
-    changes, changed_at = _changes(connection, run_id, policy.notify_on)
+    changes, changed_at = _changes(connection, account, run_id, policy.notify_on)
     if not changes:
         return 0
     chunks = _split(changes, max_changes=policy.max_changes, max_bytes=policy.max_bytes)
@@ -82,6 +85,7 @@ def enqueue(connection: Connection, *, run_id: int, policy: OutboxPolicy | None)
             "type": EVENT_TYPE,
             "timestamp": changed_at.isoformat(),
             "data": {
+                "account": account,
                 "run_id": run_id,
                 "changed_at": changed_at.isoformat(),
                 "counts": counts,
@@ -94,6 +98,7 @@ def enqueue(connection: Connection, *, run_id: int, policy: OutboxPolicy | None)
         rows.append(
             {
                 "id": new_id(),
+                "account": account,
                 "sync_run_id": run_id,
                 "part": part,
                 "parts": len(chunks),
@@ -126,12 +131,19 @@ def _split(
     return chunks
 
 
-def _notify_listeners(connection: Connection, run_id: int, counts: dict[str, int]) -> None:
+def _notify_listeners(
+    connection: Connection, run_id: int, account: str, counts: dict[str, int]
+) -> None:
     """``NOTIFY regionsync_changes``: PostgreSQL delivers it to listeners at commit only."""
     if connection.dialect.name != "postgresql":
         return
     schema = connection.execute(sa.select(sa.func.current_schema())).scalar_one()
-    payload = {"run_id": run_id, "schema": schema, **{k: counts[k] for k in CHANGED}}
+    payload = {
+        "run_id": run_id,
+        "account": account,
+        "schema": schema,
+        **{k: counts[k] for k in CHANGED},
+    }
     connection.execute(
         sa.select(sa.func.pg_notify(CHANNEL, json.dumps(payload, separators=(",", ":"))))
     )
@@ -155,7 +167,7 @@ def _wanted(notify_on: frozenset[str]) -> sa.ColumnElement[bool]:
 
 
 def _changes(
-    connection: Connection, run_id: int, notify_on: frozenset[str]
+    connection: Connection, account: str, run_id: int, notify_on: frozenset[str]
 ) -> tuple[list[dict[str, Any]], datetime]:
     h, r = region_history.c, regions.c
     result = connection.execute(
@@ -169,8 +181,8 @@ def _changes(
             h.hosting_region_after,
             h.changed_at,
         )
-        .join_from(region_history, regions, r.id == h.region_id)
-        .where(h.sync_run_id == run_id, _wanted(notify_on))
+        .join_from(region_history, regions, sa.and_(r.account == h.account, r.id == h.region_id))
+        .where(h.account == account, h.sync_run_id == run_id, _wanted(notify_on))
         .order_by(h.id)
     ).all()
     changes = [
@@ -280,6 +292,7 @@ def undelivered(connection: Connection, *, limit: int = 100) -> list[dict[str, A
     rows = connection.execute(
         sa.select(
             d.id.label("delivery_id"),
+            d.account,
             d.sync_run_id,
             d.part,
             d.parts,

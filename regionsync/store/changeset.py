@@ -104,9 +104,18 @@ BEFORE_AFTER = (
 )
 TEMP_TABLES = (staged, held, absent, diff)
 
-#: The aliases the statements join: a snapshot row, and the stored row of its region.
+#: The alias the statements join a snapshot row by; the stored row of its region is
+#: :func:`_existing`, the account's own rows of ``regions``.
 incoming = staged.alias("s")
-existing = regions.alias("r")
+
+
+def _existing(account: str) -> sa.Subquery:
+    """The account's rows of ``regions``, as the ``r`` the statements join."""
+    return sa.select(regions).where(regions.c.account == account).subquery("r")
+
+
+def _mine(account: str) -> sa.ColumnElement[bool]:
+    return regions.c.account == account
 
 
 @dataclass(frozen=True)
@@ -143,6 +152,8 @@ class Plan:
     #: added.
     diff: sa.FromClause = diff
     changes: list[Change] = field(default_factory=list)
+    #: Not diffed: the answer was the account's last applied one (:mod:`.answers`).
+    shortcut: bool = False
 
     @property
     def total(self) -> int:
@@ -155,7 +166,10 @@ class Plan:
 
 
 def stage(
-    connection: Connection, snapshot: Snapshot, streamed: StreamedStage | None = None
+    connection: Connection,
+    snapshot: Snapshot,
+    account: str,
+    streamed: StreamedStage | None = None,
 ) -> None:
     """Load the snapshot into this connection's temporary tables (in its transaction).
 
@@ -197,7 +211,7 @@ def stage(
     if omitted:
         absent.create(connection)
         connection.execute(absent.insert(), omitted)
-        _keep_stored_values(connection)
+        _keep_stored_values(connection, account)
 
 
 def _create_tables(connection: Connection) -> None:
@@ -288,10 +302,13 @@ class StreamedStage:
 
 
 @contextmanager
-def streamed_stage(connection: Connection) -> Iterator[StreamedStage | None]:
-    """A :class:`StreamedStage` for the block on PostgreSQL (None elsewhere), given to
-    :mod:`regionsync.record_sink`; if the block fails, its COPY is abandoned."""
-    if connection.dialect.name != "postgresql":
+def streamed_stage(
+    connection: Connection, *, wanted: bool = True
+) -> Iterator[StreamedStage | None]:
+    """A :class:`StreamedStage` for the block on PostgreSQL (None elsewhere, or when not
+    ``wanted``), given to :mod:`regionsync.record_sink`; if the block fails, its COPY is
+    abandoned."""
+    if connection.dialect.name != "postgresql" or not wanted:
         yield None
         return
     from regionsync import record_sink
@@ -300,10 +317,14 @@ def streamed_stage(connection: Connection) -> Iterator[StreamedStage | None]:
         yield streamed
 
 
-def _keep_stored_values(connection: Connection) -> None:
+def _keep_stored_values(connection: Connection, account: str) -> None:
     """Give each absent field the region's stored value (NULL for a new region)."""
     for name in OPTIONAL_FIELDS:
-        stored = sa.select(regions.c[name]).where(regions.c.id == staged.c.id).scalar_subquery()
+        stored = (
+            sa.select(regions.c[name])
+            .where(_mine(account), regions.c.id == staged.c.id)
+            .scalar_subquery()
+        )
         omitted = sa.select(absent.c.id).where(absent.c.field == name)
         connection.execute(staged.update().where(staged.c.id.in_(omitted)).values({name: stored}))
 
@@ -316,20 +337,30 @@ def unstage(connection: Connection) -> None:
         connection.execute(sa.text(f"DROP TABLE IF EXISTS {table.name}"))
 
 
-def _distinct(names: tuple[str, ...]) -> sa.ColumnElement[bool]:
+def _distinct(existing: sa.Subquery, names: tuple[str, ...]) -> sa.ColumnElement[bool]:
     return sa.or_(*(existing.c[name].is_distinct_from(incoming.c[name]) for name in names))
 
 
-#: How a staged region compares with its row in ``regions``.
-_KIND = sa.case(
-    (existing.c.id.is_(None), "added"),
-    (existing.c.removed_at.is_not(None), "restored"),
-    (_distinct(TRACKED), "changed"),
-    (_distinct(UNTRACKED), "updated"),
-    else_="unchanged",
-)
-#: Active regions missing from the snapshot: they are removed, unless held.
-_GONE = sa.and_(regions.c.removed_at.is_(None), ~sa.exists().where(staged.c.id == regions.c.id))
+def _kind(existing: sa.Subquery) -> sa.ColumnElement[str]:
+    """How a staged region compares with its row in ``regions``."""
+    return sa.case(
+        (existing.c.id.is_(None), "added"),
+        (existing.c.removed_at.is_not(None), "restored"),
+        (_distinct(existing, TRACKED), "changed"),
+        (_distinct(existing, UNTRACKED), "updated"),
+        else_="unchanged",
+    )
+
+
+def _gone(account: str) -> sa.ColumnElement[bool]:
+    """The account's active regions missing from the snapshot: removed, unless held."""
+    return sa.and_(
+        _mine(account),
+        regions.c.removed_at.is_(None),
+        ~sa.exists().where(staged.c.id == regions.c.id),
+    )
+
+
 #: Regions held back by rejected records (the held table exists only when some are).
 _HELD = sa.exists().where(held.c.id == regions.c.id)
 
@@ -338,6 +369,7 @@ def plan(
     connection: Connection,
     snapshot: Snapshot,
     *,
+    account: str,
     details: int | None = None,
     streamed: StreamedStage | None = None,
 ) -> Plan:
@@ -349,30 +381,31 @@ def plan(
         # The diff hashes one table against the other: at the default work_mem a large
         # snapshot's hash spills to disk in batches. LOCAL: for this transaction only.
         connection.exec_driver_sql("SET LOCAL work_mem = '64MB'")
-    stage(connection, snapshot, streamed)
+    stage(connection, snapshot, account, streamed)
     result = Plan()
-    if connection.execute(sa.select(regions.c.id).limit(1)).first() is None:
+    if connection.execute(sa.select(regions.c.id).where(_mine(account)).limit(1)).first() is None:
         # A first load: every staged region is added, nothing to compare with; the records,
         # sorted by id, are the details.
         result.counts["added"] = len(snapshot.records)
         result.diff = _everything_added()
         result.changes = [_added(record) for record in snapshot.records[:details]]
         return result
-    _classify(connection, snapshot, result)
+    _classify(connection, snapshot, account, result)
     if result.total and (details is None or details > 0):
-        result.changes = _details(connection, details)
+        result.changes = _details(connection, account, details)
     return result
 
 
-def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
+def _classify(connection: Connection, snapshot: Snapshot, account: str, result: Plan) -> None:
     """Fill the diff table with every staged region that changes, and count them."""
     columns = [column.name for column in diff.columns]
     # PostgreSQL: one pass. A full join meets, beside the snapshot's regions, the active
     # ones it lacks (the removed); SQLite before 3.39 has no full join, so it looks for
     # those in a second statement, when the counts say there are some.
     full = connection.dialect.name == "postgresql"
+    existing = _existing(account)
     joined = incoming.outerjoin(existing, existing.c.id == incoming.c.id, full=full)
-    kind: sa.ColumnElement[str] = _KIND
+    kind: sa.ColumnElement[str] = _kind(existing)
     if full:
         gone: sa.ColumnElement[bool] = existing.c.removed_at.is_(None)
         if snapshot.held_ids:
@@ -380,7 +413,7 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
             gone = sa.and_(gone, held.c.id.is_(None))
         kind = sa.case(
             (incoming.c.id.is_(None), sa.case((gone, "removed"), else_="unchanged")),
-            else_=_KIND,
+            else_=_kind(existing),
         )
     present = (
         sa.select(
@@ -388,7 +421,7 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
             if full
             else incoming.c.id.label("region_id"),
             kind.label("kind"),
-            *_before_after(),
+            *_before_after(existing),
             *(incoming.c[name] for name in UNTRACKED),
         )
         .select_from(joined)
@@ -404,15 +437,14 @@ def _classify(connection: Connection, snapshot: Snapshot, result: Plan) -> None:
     result.unchanged = len(snapshot.records) - sum(result.counts[k] for k in PRESENT)
     # Every active region is in the snapshot, held back by a rejected record, or missing.
     staged_active = len(snapshot.records) - result.counts["added"] - result.counts["restored"]
-    held_active = (
-        _count(connection, regions.c.removed_at.is_(None), _HELD) if snapshot.held_ids else 0
-    )
+    active = (_mine(account), regions.c.removed_at.is_(None))
+    held_active = _count(connection, *active, _HELD) if snapshot.held_ids else 0
     if full:
         result.active_before = staged_active + held_active + result.counts["removed"]
     else:
-        result.active_before = _count(connection, regions.c.removed_at.is_(None))
+        result.active_before = _count(connection, *active)
         if result.active_before > staged_active + held_active:  # usually not: skip the anti-join
-            _add_removals(connection, held=bool(snapshot.held_ids))
+            _add_removals(connection, account, held=bool(snapshot.held_ids))
             result.counts["removed"] = connection.execute(
                 sa.select(sa.func.count()).where(diff.c.kind == "removed")
             ).scalar_one()
@@ -432,9 +464,9 @@ def _everything_added() -> sa.Subquery:
     ).subquery("c")
 
 
-def _add_removals(connection: Connection, *, held: bool) -> None:
+def _add_removals(connection: Connection, account: str, *, held: bool) -> None:
     """The active regions missing from the snapshot and not held, as removals."""
-    gone = sa.and_(_GONE, ~_HELD) if held else _GONE
+    gone = sa.and_(_gone(account), ~_HELD) if held else _gone(account)
     connection.execute(
         diff.insert().from_select(
             ["region_id", "kind", *BEFORE_AFTER],
@@ -457,7 +489,7 @@ def _count(connection: Connection, *where: sa.ColumnElement[bool]) -> int:
     return found
 
 
-def _before_after() -> list[sa.ColumnElement[Any]]:
+def _before_after(existing: sa.Subquery) -> list[sa.ColumnElement[Any]]:
     """The tracked values before (NULL when the region was absent) and after."""
     was_present = existing.c.removed_at.is_(None)
     return [
@@ -474,8 +506,9 @@ def _added(record: RegionRecord) -> Change:
     return Change(record.id, "added", record.display_name, fields)
 
 
-def _details(connection: Connection, limit: int | None) -> list[Change]:
+def _details(connection: Connection, account: str, limit: int | None) -> list[Change]:
     """The first ``limit`` changes by region id, with every field that differs."""
+    existing = _existing(account)
     first = sa.select(diff).order_by(diff.c.region_id).limit(limit).subquery("first")
     query = (
         sa.select(
@@ -514,7 +547,9 @@ def _details(connection: Connection, limit: int | None) -> list[Change]:
     return found
 
 
-def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -> None:
+def apply(
+    connection: Connection, planned: Plan, *, account: str, run_id: int, at: datetime
+) -> None:
     """Write the planned changes: removals, new regions, updates, then the history rows.
 
     History goes last so that the rows of newly added regions exist for its foreign key.
@@ -523,23 +558,27 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
     reader wait (docs/reliability.md, *Readers beside the sync*).
     """
     when = sa.literal(at, UTCDateTime())
+    owner = sa.literal(account, sa.Text())
     counts = planned.counts
     if counts["removed"]:
         removed = sa.select(diff.c.region_id).where(diff.c.kind == "removed")
         connection.execute(
-            regions.update().where(regions.c.id.in_(removed)).values(removed_at=at, updated_at=at)
+            regions.update()
+            .where(_mine(account), regions.c.id.in_(removed))
+            .values(removed_at=at, updated_at=at)
         )
     if counts["added"]:
         # A plain INSERT, cheaper than an upsert's speculative insertion.
-        new_regions = _rows(planned.diff, when, ("added",))
+        new_regions = _rows(planned.diff, owner, when, ("added",))
         connection.execute(regions.insert().from_select(_COLUMNS, new_regions))
     if counts["changed"] or counts["updated"] or counts["restored"]:
-        connection.execute(_upsert(connection, planned.diff, when))
+        connection.execute(_upsert(connection, planned.diff, owner, when))
     if planned.history_rows:
         changed = planned.diff
         insert_history = region_history.insert().from_select(
-            ["sync_run_id", "changed_at", "region_id", "change", *BEFORE_AFTER],
+            ["account", "sync_run_id", "changed_at", "region_id", "change", *BEFORE_AFTER],
             sa.select(
+                owner,
                 sa.literal(run_id, BigId),
                 when,
                 changed.c.region_id,
@@ -552,17 +591,25 @@ def apply(connection: Connection, planned: Plan, *, run_id: int, at: datetime) -
         connection.execute(insert_history)
 
 
-_COLUMNS = ["id", *STORED, "first_seen_at", "updated_at", "removed_at"]
+_COLUMNS = ["account", "id", *STORED, "first_seen_at", "updated_at", "removed_at"]
 
 
 def _rows(
-    changed: sa.FromClause, when: sa.ColumnElement[Any], kinds: tuple[Kind, ...]
+    changed: sa.FromClause,
+    owner: sa.ColumnElement[str],
+    when: sa.ColumnElement[Any],
+    kinds: tuple[Kind, ...],
 ) -> sa.Select[Any]:
     """The regions ``changed`` (:attr:`Plan.diff`) plans as one of ``kinds``, as ``regions``
-    rows."""
+    rows of the account ``owner``."""
     return (
         sa.select(
-            changed.c.region_id, *(_after(changed, name) for name in STORED), when, when, sa.null()
+            owner,
+            changed.c.region_id,
+            *(_after(changed, name) for name in STORED),
+            when,
+            when,
+            sa.null(),
         )
         # A WHERE also keeps SQLite from reading an upsert's ON CONFLICT as a join's ON.
         .where(changed.c.kind.in_(kinds))
@@ -575,19 +622,21 @@ def _after(changed: sa.FromClause, name: str) -> sa.ColumnElement[Any]:
 
 
 def _upsert(
-    connection: Connection, changed: sa.FromClause, when: sa.ColumnElement[Any]
+    connection: Connection,
+    changed: sa.FromClause,
+    owner: sa.ColumnElement[str],
+    when: sa.ColumnElement[Any],
 ) -> sa.Executable:
     """Rewrite the existing regions that change (restored ones included)."""
-    rows = _rows(changed, when, ("changed", "updated", "restored"))
+    rows = _rows(changed, owner, when, ("changed", "updated", "restored"))
+    key = [regions.c.account, regions.c.id]
     if connection.dialect.name == "postgresql":
         stmt = postgresql.insert(regions).from_select(_COLUMNS, rows)
-        return stmt.on_conflict_do_update(
-            index_elements=[regions.c.id], set_=_replaced(stmt.excluded)
-        )
+        return stmt.on_conflict_do_update(index_elements=key, set_=_replaced(stmt.excluded))
     from sqlalchemy.dialects import sqlite  # imported only where SQLite is used
 
     lite = sqlite.insert(regions).from_select(_COLUMNS, rows)
-    return lite.on_conflict_do_update(index_elements=[regions.c.id], set_=_replaced(lite.excluded))
+    return lite.on_conflict_do_update(index_elements=key, set_=_replaced(lite.excluded))
 
 
 def _replaced(excluded: Any) -> dict[str, Any]:

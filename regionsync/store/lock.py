@@ -25,6 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import SQLAlchemyError
 
+from regionsync.settings import DEFAULT_ACCOUNT
 from regionsync.store.engine import connection_schema, sqlite_path
 
 #: The advisory lock key: "regionsy" as a 64-bit integer, so other apps are unlikely to clash.
@@ -157,13 +158,23 @@ class LockHolder:
 
 
 @contextmanager
-def sync_lock(engine: Engine) -> Iterator[Connection | None]:
-    """Hold the sync lock; yields the connection to run the sync on, or None when it is held.
+def sync_lock(engine: Engine, account: str = DEFAULT_ACCOUNT) -> Iterator[Connection | None]:
+    """Hold ``account``'s sync lock; yields the connection to run the sync on, or None when
+    another session holds it. Two accounts never wait on each other.
 
     The yielded connection has no transaction open; the caller begins and commits its own.
     """
-    with exclusive(engine, key=ADVISORY_LOCK_KEY, suffix=".lock") as connection:
+    key, suffix = account_lock(account)
+    with exclusive(engine, key=key, suffix=suffix) as connection:
         yield connection
+
+
+def account_lock(account: str) -> tuple[int, str]:
+    """The advisory lock key and SQLite lock-file suffix of ``account``'s syncs; the default
+    account keeps the ones of versions before accounts existed."""
+    if account == DEFAULT_ACCOUNT:
+        return ADVISORY_LOCK_KEY, ".lock"
+    return _derived_key(ADVISORY_LOCK_KEY, f"account:{account}"), f".{account}.lock"
 
 
 @contextmanager
@@ -201,11 +212,13 @@ def exclusive(engine: Engine, *, key: int, suffix: str) -> Iterator[Connection |
         connection.close()
 
 
-def lock_holder(connection: Connection) -> LockHolder | None:
-    """Who holds the sync lock now; None when nobody does, or on SQLite (``flock``)."""
+def lock_holder(connection: Connection, account: str = DEFAULT_ACCOUNT) -> LockHolder | None:
+    """Who holds ``account``'s sync lock now; None when nobody does, or on SQLite
+    (``flock``)."""
     if connection.dialect.name != "postgresql":
         return None
-    key = advisory_lock_key(connection_schema(connection)) & 0xFFFFFFFFFFFFFFFF
+    base, _suffix = account_lock(account)
+    key = advisory_lock_key(connection_schema(connection), base) & 0xFFFFFFFFFFFFFFFF
     row = (
         connection.execute(_HOLDER, {"high": key >> 32, "low": key & 0xFFFFFFFF}).mappings().first()
     )
@@ -285,6 +298,10 @@ def advisory_lock_key(schema: str | None, base: int = ADVISORY_LOCK_KEY) -> int:
     ``base``, the key older versions take, so an upgrade in place still excludes them."""
     if schema is None or schema == "public":
         return base
-    seed = base.to_bytes(8, "big", signed=True) + schema.encode()
+    return _derived_key(base, schema)
+
+
+def _derived_key(base: int, name: str) -> int:
+    seed = base.to_bytes(8, "big", signed=True) + name.encode()
     digest = hashlib.blake2b(seed, digest_size=8, person=b"regionsync").digest()
     return int.from_bytes(digest, "big", signed=True)

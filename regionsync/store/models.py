@@ -21,12 +21,29 @@ class Base(DeclarativeBase):
     metadata = tables.metadata
 
 
+class Account(Base):
+    """One Kaleyra account this deployment syncs (``accounts``); its key is never stored."""
+
+    __table__ = tables.accounts
+
+    name: Mapped[str]
+    sid: Mapped[str]
+    pod: Mapped[str | None]
+    base_url: Mapped[str | None]
+    api_key_env: Mapped[str | None]
+    api_key_file: Mapped[str | None]
+    schedule: Mapped[str | None]
+    paused_at: Mapped[datetime | None]
+    created_at: Mapped[datetime]
+
+
 class SyncRun(Base):
     """One sync attempt (``sync_runs``)."""
 
     __table__ = tables.sync_runs
 
     id: Mapped[int]
+    account: Mapped[str]
     started_at: Mapped[datetime]
     finished_at: Mapped[datetime | None]
     status: Mapped[RunStatus]
@@ -47,6 +64,7 @@ class Region(Base):
 
     __table__ = tables.regions
 
+    account: Mapped[str]
     id: Mapped[str]
     region_name: Mapped[str | None]
     display_name: Mapped[str | None]
@@ -66,6 +84,7 @@ class RegionHistory(Base):
     __table__ = tables.region_history
 
     id: Mapped[int]
+    account: Mapped[str]
     region_id: Mapped[str]
     sync_run_id: Mapped[int]
     changed_at: Mapped[datetime]
@@ -82,6 +101,7 @@ class NotificationDelivery(Base):
     __table__ = tables.notification_deliveries
 
     id: Mapped[str]
+    account: Mapped[str]
     sync_run_id: Mapped[int]
     part: Mapped[int]
     parts: Mapped[int]
@@ -95,4 +115,24 @@ class NotificationDelivery(Base):
     payload: Mapped[Any]
 
 
-__all__ = ["Base", "NotificationDelivery", "Region", "RegionHistory", "SyncRun"]
+class AppliedAnswer(Base):
+    """The no-change shortcut's memory of an account's last applied answer."""
+
+    __table__ = tables.applied_answers
+
+    account: Mapped[str]
+    digest: Mapped[str]
+    sync_run_id: Mapped[int]
+    fetched: Mapped[int]
+    rejected: Mapped[int]
+
+
+__all__ = [
+    "Account",
+    "AppliedAnswer",
+    "Base",
+    "NotificationDelivery",
+    "Region",
+    "RegionHistory",
+    "SyncRun",
+]

@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from regionsync.settings import DEFAULT_ACCOUNT
 from regionsync.store.tables import RunOutcome, RunStatus, RunTrigger, sync_runs
 
 ABANDONED = "abandoned: the process running it stopped before it finished"
@@ -40,6 +41,7 @@ class RunRow:
     """One ``sync_runs`` row as read back, its fields in the table's column order."""
 
     id: int
+    account: str
     started_at: datetime
     finished_at: datetime | None
     status: RunStatus
@@ -66,7 +68,12 @@ def now() -> datetime:
 
 
 def open_run(
-    connection: Connection, *, trigger: RunTrigger, source: str, skipped: str | None = None
+    connection: Connection,
+    *,
+    account: str = DEFAULT_ACCOUNT,
+    trigger: RunTrigger,
+    source: str,
+    skipped: str | None = None,
 ) -> int:
     """Insert a ``running`` row, which the caller commits before the apply starts; or, given
     why the run was ``skipped``, a row closed at once as skipped, the reason in ``error``."""
@@ -74,6 +81,7 @@ def open_run(
     run_id: int = connection.execute(
         sync_runs.insert()
         .values(
+            account=account,
             started_at=moment,
             finished_at=None if skipped is None else moment,
             status="running" if skipped is None else "skipped",
@@ -87,11 +95,18 @@ def open_run(
     return run_id
 
 
-def close_abandoned(connection: Connection, *, except_run: int) -> int:
-    """Mark runs left ``running`` by a killed process as failed; only under the sync lock."""
+def close_abandoned(
+    connection: Connection, *, account: str = DEFAULT_ACCOUNT, except_run: int
+) -> int:
+    """Mark the account's runs left ``running`` by a killed process as failed; only under
+    the account's sync lock."""
     result = connection.execute(
         sync_runs.update()
-        .where(sync_runs.c.status == "running", sync_runs.c.id != except_run)
+        .where(
+            sync_runs.c.account == account,
+            sync_runs.c.status == "running",
+            sync_runs.c.id != except_run,
+        )
         .values(status="failed", finished_at=now(), error=ABANDONED)
     )
     return result.rowcount
@@ -111,9 +126,10 @@ def finish_run(
     connection.execute(sync_runs.update().where(sync_runs.c.id == run_id).values(**values))
 
 
-def recent(connection: Connection, limit: int = 10) -> list[RunRow]:
-    """The latest runs, newest first."""
-    rows = connection.execute(
-        sa.select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
-    ).mappings()
+def recent(connection: Connection, limit: int = 10, *, account: str | None = None) -> list[RunRow]:
+    """The latest runs (of ``account``, or of all), newest first."""
+    query = sa.select(sync_runs).order_by(sync_runs.c.id.desc()).limit(limit)
+    if account is not None:
+        query = query.where(sync_runs.c.account == account)
+    rows = connection.execute(query).mappings()
     return [RunRow(**row) for row in rows]

@@ -8,6 +8,8 @@ makes reads ``alembic_version`` itself and compares it with :data:`HEAD`, which
 from __future__ import annotations
 
 import importlib.util
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.resources import files
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -21,7 +23,7 @@ from regionsync.store.engine import connection_schema, database_place, translate
 if TYPE_CHECKING:
     from alembic.config import Config
 
-HEAD = "0003"
+HEAD = "0004"
 """The revision of the newest migration in ``migrations/versions``: the schema this code needs."""
 VERSION_TABLE = "alembic_version"
 
@@ -80,18 +82,50 @@ def current_revision(engine: Engine) -> str | None:
 
 
 @translated_errors("migrating the database")
-def migrate(engine: Engine) -> tuple[str | None, str]:
-    """Upgrade to head (idempotent); returns the revisions before and after."""
+def migrate(engine: Engine, *, account: str = "default") -> tuple[str | None, str]:
+    """Upgrade to head (idempotent); returns the revisions before and after.
+
+    ``account`` names the account that rows written before accounts existed belong to
+    (``REGIONSYNC_ACCOUNT``), should the upgrade pass revision 0004.
+    """
     from alembic import command
 
     before = current_revision(engine)
     config = alembic_config()
-    with engine.begin() as connection:
+    config.attributes["account"] = account
+    with migration_connection(engine) as connection:
         config.attributes["connection"] = connection
         command.upgrade(config, "head")
     after = current_revision(engine)
     assert after is not None
     return before, after
+
+
+@contextmanager
+def migration_connection(engine: Engine) -> Iterator[sa.Connection]:
+    """A connection in a transaction for migrating, committed at the end of the block.
+
+    SQLite rebuilds a table to change its keys, which foreign keys checked statement by
+    statement forbid: as SQLite's own procedure for altering tables says, they are turned
+    off for the transaction and checked once before it commits.
+    """
+    with engine.connect() as connection:
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:  # outside any transaction, where SQLite honours it
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys = OFF")  # type: ignore[union-attr]
+        try:
+            with connection.begin():
+                yield connection
+                if sqlite:
+                    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").first()
+                    if broken is not None:
+                        raise SchemaError(
+                            f"the migration left a row of {broken[0]} without its {broken[2]} "
+                            "row; nothing was changed"
+                        )
+        finally:
+            if sqlite and not connection.invalidated:
+                connection.connection.driver_connection.execute("PRAGMA foreign_keys = ON")  # type: ignore[union-attr]
 
 
 def _has_version_table(connection: sa.Connection) -> bool:

@@ -22,7 +22,7 @@ from sqlalchemy import (
     Column,
     DateTime,
     Dialect,
-    ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
@@ -32,6 +32,8 @@ from sqlalchemy import (
     UniqueConstraint,
 )
 from sqlalchemy.dialects.postgresql import JSONB
+
+from regionsync.settings import ACCOUNT_NAME_MAX
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -94,6 +96,61 @@ def _count(name: str, comment: str) -> Column[int]:
     return Column(name, Integer, nullable=False, default=0, comment=comment)
 
 
+def _account(comment: str) -> Column[str]:
+    return Column("account", Text, nullable=False, comment=comment)
+
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column(
+        "name",
+        Text,
+        primary_key=True,
+        comment="The account's name: lowercase letters, digits, - and _, at most 63; the "
+        "account column of every other table and view.",
+    ),
+    Column("sid", Text, nullable=False, comment="Kaleyra's account id (SID)."),
+    Column("pod", Text, comment="Kaleyra's pod, in or na; NULL when base_url is set."),
+    Column("base_url", Text, comment="The API's base URL, instead of a pod; NULL otherwise."),
+    Column(
+        "api_key_env",
+        Text,
+        comment="The environment variable holding the API key (the key itself is never stored).",
+    ),
+    Column(
+        "api_key_file",
+        Text,
+        comment="The file holding the API key; with api_key_env NULL too, the key is the file "
+        "named after the account in REGIONSYNC_API_KEYS_DIR.",
+    ),
+    Column(
+        "schedule",
+        Text,
+        comment="The account's own schedule (as REGIONSYNC_SCHEDULE); NULL: the deployment's.",
+    ),
+    Column(
+        "paused_at",
+        UTCDateTime,
+        comment="When the account was paused (UTC): not synced until resumed; NULL: active.",
+    ),
+    Column("created_at", UTCDateTime, nullable=False, comment="When the account was added (UTC)."),
+    CheckConstraint(f"length(name) BETWEEN 1 AND {ACCOUNT_NAME_MAX}", name="name_length"),
+    CheckConstraint(f"name ~ '^[a-z0-9_-]{{1,{ACCOUNT_NAME_MAX}}}$'", name="name_pattern").ddl_if(
+        dialect="postgresql"
+    ),
+    CheckConstraint(
+        f"name NOT GLOB '*[^a-z0-9_-]*' AND length(name) BETWEEN 1 AND {ACCOUNT_NAME_MAX}",
+        name="name_pattern",
+    ).ddl_if(dialect="sqlite"),
+    CheckConstraint(_in("pod", Literal["in", "na"]), name="pod"),
+    CheckConstraint("(pod IS NULL) <> (base_url IS NULL)", name="one_endpoint"),
+    CheckConstraint("api_key_env IS NULL OR api_key_file IS NULL", name="one_key_source"),
+    comment="The Kaleyra accounts this deployment syncs, one row each; empty: the KALEYRA_* "
+    "settings are the one account, named by REGIONSYNC_ACCOUNT (default: default).",
+)
+
+
 sync_runs = Table(
     "sync_runs",
     metadata,
@@ -102,8 +159,9 @@ sync_runs = Table(
         BigId,
         primary_key=True,
         autoincrement=True,
-        comment="Run number, increasing.",
+        comment="Run number, increasing (across accounts).",
     ),
+    _account("The account synced (accounts.name, or the one account the settings name)."),
     Column("started_at", UTCDateTime, nullable=False, comment="When the run started (UTC)."),
     Column("finished_at", UTCDateTime, comment="When the run ended (UTC); NULL while running."),
     Column(
@@ -134,13 +192,21 @@ sync_runs = Table(
     Column("error", Text, comment="Why the run failed or was skipped, one line; never a secret."),
     CheckConstraint(_in("status", RunStatus), name="status"),
     CheckConstraint(_in("trigger", RunTrigger), name="trigger"),
+    UniqueConstraint("account", "id"),
+    Index(None, "account", "status", "id"),
     Index(None, "status", "started_at"),
-    comment="One row per sync attempt: when, how it ended, and what it counted.",
+    comment="One row per sync attempt of an account: when, how it ended, and what it counted.",
 )
 
 regions = Table(
     "regions",
     metadata,
+    Column(
+        "account",
+        Text,
+        primary_key=True,
+        comment="The account the region is seen by; regions are keyed by (account, id).",
+    ),
     Column("id", Text, primary_key=True, comment="Kaleyra's region id."),
     Column(
         "region_name",
@@ -187,25 +253,24 @@ regions = Table(
         UTCDateTime,
         comment="When a successful sync first missed this region; NULL while it is present.",
     ),
-    Index(None, "removed_at"),
-    comment="Current state of every region ever seen (rows are never deleted).",
+    Index(None, "account", "removed_at"),
+    comment="Current state of every region ever seen, per account (rows are never deleted).",
 )
 
 region_history = Table(
     "region_history",
     metadata,
     Column("id", BigId, primary_key=True, autoincrement=True, comment="Row number, increasing."),
+    _account("The account whose region changed; with region_id, a row of regions."),
     Column(
         "region_id",
         Text,
-        ForeignKey("regions.id"),
         nullable=False,
-        comment="The region that changed (regions.id).",
+        comment="The region that changed (regions.id, of the same account).",
     ),
     Column(
         "sync_run_id",
         BigId,
-        ForeignKey("sync_runs.id"),
         nullable=False,
         comment="The sync that saw the change (sync_runs.id).",
     ),
@@ -236,6 +301,8 @@ region_history = Table(
         Text,
         comment="hosting_region after the change; NULL when absent or unset.",
     ),
+    ForeignKeyConstraint(["account", "region_id"], ["regions.account", "regions.id"]),
+    ForeignKeyConstraint(["account", "sync_run_id"], ["sync_runs.account", "sync_runs.id"]),
     UniqueConstraint("region_id", "sync_run_id"),
     CheckConstraint(_in("change", HistoryChange), name="change"),
     Index(None, "changed_at"),
@@ -246,6 +313,7 @@ region_history = Table(
 #: A region's rows in order; on PostgreSQL it covers what the views read (index-only scans).
 Index(
     None,
+    region_history.c.account,
     region_history.c.region_id,
     region_history.c.changed_at,
     region_history.c.id,
@@ -254,6 +322,7 @@ Index(
 #: When each region (re)appeared: keeps active_regions.present_since cheap on a long history.
 Index(
     "ix_region_history_appearances",
+    region_history.c.account,
     region_history.c.region_id,
     region_history.c.changed_at,
     postgresql_where=region_history.c.change.in_(("added", "restored")),
@@ -270,10 +339,10 @@ notification_deliveries = Table(
         primary_key=True,
         comment="The delivery's stable id, sent as webhook-id on every attempt (msg_...).",
     ),
+    _account("The account whose sync this delivery reports."),
     Column(
         "sync_run_id",
         BigId,
-        ForeignKey("sync_runs.id"),
         nullable=False,
         comment="The sync whose changes this delivery reports (sync_runs.id).",
     ),
@@ -329,9 +398,31 @@ notification_deliveries = Table(
         nullable=False,
         comment="The notification: run id, time, counts and the changes it reports.",
     ),
+    ForeignKeyConstraint(["account", "sync_run_id"], ["sync_runs.account", "sync_runs.id"]),
     UniqueConstraint("sync_run_id", "part"),
     CheckConstraint(_in("status", DeliveryStatus), name="status"),
     Index(None, "status", "next_attempt_at"),
     comment="The notification outbox: one row per webhook delivery of a sync's changes, "
     "written in the sync's transaction and delivered after it commits.",
+)
+
+#: What the no-change shortcut remembers (docs/sync.md, *Nothing to do*): per account, the
+#: digest of the last answer applied. Any write to the account's ``regions`` rows, by a
+#: sync or by hand, deletes its row (a trigger), so a digest here always describes the
+#: regions as they are.
+applied_answers = Table(
+    "applied_answers",
+    metadata,
+    Column("account", Text, primary_key=True, comment="The account (regions.account)."),
+    Column(
+        "digest",
+        Text,
+        nullable=False,
+        comment="SHA-256 of the canonical content of the last answer applied.",
+    ),
+    Column("sync_run_id", BigId, nullable=False, comment="The run that applied it."),
+    Column("fetched", Integer, nullable=False, comment="Records that answer held."),
+    Column("rejected", Integer, nullable=False, comment="Records of it that were rejected."),
+    comment="Internal: the no-change shortcut's memory, one row per account whose regions "
+    "have not been written since its last applied answer. Safe to empty at any time.",
 )

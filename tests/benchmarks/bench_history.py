@@ -28,9 +28,9 @@ from tests.support import create_pg_database, drop_pg_database, settings_for
 RUNS = 8760  # hourly for a year; every 50th failed, and so wrote no history
 
 FILL = """
-INSERT INTO sync_runs (id, started_at, finished_at, status, trigger, source,
+INSERT INTO sync_runs (id, account, started_at, finished_at, status, trigger, source,
                        fetched, added, changed, unchanged, removed, restored, rejected)
-SELECT n, date_trunc('hour', now()) - interval '365 days' + n * interval '1 hour',
+SELECT n, 'default', date_trunc('hour', now()) - interval '365 days' + n * interval '1 hour',
        date_trunc('hour', now()) - interval '365 days' + n * interval '1 hour'
            + interval '5 seconds',
        CASE WHEN n % 50 = 0 THEN 'failed' ELSE 'succeeded' END, 'daemon', 'bench',
@@ -39,17 +39,18 @@ FROM generate_series(1, :runs) AS n;
 
 SELECT setval(pg_get_serial_sequence('sync_runs', 'id'), :runs);
 
-INSERT INTO regions (id, region_name, display_name, management_type, management_type_value,
-                     carrier_enabled, hosting_region, raw, first_seen_at, updated_at)
-SELECT 'r' || lpad(i::text, 6, '0'), '/v1/regions/r' || i, 'Region ' || i, 'GOOGLE_MANAGED', 2,
-       true, 'EUROPE', jsonb_build_object('id', 'r' || i), now(), now()
+INSERT INTO regions (account, id, region_name, display_name, management_type,
+                     management_type_value, carrier_enabled, hosting_region, raw,
+                     first_seen_at, updated_at)
+SELECT 'default', 'r' || lpad(i::text, 6, '0'), '/v1/regions/r' || i, 'Region ' || i,
+       'GOOGLE_MANAGED', 2, true, 'EUROPE', jsonb_build_object('id', 'r' || i), now(), now()
 FROM generate_series(1, :regions) AS i;
 
 -- Region i's k-th change: added first; removed when (k + i) % 25 = 23, restored right after.
-INSERT INTO region_history (region_id, sync_run_id, changed_at, change,
+INSERT INTO region_history (account, region_id, sync_run_id, changed_at, change,
                             carrier_enabled_before, carrier_enabled_after,
                             hosting_region_before, hosting_region_after)
-SELECT 'r' || lpad(p.i::text, 6, '0'), s.id, s.started_at, p.change,
+SELECT 'default', 'r' || lpad(p.i::text, 6, '0'), s.id, s.started_at, p.change,
        CASE WHEN p.change IN ('added', 'restored') THEN NULL ELSE (p.k - 1 + p.i) % 2 = 0 END,
        CASE WHEN p.change = 'removed' THEN NULL ELSE (p.k + p.i) % 2 = 0 END,
        CASE WHEN p.change IN ('added', 'restored') THEN NULL

@@ -443,3 +443,85 @@ def test_tls_is_negotiated_with_the_trust_the_delivery_uses(
     while not sent and time.monotonic() < deadline:
         time.sleep(0.02)
     assert sent == [b""]
+
+
+# Accounts in the accounts table (docs/accounts.md, *4. Check*) ---------------------------
+
+
+@pytest.mark.parametrize("fake_options", [{"accounts": 4, "regions_per_account": 3}])
+def test_each_account_s_key_and_api_are_checked_and_no_key_is_shown(
+    invoke: Invoke, db_url: URL, fake: FakeKaleyra, tmp_path: Path
+) -> None:
+    from regionsync.store.accounts import AccountRow, add_account, set_paused
+    from regionsync.testing.fakeapi import fleet_key, fleet_sid
+
+    key_file = tmp_path / "acme.key"
+    key_file.write_text(fleet_key(fleet_sid(1)) + "\n")
+    engine = store.create_engine(settings_for(db_url))
+    with engine.begin() as connection:
+        for row in (
+            AccountRow("acme", fleet_sid(1), base_url=fake.url, api_key_file=str(key_file)),
+            AccountRow("bravo", fleet_sid(2), base_url=fake.url, api_key_env="KALEYRA_API_KEY_B"),
+            AccountRow("carol", fleet_sid(3), base_url=fake.url),  # REGIONSYNC_API_KEYS_DIR
+            AccountRow("dave", fleet_sid(4), base_url=fake.url, api_key_env="KALEYRA_API_KEY_D"),
+        ):
+            add_account(connection, row)
+        set_paused(connection, "dave", paused=True)
+    engine.dispose()
+    env = {
+        **url_env(db_url),
+        "KALEYRA_API_KEY_B": "not-bravos-key",
+        "KALEYRA_API_KEY_D": fleet_key(fleet_sid(4)),
+        "REGIONSYNC_API_KEYS_DIR": str(tmp_path / "keys"),
+    }
+    before = table_counts(db_url)
+    done = invoke("check", env=env)
+    assert done.returncode == 1, done.stdout
+    found = marks(done.stdout)
+    assert {name: mark for name, mark in found.items() if " " in name} == {
+        "key acme": "✓",
+        "kaleyra acme": "✓",
+        "key bravo": "✓",
+        "kaleyra bravo": "✗",
+        "key carol": "✗",
+        "kaleyra dave": "✓",
+    }
+    assert "kaleyra" not in found  # the KALEYRA_* settings are not an account now
+    lines = done.stdout.splitlines()
+    assert f"✓ key acme: found (file:{key_file})" in lines
+    assert any(line.startswith("✓ kaleyra acme: ") and "3 regions" in line for line in lines)
+    assert any(line.startswith("✗ kaleyra bravo: ") and "401" in line for line in lines)
+    assert any(
+        line.startswith("✗ key carol: cannot read the key file ") and "keys/carol" in line
+        for line in lines
+    )
+    assert any(line.startswith("✓ kaleyra dave: paused since ") for line in lines)
+    assert lines[-1] == f"2 of {len(found)} checks failed"
+    asked = sorted(r.path.split("/")[2] for r in fake.requests)
+    assert asked == [fleet_sid(1), fleet_sid(2)]  # no key, no request; paused, not asked
+    assert table_counts(db_url) == before
+    for key in (fleet_key(fleet_sid(n)) for n in (1, 2, 3, 4)):
+        assert key not in done.stdout + done.stderr
+
+    one = invoke("check", "--account", "acme", env=env)
+    assert one.returncode == 0, one.stdout
+    assert {name for name in marks(one.stdout) if " " in name} == {"key acme", "kaleyra acme"}
+    paused = invoke("check", "--account", "dave", env=env)  # named: asked, paused or not
+    assert paused.returncode == 0, paused.stdout
+    assert marks(paused.stdout)["kaleyra dave"] == "✓"
+    assert "answers the key" in paused.stdout
+    missing = invoke("check", "--account", "nosuch", env=env)
+    assert missing.returncode == 2
+    assert "regionsync: error: --account: no account named 'nosuch'" in missing.stderr
+
+
+def test_the_settings_account_is_checked_as_before_when_named(
+    invoke: Invoke, pg_url: URL, pg_engine: sa.Engine, fake: FakeKaleyra
+) -> None:
+    env = {**url_env(pg_url), **kaleyra_env(fake), "REGIONSYNC_ACCOUNT": "acme"}
+    done = invoke("check", "--account", "acme", env=env)
+    assert done.returncode == 0, done.stdout
+    assert marks(done.stdout)["kaleyra"] == "✓"
+    other = invoke("check", "--account", "bravo", env=env)
+    assert other.returncode == 2
+    assert "the only account is 'acme'" in other.stderr

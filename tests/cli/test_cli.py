@@ -243,7 +243,11 @@ def command_paths(invoke: Invoke, path: tuple[str, ...] = ()) -> list[tuple[str,
 
 
 #: What a command needs besides options, so that it parses.
-ARGUMENTS = {("grant-readonly",): ("reader",)}
+ARGUMENTS = {
+    ("grant-readonly",): ("reader",),
+    **{("accounts", action): ("acme",) for action in ("add", "pause", "resume", "remove")},
+    ("accounts", "import"): ("accounts.csv",),
+}
 
 
 def test_every_command_takes_the_global_options_before_or_after_its_name(

@@ -49,3 +49,21 @@ def test_the_program_does_not_import_traceback_renderers_it_never_uses(
     )
     assert __version__ in done.stdout
     assert not any(mark.exists() for mark in marks)
+
+
+def test_a_reader_that_stops_reading_ends_the_program_quietly(tmp_path: Path) -> None:
+    """``regionsync schedule --count N | head``: no traceback, no "internal error"; the exit
+    code says the pipe broke (128 + SIGPIPE), as a program killed by SIGPIPE would."""
+    env = {**clean_environ(), "XDG_DATA_HOME": str(tmp_path)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "regionsync", "schedule", "--count", "100000"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
+    )
+    assert process.stdout is not None
+    assert process.stderr is not None
+    assert process.stdout.read(30)
+    process.stdout.close()
+    assert process.wait(timeout=60) == 141
+    assert process.stderr.read() == b""

@@ -37,7 +37,7 @@ from regionsync.errors import ConfigError, StoreError
 from regionsync.notify import outbox
 from regionsync.notify.delivery import DeliveryPolicy, Notifier
 from regionsync.notify.outbox import OutboxPolicy
-from regionsync.settings import NotificationSettings, Settings
+from regionsync.settings import DEFAULT_ACCOUNT, NotificationSettings, Settings
 from regionsync.status import gather
 from regionsync.store.grants import grant_readonly
 from regionsync.store.tables import notification_deliveries
@@ -94,8 +94,8 @@ def notifier(engine: Engine, url: str, policy: DeliveryPolicy = FAST, **env: str
     return Notifier(engine, notifications(url, **env), policy=policy)
 
 
-def sync(engine: Engine, source: ListSource, **policy: Any) -> int:
-    result = run_sync(engine, source, notify=OutboxPolicy(**policy))
+def sync(engine: Engine, source: ListSource, account: str = DEFAULT_ACCOUNT, **policy: Any) -> int:
+    result = run_sync(engine, source, account=account, notify=OutboxPolicy(**policy))
     assert result.run_id is not None
     return result.run_id
 
@@ -127,6 +127,8 @@ def test_a_committed_run_is_delivered_once_signed_per_standard_webhooks(
     assert all(g.verified is True and g.answered == 204 for g in got)
     data = got[1].body["data"]
     assert got[1].body["type"] == "regions.changed"
+    assert data["account"] == DEFAULT_ACCOUNT
+    assert [r["account"] for r in rows] == [DEFAULT_ACCOUNT, DEFAULT_ACCOUNT]
     assert data["run_id"] == run_id
     assert data["counts"]["changed"] == 1
     assert data["counts"]["added"] == 1
@@ -295,6 +297,7 @@ def test_notify_reaches_a_listening_connection_at_commit(pg_engine: Engine) -> N
         payload = json.loads(note.payload)
         assert payload == {
             "run_id": run_id,
+            "account": DEFAULT_ACCOUNT,
             "schema": "public",
             "added": 2,
             "changed": 0,
@@ -306,6 +309,34 @@ def test_notify_reaches_a_listening_connection_at_commit(pg_engine: Engine) -> N
     finally:
         listener.close()
     assert deliveries(pg_engine) == []  # without a webhook URL nothing is queued
+
+
+def test_each_account_is_notified_of_its_own_changes_only(
+    engine: Engine, receiver: WebhookServer
+) -> None:
+    """Two accounts hold the same region ids: a run of one reports that account's changes,
+    named in the payload and on the delivery's row."""
+    sync(engine, ListSource([region("a"), region("b")]), account="brand-a")
+    sync(engine, ListSource([region("a", name="Alpha B")]), account="brand-b")
+    flipped = sync(
+        engine, ListSource([region("a", enabled=False, name="Alpha B")]), account="brand-b"
+    )
+    notifier(engine, receiver.url).deliver_pending()
+
+    rows = deliveries(engine)
+    assert [(r["account"], r["status"]) for r in rows] == [
+        ("brand-a", "delivered"),
+        ("brand-b", "delivered"),
+        ("brand-b", "delivered"),
+    ]
+    last = receiver.receiver.received[-1].body["data"]
+    assert (last["account"], last["run_id"]) == ("brand-b", flipped)
+    assert [(c["region_id"], c["kind"], c["display_name"]) for c in last["changes"]] == [
+        ("a", "changed", "Alpha B")
+    ]
+    first = receiver.receiver.received[0].body["data"]
+    assert first["account"] == "brand-a"
+    assert sorted(c["region_id"] for c in first["changes"]) == ["a", "b"]
 
 
 def test_notify_on_chooses_which_changes_notify(sqlite_engine: Engine) -> None:
@@ -443,6 +474,7 @@ def test_notifications_name_fields_as_the_logs_do_documented_with_a_table_header
     [listed] = json.loads(invoke("notifications", "--json", env=env).stdout)
     assert listed["delivery_id"] == failed["delivery_id"] == row["id"]
     assert listed["sync_run_id"] == failed["sync_run_id"]
+    assert listed["account"] == row["account"] == DEFAULT_ACCOUNT
     assert listed["id"] == row["id"]  # the name before delivery_id, kept for scripts
     assert list(listed) == documented_delivery_fields()
 

@@ -15,8 +15,9 @@ from sqlalchemy.engine import Connection, Engine
 
 from regionsync.errors import PermanentSourceError, RegionSyncError
 from regionsync.records import RegionRecord, Snapshot
+from regionsync.settings import DEFAULT_ACCOUNT
 from regionsync.source.answer import Origin, read_answer
-from regionsync.store import changeset
+from regionsync.store import answers, changeset
 from regionsync.sync import Guard, preview, run_sync
 from tests.support.sources import ListSource, body, region, validate_record
 from tests.test_sync import history, rows
@@ -205,17 +206,43 @@ def copies_after_the_parse(monkeypatch: pytest.MonkeyPatch) -> list[int]:
     return sent
 
 
-def test_the_parse_stages_the_records_as_it_validates_them(
+def remembered_digest(engine: Engine) -> str | None:
+    with engine.connect() as c:
+        return answers.remembered(c, DEFAULT_ACCOUNT)
+
+
+def test_the_parse_stages_the_records_as_it_validates_them_unless_an_answer_is_remembered(
     pg_engine: Engine, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Streaming pays off when there is something to apply: on a first run, or once a write
+    to the regions made the memory go; with the last answer remembered the next one likely
+    repeats it, and is staged after the parse only if it does not (docs/sync.md,
+    *Nothing to do*)."""
     copies = copies_after_the_parse(monkeypatch)
     source = ListSource([region(f"r{i}") for i in range(5)])
     run_sync(pg_engine, source)
+    assert copies == []  # a first run: sent to PostgreSQL during the parse
+    assert remembered_digest(pg_engine) is not None
+
     source.data[2] = region("r2", enabled=False)
     result = run_sync(pg_engine, source)
-    assert copies == []  # both snapshots went to PostgreSQL during their parse
-    assert result.counts.changed == 1
+    assert copies == [5]  # remembered: parsed first, then staged in one COPY
+    assert (result.counts.changed, result.unchanged_answer) == (1, False)
     assert history(pg_engine)[-1][:3] == (2, "r2", "changed")
+
+    with pg_engine.begin() as c:
+        c.exec_driver_sql("UPDATE regions SET display_name = 'renamed by hand' WHERE id = 'r0'")
+    assert remembered_digest(pg_engine) is None  # any write to the regions forgets it
+    source.data[3] = region("r3", enabled=False)
+    result = run_sync(pg_engine, source)
+    assert copies == [5]  # forgotten: streamed again
+    assert result.counts.changed == 2  # r3, and r0's name put back
+    assert history(pg_engine)[-1][:3] == (3, "r3", "changed")
+
+    result = run_sync(pg_engine, source)
+    assert copies == [5]  # the remembered answer again: neither staged nor diffed
+    assert result.unchanged_answer
+    assert result.counts.unchanged == 5
 
 
 def test_records_a_duplicate_or_a_reject_replaced_are_staged_again(

@@ -16,12 +16,23 @@ from hypothesis import HealthCheck, given, settings
 from sqlalchemy.engine import Engine
 
 from regionsync.errors import PermanentSourceError
+from regionsync.settings import DEFAULT_ACCOUNT
 from regionsync.store.models import Base
 from regionsync.store.schema import current_revision, migrate
+from regionsync.store.tables import accounts
 from regionsync.sync import run_sync
 from tests.support import as_utc
 from tests.support.migrations import downgrade
-from tests.support.seed import NAMES, Event, Seeded, Values, seed, state_at, write_events
+from tests.support.seed import (
+    NAMES,
+    SEEDED_RUNS,
+    Event,
+    Seeded,
+    Values,
+    seed,
+    state_at,
+    write_events,
+)
 from tests.support.sources import FailingSource, ListSource, region
 
 VIEWS = ["region_status_intervals", "active_regions", "region_changes", "sync_health"]
@@ -38,26 +49,114 @@ def seeded(engine: Engine) -> Seeded:
     return seed(engine, datetime.now(UTC).replace(microsecond=0))
 
 
-def test_sync_health_is_one_row_on_an_empty_database(engine: Engine) -> None:
-    rows = query(engine, "SELECT * FROM sync_health")
-    assert rows == [
-        {
-            "last_run_id": None,
-            "last_run_status": None,
-            "last_run_started_at": None,
-            "last_run_finished_at": None,
-            "last_run_error": None,
-            "last_success_at": None,
-            "last_success_age_seconds": None,
-            "consecutive_failures": 0,
-            "active_regions": 0,
-            "removed_regions": 0,
-        }
+def test_sync_health_has_no_row_on_an_empty_database(engine: Engine) -> None:
+    """One row per account: with no account added and none that ran, there is none."""
+    assert query(engine, "SELECT * FROM sync_health") == []
+
+
+def test_sync_health_has_one_row_per_account_with_its_own_counts(engine: Engine) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    seed(engine, now, account="brand-a")
+    write_events(
+        engine,
+        [
+            (now - timedelta(days=3), "a", "added", (True, "EUROPE")),
+            (now - timedelta(days=2), "b", "added", (True, "EUROPE")),
+            (now - timedelta(days=1), "a", "removed", None),
+        ],
+        first_run=SEEDED_RUNS + 1,
+        account="brand-b",
+    )
+    rows = query(engine, "SELECT * FROM sync_health ORDER BY account")
+    got = [
+        (
+            r["account"],
+            r["last_run_id"],
+            r["last_run_status"],
+            r["consecutive_failures"],
+            r["active_regions"],
+            r["removed_regions"],
+            as_utc(r["last_success_at"]),
+            r["paused_at"],
+        )
+        for r in rows
     ]
+    assert got == [
+        ("brand-a", SEEDED_RUNS, "failed", 2, 2, 1, now - timedelta(days=5, seconds=-2), None),
+        (
+            "brand-b",
+            SEEDED_RUNS + 3,
+            "succeeded",
+            0,
+            1,
+            1,
+            now - timedelta(days=1, seconds=-2),
+            None,
+        ),
+    ]
+
+
+def test_sync_health_lists_the_added_accounts_even_before_they_run(engine: Engine) -> None:
+    """Once accounts has rows it names the accounts; paused_at comes from it."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    seed(engine, now, account="brand-a")
+    with engine.begin() as c:
+        c.execute(
+            accounts.insert(),
+            [
+                {
+                    "name": "brand-a",
+                    "sid": "SID-A",
+                    "pod": "in",
+                    "created_at": now,
+                    "paused_at": None,
+                },
+                {
+                    "name": "brand-c",
+                    "sid": "SID-C",
+                    "pod": "na",
+                    "created_at": now,
+                    "paused_at": now,
+                },
+            ],
+        )
+    rows = query(engine, "SELECT * FROM sync_health ORDER BY account")
+    got = [
+        (r["account"], r["last_run_id"], r["active_regions"], as_utc(r["paused_at"])) for r in rows
+    ]
+    assert got == [("brand-a", SEEDED_RUNS, 2, None), ("brand-c", None, 0, now)]
+
+
+def test_every_view_starts_with_account_and_keeps_accounts_apart(engine: Engine) -> None:
+    """Two accounts with the same story and the same region ids: each view gives each
+    account what it gives one account alone; the views join by account."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    seed(engine, now, account="brand-a")
+    seed(engine, now, account="brand-b", first_run=SEEDED_RUNS + 1)
+    views = PG_VIEWS if engine.dialect.name == "postgresql" else VIEWS
+    inspector = sa.inspect(engine)
+    alone = {
+        "region_status_intervals": 6,
+        "active_regions": 2,
+        "region_changes": 8,
+        "sync_health": 1,
+        "region_status_daily": 61 + 61 + 41,
+    }
+    for view in views:
+        assert inspector.get_columns(view)[0]["name"] == "account", view
+        counted = query(engine, f"SELECT account, count(*) AS n FROM {view} GROUP BY account")
+        assert sorted((r["account"], r["n"]) for r in counted) == [
+            ("brand-a", alone[view]),
+            ("brand-b", alone[view]),
+        ], view
+    runs = query(engine, "SELECT account, sync_run_id, sync_started_at FROM region_changes")
+    assert {r["account"] for r in runs if r["sync_run_id"] > SEEDED_RUNS} == {"brand-b"}
+    assert {r["account"] for r in runs if r["sync_run_id"] <= SEEDED_RUNS} == {"brand-a"}
 
 
 def test_sync_health_after_failures(engine: Engine, seeded: Seeded) -> None:
     [row] = query(engine, "SELECT * FROM sync_health")
+    assert row["account"] == DEFAULT_ACCOUNT
     assert row["last_run_id"] == 10
     assert row["last_run_status"] == "failed"
     assert row["last_run_error"] == "failed for the test"
@@ -200,7 +299,7 @@ def test_every_table_view_and_column_has_a_comment(pg_engine: Engine) -> None:
         "SELECT count(*) AS n FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
         " WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'v')",
     )
-    assert described[0]["n"] == 5 + len(PG_VIEWS)  # four tables, alembic_version, the views
+    assert described[0]["n"] == 7 + len(PG_VIEWS)  # six tables, alembic_version, the views
 
 
 # --- real syncs ------------------------------------------------------------------------
@@ -423,7 +522,7 @@ def test_0002_goes_down_to_0001_and_up_again_keeping_the_data(empty_engine: Engi
     on_pg = empty_engine.dialect.name == "postgresql"
     expected_views = {*VIEWS, "region_status_daily"} if on_pg else set(VIEWS)
     assert views == expected_views
-    assert "ix_region_history_region_id_changed_at_id" in indexes
+    assert "ix_region_history_account_region_id_changed_at_id" in indexes
 
     downgrade(empty_engine, "0001")
     assert current_revision(empty_engine) == "0001"

@@ -22,7 +22,8 @@ START_HINT = (
 )
 #: The ``make_role`` fixture: makes a LOGIN role named from a prefix, returns its name.
 MakeRole = Callable[[str], str]
-TABLES = ("region_history", "regions", "sync_runs")
+#: What the fixtures empty before each test (notification_deliveries goes with sync_runs).
+TABLES = ("region_history", "regions", "sync_runs", "applied_answers", "accounts")
 #: What regionsync reads as its settings; a test passes exactly the ones it means. The CA
 #: bundle variables count too: one set in the developer's shell would have every command load
 #: that bundle, and decide which CA a TLS test trusts.

@@ -11,6 +11,10 @@ final state). :func:`seed` stores the story below, days counted back from ``now`
 
 Runs: one succeeded run per day above, a skipped run on day -3, then two failed runs on
 days -2 and -1.
+
+Every row belongs to one account (``default`` unless given): seeding a second account with
+``first_run`` past the first one's runs stores the same story beside it, the same region ids
+included (regions are keyed by account and id).
 """
 
 from __future__ import annotations
@@ -22,10 +26,13 @@ from typing import Any
 
 from sqlalchemy.engine import Engine
 
+from regionsync.settings import DEFAULT_ACCOUNT
 from regionsync.store.runs import Counts
 from regionsync.store.tables import region_history, regions, sync_runs
 
 Values = tuple[bool, str | None]
+#: Runs :func:`seed` writes: one per moment of EVENTS, then the skipped and failed ones.
+SEEDED_RUNS = 10
 #: (when, region, change, (carrier_enabled, hosting_region) after; None = absent)
 Event = tuple[datetime, str, str, Values | None]
 
@@ -73,6 +80,7 @@ def write_events(
     *,
     names: dict[str, str] | None = None,
     first_run: int = 1,
+    account: str = DEFAULT_ACCOUNT,
 ) -> int:
     """Store ``events`` as syncs would have: returns the id of the last run written."""
     ordered = sorted(events, key=lambda e: e[0])
@@ -89,12 +97,15 @@ def write_events(
             last_known[rid] = after
     with engine.begin() as c:
         for at, number in run_of.items():
-            c.execute(sync_runs.insert().values(**run_row(number, at, "succeeded")))
+            c.execute(
+                sync_runs.insert().values(**run_row(number, at, "succeeded", account=account))
+            )
         for rid, first in first_seen.items():
             final = state_at(ordered, last_change[rid])[rid]
             enabled, hosting = last_known[rid]
             c.execute(
                 regions.insert().values(
+                    account=account,
                     id=rid,
                     region_name=f"/v1/regions/{rid}",
                     display_name=(names or {}).get(rid, f"Region {rid}"),
@@ -110,6 +121,7 @@ def write_events(
             before = previous.get(rid)
             c.execute(
                 region_history.insert().values(
+                    account=account,
                     region_id=rid,
                     sync_run_id=run_of[at],
                     changed_at=at,
@@ -124,20 +136,28 @@ def write_events(
     return first_run + len(moments) - 1
 
 
-def seed(engine: Engine, now: datetime) -> Seeded:
+def seed(
+    engine: Engine, now: datetime, *, account: str = DEFAULT_ACCOUNT, first_run: int = 1
+) -> Seeded:
+    """The story above for ``account``, its runs numbered from ``first_run``
+    (:data:`SEEDED_RUNS` of them)."""
     seeded = Seeded(now)
-    last = write_events(engine, seeded.events(), names=NAMES)
+    last = write_events(engine, seeded.events(), names=NAMES, first_run=first_run, account=account)
     with engine.begin() as c:
         for offset, (day, status) in enumerate(
             [(-3, "skipped"), (-2, "failed"), (-1, "failed")], start=1
         ):
-            c.execute(sync_runs.insert().values(**run_row(last + offset, seeded.day(day), status)))
+            row = run_row(last + offset, seeded.day(day), status, account=account)
+            c.execute(sync_runs.insert().values(**row))
     return seeded
 
 
-def run_row(number: int, at: datetime, status: str) -> dict[str, Any]:
+def run_row(
+    number: int, at: datetime, status: str, *, account: str = DEFAULT_ACCOUNT
+) -> dict[str, Any]:
     return {
         "id": number,
+        "account": account,
         "started_at": at,
         "finished_at": at + timedelta(seconds=2),
         "status": status,

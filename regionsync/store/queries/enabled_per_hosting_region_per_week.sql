@@ -1,11 +1,12 @@
--- How many regions were carrier-enabled per hosting region, week by week?
+-- How many regions were carrier-enabled per account and hosting region, week by week?
 -- Counted on the last day of each week (Monday to Sunday, UTC), or today for this week. (PostgreSQL)
-SELECT date_trunc('week', day)::date AS week,
+SELECT account,
+       date_trunc('week', day)::date AS week,
        hosting_region,
        count(*) AS enabled_regions
 FROM region_status_daily
 WHERE present
   AND carrier_enabled
   AND day = least(date_trunc('week', day)::date + 6, (now() AT TIME ZONE 'UTC')::date)
-GROUP BY 1, 2
-ORDER BY 1, 2;
+GROUP BY 1, 2, 3
+ORDER BY 1, 2, 3;

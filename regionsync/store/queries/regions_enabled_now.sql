@@ -1,5 +1,5 @@
--- Which regions can we send to right now?
-SELECT region_id, display_name, hosting_region, present_since
+-- Which regions can each account send to right now?
+SELECT account, region_id, display_name, hosting_region, present_since
 FROM active_regions
 WHERE carrier_enabled
-ORDER BY display_name, region_id;
+ORDER BY account, display_name, region_id;
