@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from regionsync.store.engine import connection_schema
 from regionsync.store.models import Base
+from regionsync.store.schema import ours
 
 config = context.config
 target_metadata = Base.metadata
@@ -24,6 +25,7 @@ def run_on(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         render_as_batch=connection.dialect.name == "sqlite",
+        include_name=ours,
         compare_type=True,
         # Spelled out only where it is not the default schema anyway (the search_path is the
         # schema alone): autogenerate reflects default-schema tables unqualified.

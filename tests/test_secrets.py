@@ -10,15 +10,18 @@ PostgreSQL's trust authentication accepts any password, so the password is reall
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import json
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -28,9 +31,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from regionsync import cli, logs
+from regionsync.accounts import account_source, configured_accounts, kaleyra_config
 from regionsync.cli import commands
-from regionsync.errors import TransientSourceError
+from regionsync.errors import PermanentSourceError, TransientSourceError
+from regionsync.settings import Settings
 from regionsync.source.kaleyra import KaleyraClient
+from regionsync.store.accounts import account_row, add_account
 from regionsync.store.engine import create_engine
 from regionsync.store.grants import quote_identifier
 from regionsync.store.schema import migrate
@@ -45,10 +51,18 @@ from tests.support import (
     scrub_environ,
     settings_for,
 )
-from tests.support.fakeapi_fixtures import FAST
-from tests.support.leaks import FORMATS, KEY, PASSWORD, WEBHOOK_SECRET, assert_clean
+from tests.support.fakeapi_fixtures import FAST, exception_texts
+from tests.support.leaks import (
+    FORMATS,
+    KEY,
+    PASSWORD,
+    WEBHOOK_SECRET,
+    assert_clean,
+    escaped_forms,
+)
 
 SID = "ACME42"
+PG_DUMP = "/usr/bin/pg_dump"
 
 
 @dataclass
@@ -432,3 +446,201 @@ def test_the_daemon_leaks_nothing(database: URL, fake: FakeKaleyra, tmp_path: Pa
                 process.wait()
     Done(0, "", log.read_text(errors="replace")).check("daemon", "json")
     assert_database_clean(database)
+
+
+# Accounts as rows: each key read at its sync, from a variable, a file or the keys directory --
+
+#: One key per way of finding it (docs/accounts.md, *Keys*); each with a marker of its own.
+ENV_KEY = "sk-live-ABCDEF0123456789-leakcheck"
+FILE_KEY = "sk-live-FEDCBA9876543210-leakfile"
+DIR_KEY = "k'e\"y\\é-LEAKDIRKEY4b7d-ñ'\"\\"
+ECHOED_KEY = "e'c\"h\\ö-LEAKECHO9f1e-ß'\"\\"
+ACCOUNT_KEYS = (ENV_KEY, FILE_KEY, DIR_KEY, ECHOED_KEY)
+ACCOUNT_MARKERS = ("ABCDEF0123456789", "FEDCBA9876543210", "LEAKDIRKEY4b7d", "LEAKECHO9f1e")
+ACCOUNT_KEY_FORMS = set().union(*(escaped_forms(key) for key in ACCOUNT_KEYS))
+
+
+def assert_no_account_key(text: str, where: str) -> None:
+    """No account key in ``text``, raw or escaped once or twice (and none of the others)."""
+    assert_clean(text, where)
+    folded = text.casefold()
+    for marker in ACCOUNT_MARKERS:
+        assert marker.casefold() not in folded, f"{marker} in {where}: {text[:2000]}"
+    for form in ACCOUNT_KEY_FORMS:
+        assert form not in text, f"{form!r} in {where}"
+
+
+def assert_output_clean(done: Done, where: str) -> None:
+    """stdout and stderr, and each JSON log line as decoded and written again."""
+    assert "Traceback" not in done.err
+    assert_no_account_key(done.out, f"stdout of {where}")
+    assert_no_account_key(done.err, f"stderr of {where}")
+    lines = [line for line in done.err.splitlines() if line.startswith("{")]
+    assert lines, f"no JSON log line from {where}"
+    for line in lines:
+        assert_no_account_key(json.dumps(json.loads(line), ensure_ascii=False), where)
+
+
+class _EchoingRefusal(BaseHTTPRequestHandler):
+    """Kaleyra at its worst: 401, with the key it was sent in the message and a header."""
+
+    def do_GET(self) -> None:
+        key = self.headers.get("api-key", "")
+        body = json.dumps(
+            {
+                "code": "RCS401",
+                "message": f"the api-key {key} is not valid",
+                "error": {"error_code": "UNAUTHORIZED", "error_message": f"bad api-key: {key}"},
+            },
+            ensure_ascii=False,
+        ).encode()
+        self.send_response(401, f"Unauthorized {key}")
+        self.send_header("Content-Type", "application/json")
+        self.send_header("WWW-Authenticate", f'ApiKey realm="{key}"')
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
+@pytest.fixture
+def echoing_refusal() -> Iterator[str]:
+    """The base URL of a server that refuses every key, echoing it."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _EchoingRefusal)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        thread.join()
+        server.server_close()
+
+
+def assert_every_text_clean(url: URL) -> None:
+    """Every row of every table, as PostgreSQL writes it as text."""
+    engine = sa.create_engine(url)
+    try:
+        with engine.connect() as c:
+            tables = list(
+                c.execute(
+                    sa.text("SELECT tablename FROM pg_tables WHERE schemaname = 'public'")
+                ).scalars()
+            )
+            assert {"accounts", "sync_runs", "regions", "applied_answers"} <= set(tables)
+            for table in tables:
+                rows = c.exec_driver_sql(f"SELECT t::text FROM {quote_identifier(table)} AS t")
+                assert_no_account_key("\n".join(r[0] for r in rows), f"table {table}")
+    finally:
+        engine.dispose()
+
+
+def pg_dump(url: URL) -> str:
+    """A plain-text dump of the database, data included."""
+    plain = url.set(drivername="postgresql", password=None).render_as_string()
+    done = subprocess.run(
+        [PG_DUMP, "--no-owner", plain], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_account_keys_are_nowhere_but_in_their_requests(
+    regionsync: Runner, database: URL, echoing_refusal: str, tmp_path: Path
+) -> None:
+    """Four accounts as rows, their keys in a variable, a file, and the keys directory; one
+    refused with its key echoed back, then keys missing. No key in any output, log line,
+    error, ``repr()``, table, or ``pg_dump`` (docs/accounts.md, *Keys*)."""
+    keys_dir = tmp_path / "keys"
+    keys_dir.mkdir()
+    (keys_dir / "initech").write_text(DIR_KEY + "\n")
+    (keys_dir / "echo").write_text(ECHOED_KEY)
+    key_file = tmp_path / "globex.key"
+    key_file.write_text(FILE_KEY + "\n")
+    env = {
+        "REGIONSYNC_DATABASE_URL": database.render_as_string(hide_password=False),
+        "KALEYRA_API_KEY_ACME": ENV_KEY,
+        "REGIONSYNC_API_KEYS_DIR": str(keys_dir),
+        "REGIONSYNC_LOG_FORMAT": "json",
+    }
+    assert regionsync(env, "migrate").code == 0
+    engine = create_engine(settings_for(database))
+    with contextlib.ExitStack() as stack:
+        stack.callback(engine.dispose)
+        fakes = {
+            name: stack.enter_context(FakeKaleyra(sid=f"SID{name.upper()}", api_key=key))
+            for name, key in (("acme", ENV_KEY), ("globex", FILE_KEY), ("initech", DIR_KEY))
+        }
+        with engine.begin() as c:
+            for row in (
+                account_row(
+                    {"name": "acme", "sid": "SIDACME", "base_url": fakes["acme"].url}
+                    | {"api_key_env": "KALEYRA_API_KEY_ACME"}
+                ),
+                account_row(
+                    {"name": "globex", "sid": "SIDGLOBEX", "base_url": fakes["globex"].url}
+                    | {"api_key_file": str(key_file)}
+                ),
+                account_row(
+                    {"name": "initech", "sid": "SIDINITECH", "base_url": fakes["initech"].url}
+                ),
+                account_row({"name": "echo", "sid": "SIDECHO", "base_url": echoing_refusal}),
+            ):
+                add_account(c, row)
+
+        # Every account once: three succeed, the echoed key's is refused.
+        done = regionsync(env, "run", "--all")
+        assert done.code == 1, done.err
+        assert_output_clean(done, "run --all")
+        assert "echo: failed: Kaleyra refused the credentials" in done.out
+        assert "4 account(s): 3 succeeded, 1 failed" in done.out
+        for name, key in (("acme", ENV_KEY), ("globex", FILE_KEY), ("initech", DIR_KEY)):
+            assert fakes[name].requests[-1].headers["api-key"] == key  # each key was sent
+            assert f"{name}: " in done.out
+
+        # The same in-process, where the error itself can be read: no key in it either.
+        settings = Settings.from_env(env)
+        accounts = {account.name: account for account in configured_accounts(engine, settings)}
+        logs.configure(fmt="json", secrets=settings.secrets)
+        with pytest.raises(PermanentSourceError) as refused:
+            run_sync(engine, account_source(accounts["echo"], settings), account="echo")
+        for text in exception_texts(refused.value):
+            assert_no_account_key(text, "the 401's error")
+        assert "**********" in str(refused.value)  # the echo was there, and scrubbed
+
+        # What a developer prints: none shows a key (each read now, so there is one to show).
+        shown = [repr(settings), str(settings)]
+        read = {"acme": ENV_KEY, "echo": ECHOED_KEY, "globex": FILE_KEY, "initech": DIR_KEY}
+        for name, account in accounts.items():
+            source = account_source(account, settings)
+            config = kaleyra_config(account, settings)
+            assert config.api_key.reveal() == read[name]
+            shown += [repr(account), str(account), repr(account.row), repr(source), repr(config)]
+        for text in shown:
+            assert_no_account_key(text, "a repr()")
+
+        # Keys gone: the file, and the one in the keys directory. Their runs fail, named.
+        key_file.unlink()
+        (keys_dir / "initech").unlink()
+        done = regionsync(env, "run", "--all")
+        assert done.code == 1, done.err
+        assert_output_clean(done, "run --all without key files")
+        assert f"cannot read the key file {key_file}" in done.out
+        assert f"cannot read the key file {keys_dir / 'initech'}" in done.out
+        for argv in (("status", "--json"), ("accounts", "list"), ("accounts", "list", "--json")):
+            done = regionsync(env, *argv)
+            assert done.code in (0, 1), (argv, done.err)
+            assert_no_account_key(done.out + done.err, " ".join(argv))
+
+    with engine.connect() as c:
+        failed = c.execute(
+            sa.text("SELECT account, count(*) FROM sync_runs WHERE status = 'failed' GROUP BY 1")
+        ).all()
+    assert dict(failed) == {"echo": 3, "globex": 1, "initech": 1}
+    assert_every_text_clean(database)
+    dump = pg_dump(database)
+    assert "KALEYRA_API_KEY_ACME" in dump  # the dump holds the accounts, and their runs
+    assert "cannot read the key file" in dump
+    assert_no_account_key(dump, "pg_dump")

@@ -292,6 +292,12 @@ def cmd_daemon(args: argparse.Namespace, settings: Settings) -> int:
     return run_daemon(settings)
 
 
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.fleet.worker import run_worker
+
+    return run_worker(settings, concurrency=args.concurrency)
+
+
 def cmd_fake_api(
     args: argparse.Namespace, settings: Settings, *, parser: argparse.ArgumentParser
 ) -> int:
@@ -401,4 +407,5 @@ __all__ = [
     "cmd_run",
     "cmd_schedule",
     "cmd_status",
+    "cmd_worker",
 ]

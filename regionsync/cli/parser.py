@@ -49,6 +49,7 @@ def build_parser(*, fake_api: bool = True) -> argparse.ArgumentParser:
     add_migrate(subcommands)
     add_status(subcommands)
     add_daemon(subcommands)
+    add_worker(subcommands)
     add_schedule(subcommands)
     add_grant_readonly(subcommands)
     add_fake_api(subcommands, options=fake_api)
@@ -270,6 +271,25 @@ def add_daemon(subcommands: Subcommands) -> None:
         "SIGINT lets a sync in progress finish and exits 0; a second one exits at once.",
     )
     daemon.set_defaults(handler=commands.cmd_daemon)
+
+
+def add_worker(subcommands: Subcommands) -> None:
+    worker = subcommands.add_parser(
+        "worker",
+        help="one replica of the fleet: sync the accounts through the task queue (PostgreSQL)",
+        description="Run one replica of the fleet (docs/fleet.md): any number of workers "
+        "share the accounts through a task queue in the database, each account synced once "
+        "per period (its schedule, else REGIONSYNC_SCHEDULE), never twice at once. SIGTERM "
+        "or SIGINT lets the running syncs finish and exits 0.",
+    )
+    worker.add_argument(
+        "--concurrency",
+        type=_positive,
+        default=16,
+        metavar="N",
+        help="syncs run side by side in this process (default: 16)",
+    )
+    worker.set_defaults(handler=commands.cmd_worker)
 
 
 def add_schedule(subcommands: Subcommands) -> None:

@@ -38,8 +38,9 @@ class DatabaseUnreachable(exc.OperationalError):
         self.where = where
 
 
-def create_engine(settings: Settings) -> Engine:
-    """An engine for the configured database (the embedded SQLite file by default)."""
+def create_engine(settings: Settings, *, pool_size: int = 2) -> Engine:
+    """An engine for the configured database (the embedded SQLite file by default);
+    ``pool_size`` connections kept open on PostgreSQL (a worker runs syncs side by side)."""
     _warn_if_schema_ignored(settings)
     url = settings.database_url
     if url.get_backend_name() == "sqlite":
@@ -49,7 +50,7 @@ def create_engine(settings: Settings) -> Engine:
         engine = sa.create_engine(
             url,
             pool_pre_ping=True,
-            pool_size=2,
+            pool_size=pool_size,
             json_serializer=canonical_json,
             connect_args={"connect_timeout": 10, "application_name": "regionsync"},
         )

@@ -174,7 +174,7 @@ def account_lock(account: str) -> tuple[int, str]:
     account keeps the ones of versions before accounts existed."""
     if account == DEFAULT_ACCOUNT:
         return ADVISORY_LOCK_KEY, ".lock"
-    return _derived_key(ADVISORY_LOCK_KEY, f"account:{account}"), f".{account}.lock"
+    return derived_key(ADVISORY_LOCK_KEY, f"account:{account}"), f".{account}.lock"
 
 
 @contextmanager
@@ -298,10 +298,10 @@ def advisory_lock_key(schema: str | None, base: int = ADVISORY_LOCK_KEY) -> int:
     ``base``, the key older versions take, so an upgrade in place still excludes them."""
     if schema is None or schema == "public":
         return base
-    return _derived_key(base, schema)
+    return derived_key(base, schema)
 
 
-def _derived_key(base: int, name: str) -> int:
+def derived_key(base: int, name: str) -> int:
     seed = base.to_bytes(8, "big", signed=True) + name.encode()
     digest = hashlib.blake2b(seed, digest_size=8, person=b"regionsync").digest()
     return int.from_bytes(digest, "big", signed=True)

@@ -23,7 +23,7 @@ from regionsync.store.engine import connection_schema, database_place, translate
 if TYPE_CHECKING:
     from alembic.config import Config
 
-HEAD = "0004"
+HEAD = "0005"
 """The revision of the newest migration in ``migrations/versions``: the schema this code needs."""
 VERSION_TABLE = "alembic_version"
 
@@ -59,6 +59,12 @@ def alembic_config() -> Config:
     config.set_main_option("script_location", str(migrations_directory()))
     config.set_main_option("path_separator", "os")
     return config
+
+
+def ours(name: str | None, type_: str, parent_names: object) -> bool:
+    """What Alembic compares with the models: not the task queue's tables (procrastinate's,
+    installed by revision 0005 from its own SQL)."""
+    return not (type_ == "table" and (name or "").startswith("procrastinate"))
 
 
 def head_revision() -> str:

@@ -52,7 +52,7 @@ RunOutcome = Literal["succeeded", "failed", "skipped"]
 """How a finished run ended (``skipped``: another sync held the lock)."""
 RunStatus = Literal["running", RunOutcome]
 """``sync_runs.status``: ``running`` until the run ends."""
-RunTrigger = Literal["cli", "daemon"]
+RunTrigger = Literal["cli", "daemon", "worker"]
 """``sync_runs.trigger``: what started the run."""
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 """``notification_deliveries.status``: ``failed`` means given up."""
@@ -174,7 +174,7 @@ sync_runs = Table(
         "trigger",
         Text,
         nullable=False,
-        comment="What started the run: cli (regionsync run) or daemon.",
+        comment="What started the run: cli (regionsync run), daemon, or worker (a fleet replica).",
     ),
     Column(
         "source",
