@@ -82,6 +82,7 @@ PEER = Path(__file__).with_name("bench_dlt.py")
 LOG_LINES = 150
 HOSTING = ("NORTH_AMERICA", "EUROPE", "ASIA_PACIFIC", "HOSTING_REGION_UNSPECIFIED")
 COPY_COLUMNS = (
+    "account",
     "id",
     "region_name",
     "display_name",
@@ -403,6 +404,7 @@ def copy_floor(connection: psycopg.Connection[Any], n: int, times: int) -> float
     now = datetime.now(UTC)
     rows = [
         (
+            "default",
             r["id"],
             r["region_name"],
             r["display_name"],
