@@ -110,6 +110,7 @@ def kaleyra_config(account: Account, settings: Settings) -> KaleyraConfig:
         api_key=read_key(row, settings),
         regions_path=settings.kaleyra_regions_path,
         ca_bundle=settings.ca_bundle,
+        credentials=f"account {row.name}'s key ({row.key_source}) and SID ({row.sid})",
     )
 
 

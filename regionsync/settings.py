@@ -48,6 +48,10 @@ DEFAULT_LOG_REGION_LINES = 100
 #: sync*).
 DEFAULT_LOCK_TIMEOUT = timedelta(seconds=10)
 MAX_LOCK_TIMEOUT = timedelta(minutes=10)
+#: How long runs that wrote nothing are kept (docs/operations.md, *Run retention*); shorter
+#: than an hour is taken for a typo (``30s`` for ``30d``).
+DEFAULT_RUNS_RETENTION = timedelta(days=30)
+MIN_RUNS_RETENTION = timedelta(hours=1)
 #: The longest interval schedule; anything longer is a typo (and overflows the clock).
 MAX_SCHEDULE_INTERVAL = timedelta(days=365)
 _INTERVAL = re.compile(r"\s*([0-9]+)\s*([a-zA-Z]+)\s*")
@@ -175,6 +179,8 @@ class Settings:
     log_region_lines: int = DEFAULT_LOG_REGION_LINES
     #: The longest a statement waits for a lock another session holds (PostgreSQL).
     lock_timeout: timedelta = DEFAULT_LOCK_TIMEOUT
+    #: How long runs that wrote nothing are kept; None (``off``): every run is kept.
+    runs_retention: timedelta | None = DEFAULT_RUNS_RETENTION
     #: The variable the database URL came from; None for the embedded default.
     database_setting: str | None = None
     #: The CA certificates TLS to Kaleyra and the webhook trusts; None: certifi's bundle.
@@ -272,6 +278,7 @@ class Settings:
             ),
             log_region_lines=_count("REGIONSYNC_LOG_REGION_LINES", get, DEFAULT_LOG_REGION_LINES),
             lock_timeout=_lock_timeout(get),
+            runs_retention=_runs_retention(get),
             ca_bundle=ca_bundle,
             account=check_account_name(
                 get("REGIONSYNC_ACCOUNT") or DEFAULT_ACCOUNT, setting="REGIONSYNC_ACCOUNT"
@@ -291,6 +298,8 @@ class KaleyraConfig:
     api_key: Secret
     regions_path: str = DEFAULT_REGIONS_PATH
     ca_bundle: CABundle | None = None
+    #: What to check when Kaleyra refuses the credentials (an account names its own).
+    credentials: str = "KALEYRA_API_KEY and KALEYRA_SID"
 
     @property
     def regions_url(self) -> str:
@@ -671,6 +680,22 @@ def _lock_timeout(get: Get) -> timedelta:
             "REGIONSYNC_LOCK_TIMEOUT",
             f"must be a duration from 1s to {format_duration(MAX_LOCK_TIMEOUT)}, such as 10s; "
             f"got {raw[:40]!r}",
+        )
+    return value
+
+
+def _runs_retention(get: Get) -> timedelta | None:
+    raw = get("REGIONSYNC_RUNS_RETENTION")
+    if raw is None:
+        return DEFAULT_RUNS_RETENTION
+    if raw.lower() == "off":
+        return None
+    value = parse_duration(raw) if raw.isascii() else None
+    if value is None or value < MIN_RUNS_RETENTION:
+        raise ConfigError(
+            "REGIONSYNC_RUNS_RETENTION",
+            f"must be a duration from {format_duration(MIN_RUNS_RETENTION)} to "
+            f"{MAX_DURATION.days}d, such as 30d, or off to keep every run; got {raw[:40]!r}",
         )
     return value
 

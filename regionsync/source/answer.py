@@ -87,6 +87,8 @@ class Origin:
     scrub: Callable[[str], str] = str
     #: The saved response's file, named first in its messages.
     path: Path | None = None
+    #: What to check when the credentials are refused (401/403).
+    credentials: str = "KALEYRA_API_KEY and KALEYRA_SID"
 
     @classmethod
     def saved(cls, path: Path) -> Origin:
@@ -193,7 +195,7 @@ def classify_failure(body: object, origin: Origin) -> SourceError | None:
     if status in (401, 403) and label not in PERMANENT_CODES:
         return origin.failure(
             kind,
-            f"Kaleyra refused the credentials: {detail}; check KALEYRA_API_KEY and KALEYRA_SID",
+            f"Kaleyra refused the credentials: {detail}; check {origin.credentials}",
             name,
         )
     hint = f"; {NOT_FOUND_HINT}" if status == 404 else ""

@@ -148,6 +148,7 @@ class KaleyraClient:
         self.retry = retry if retry is not None else DEFAULT_RETRY
         self.max_bytes = max_bytes
         self._key = config.api_key
+        self._credentials = config.credentials
         self._verify = httpclient.verify(config.ca_bundle)
         self._session = session
 
@@ -310,6 +311,7 @@ class KaleyraClient:
             content_type=response.headers.get("Content-Type", ""),
             retry_after=httpclient.parse_retry_after(response.headers.get("Retry-After")),
             scrub=self._scrub,
+            credentials=self._credentials,
         )
         # The content is not kept here: a large body is let go once decoded.
         return read_answer(self._content(response, deadline), origin, received_at=datetime.now(UTC))

@@ -139,6 +139,8 @@ def test_one_account_failing_does_not_stop_the_others_and_exits_1(
     )
     assert lines[3].startswith("zulu: failed: ")
     assert "401" in lines[3]
+    # The hint names what to fix for this account, not the KALEYRA_* settings.
+    assert f"check account zulu's key (env:KALEYRA_API_KEY_ZULU) and SID ({CAROL})" in lines[3]
     assert lines[4] == "4 account(s): 1 succeeded, 3 failed"
     assert_one_line_error(done, 1, "3 of 4 account(s) failed: bravo, carol, zulu")
 
