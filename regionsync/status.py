@@ -2,6 +2,9 @@
 the notification backlog.
 
 The JSON names are those of the ``sync_health`` view (and ``/healthz``), for the same facts.
+Given the accounts' timetables, it also says how late each unpaused account is: due since
+when, and overdue or not, as the fleet's dispatcher and metrics judge it
+(:mod:`regionsync.periods`).
 Every per-account fact is an index lookup (``sync_runs`` by (account, status, id) and
 (account, id), ``regions`` by (account, removed_at)), so a fleet of accounts with millions
 of runs reads in one query, never a scan of the runs per account (docs/accounts.md).
@@ -18,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from regionsync.errors import ConfigError
 from regionsync.notify import outbox
+from regionsync.periods import Lateness, Timetables
 from regionsync.settings import DEFAULT_ACCOUNT
 from regionsync.store import runs
 from regionsync.store.engine import translated_errors
@@ -27,8 +31,8 @@ from regionsync.store.schema import require_current
 from regionsync.store.tables import RunStatus, accounts, regions, sync_runs
 
 #: How an account's syncing stands, worst first: see :meth:`AccountStatus.state`.
-AccountState = Literal["paused", "failing", "never", "stale", "ok"]
-ACCOUNT_STATES: tuple[AccountState, ...] = ("paused", "failing", "never", "stale", "ok")
+AccountState = Literal["paused", "failing", "never", "stale", "overdue", "ok"]
+ACCOUNT_STATES: tuple[AccountState, ...] = ("paused", "failing", "never", "stale", "overdue", "ok")
 
 
 @dataclass(frozen=True)
@@ -78,6 +82,13 @@ class AccountStatus:
     enabled_regions: int = 0
     #: Who holds the account's sync lock (PostgreSQL only), when it was asked.
     lock: LockHolder | None = None
+    #: Its own schedule (None: ``REGIONSYNC_SCHEDULE``), when it was added, and when its
+    #: latest run other than a skipped one started: what lateness is judged from.
+    schedule: str | None = None
+    created_at: datetime | None = None
+    last_start_at: datetime | None = None
+    #: How late it is, when timetables were given and it is not paused.
+    lateness: Lateness | None = None
 
     @property
     def freshness(self) -> Freshness:
@@ -86,20 +97,27 @@ class AccountStatus:
     def is_fresh(self, max_age: timedelta) -> bool:
         return self.freshness.is_fresh(max_age)
 
+    @property
+    def overdue(self) -> bool:
+        return self.lateness is not None and self.lateness.overdue
+
     def counts_for_health(self, max_age: timedelta) -> bool:
         """Whether it keeps ``status`` from exiting 0: a paused account never does."""
         return self.paused_at is None and not self.is_fresh(max_age)
 
     def state(self, max_age: timedelta) -> AccountState:
         """``paused``; ``failing``: its latest attempt failed; ``never``: no success yet;
-        ``stale``: the last success is ``max_age`` old or older; else ``ok``."""
+        ``stale``: the last success is ``max_age`` old or older; ``overdue``: due for longer
+        than a period (nobody synced it); else ``ok``."""
         if self.paused_at is not None:
             return "paused"
         if self.consecutive_failures:
             return "failing"
         if self.last_success_at is None:
             return "never"
-        return "ok" if self.is_fresh(max_age) else "stale"
+        if not self.is_fresh(max_age):
+            return "stale"
+        return "overdue" if self.overdue else "ok"
 
     def as_json(self, max_age: timedelta | None = None) -> dict[str, Any]:
         judged = {} if max_age is None else {"state": self.state(max_age)}
@@ -117,7 +135,12 @@ class AccountStatus:
             "last_run_status": self.last_run_status,
             "last_run_error": self.last_run_error,
             "lock": self.lock.as_json() if self.lock else None,
+            **(self.lateness.as_json() if self.lateness else dict.fromkeys(_LATENESS_KEYS)),
         }
+
+
+#: What :meth:`Lateness.as_json` says, null when not judged (paused, or no timetables).
+_LATENESS_KEYS = ("due_since", "due_for_seconds", "overdue", "period_seconds")
 
 
 @dataclass(frozen=True)
@@ -156,6 +179,14 @@ class StatusReport:
             "every run is skipped until that session ends"
         )
 
+    @property
+    def overdue(self) -> list[AccountStatus]:
+        """The unpaused accounts due for longer than a period, the longest due first."""
+        late = [
+            (row.lateness.due_for, row) for row in self.accounts if row.lateness and row.overdue
+        ]
+        return [row for _, row in sorted(late, key=lambda pair: pair[0], reverse=True)]
+
     def lock_warnings(self) -> list[str]:
         """One line per account whose sync lock's holder is stuck."""
         return [
@@ -187,6 +218,7 @@ class StatusReport:
             **(self.deliveries.as_json(self.checked_at) if self.deliveries else {}),
             "consecutive_failures": self.consecutive_failures,
             "lock": self.lock.as_json() if self.lock else None,
+            "overdue_accounts": len(self.overdue),
             "recent_runs": [run.as_json() for run in self.recent_runs],
             "accounts": [row.as_json(max_age) for row in self.accounts],
         }
@@ -199,9 +231,10 @@ def gather(
     limit: int = 10,
     account: str | None = None,
     default_account: str | None = None,
+    timetables: Timetables | None = None,
 ) -> StatusReport:
     """The status of every account, or of ``account`` alone (a :class:`ConfigError` when
-    there is no such account).
+    there is no such account); with ``timetables``, how late each unpaused one is.
 
     The accounts are the rows of ``accounts``; while it is empty, those that have runs, as
     the ``sync_health`` view lists them, and ``default_account`` (the settings' one
@@ -214,6 +247,8 @@ def gather(
         rows = _account_rows(connection, checked_at, account, default_account)
         one_asked = account is not None or len(rows) == 1
         rows = [_with_lock(connection, row, asked=one_asked) for row in rows]
+        if timetables is not None:
+            rows = [_with_lateness(row, timetables) for row in rows]
         deliveries = outbox.backlog(connection)
         selected = account if account is not None else rows[0].account if len(rows) == 1 else None
         recent = runs.recent(connection, limit, account=selected)
@@ -257,9 +292,13 @@ def _account_rows(
     """Each account's facts in one query: the ``accounts`` table drives it, or, while the
     table is empty, the names that have runs (and the settings' one)."""
     if connection.execute(sa.select(accounts.c.name).limit(1)).first() is not None:
-        query = sa.select(accounts.c.name, accounts.c.paused_at, *_facts(accounts.c.name)).order_by(
-            accounts.c.name
-        )
+        query = sa.select(
+            accounts.c.name,
+            accounts.c.paused_at,
+            accounts.c.schedule,
+            accounts.c.created_at,
+            *_facts(accounts.c.name),
+        ).order_by(accounts.c.name)
         if name is not None:
             query = query.where(accounts.c.name == name)
         found = connection.execute(query).all()
@@ -284,7 +323,13 @@ def _account_rows(
     for each in names:
         given = sa.literal(each, sa.Text())
         row = connection.execute(
-            sa.select(given, sa.null().label("paused_at"), *_facts(given))
+            sa.select(
+                given,
+                sa.null().label("paused_at"),
+                sa.null().label("schedule"),
+                sa.null().label("created_at"),
+                *_facts(given),
+            )
         ).one()
         statuses.append(_status(row, checked_at))
     return statuses
@@ -326,8 +371,17 @@ def _facts(account: sa.ColumnElement[str]) -> list[sa.Label[Any]]:
         found = sa.select(last.c[column]).where(last.c.id == run_id).correlate_except(last)
         return found.scalar_subquery().label(label)
 
+    last_start = (
+        sa.select(s.c.started_at)
+        .where(s.c.account == account, s.c.status != "skipped")
+        .order_by(s.c.id.desc())
+        .limit(1)
+        .correlate_except(s)
+        .scalar_subquery()
+    )
     return [
         of_run("finished_at", last_success_id, "last_success_at"),
+        last_start.label("last_start_at"),
         last_run_id.label("last_run_id"),
         of_run("status", last_run_id, "last_run_status"),
         of_run("error", last_run_id, "last_run_error"),
@@ -361,7 +415,23 @@ def _status(row: sa.Row[Any], checked_at: datetime) -> AccountStatus:
         active_regions=values["active_regions"],
         removed_regions=values["removed_regions"],
         enabled_regions=values["enabled_regions"],
+        schedule=values["schedule"],
+        created_at=values["created_at"],
+        last_start_at=values["last_start_at"],
     )
+
+
+def _with_lateness(row: AccountStatus, timetables: Timetables) -> AccountStatus:
+    if row.paused_at is not None:
+        return row
+    late = timetables.lateness(
+        row.account,
+        row.schedule,
+        last_start=row.last_start_at,
+        created_at=row.created_at,
+        now=row.checked_at,
+    )
+    return replace(row, lateness=late)
 
 
 def _accounts_with_runs(connection: Connection) -> list[str]:

@@ -33,6 +33,7 @@ from tests.support.cli import invoke as invoke  # the in-process CLI fixture
 from tests.support.daemon import start_daemon as start_daemon  # a real daemon process
 from tests.support.fakeapi_fixtures import fake as fake  # the fake Kaleyra API
 from tests.support.fakeapi_fixtures import fake_options as fake_options
+from tests.support.fleet import start_worker as start_worker  # real worker processes
 
 
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int:

@@ -202,11 +202,16 @@ def _deliver_notifications(engine: Engine, settings: Settings, *, quiet: bool) -
 
 
 def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    from regionsync.fleet.dispatch import timetables
     from regionsync.status import gather
 
     with _database(settings) as engine:
         report = gather(
-            engine, limit=args.limit, account=args.account, default_account=settings.account
+            engine,
+            limit=args.limit,
+            account=args.account,
+            default_account=settings.account,
+            timetables=timetables(settings),
         )
     fresh = report.is_fresh(args.max_age)
     if args.json:

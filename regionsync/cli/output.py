@@ -18,7 +18,7 @@ from regionsync.cli import terminal
 from regionsync.durations import format_duration
 
 if TYPE_CHECKING:
-    from regionsync.status import StatusReport
+    from regionsync.status import AccountStatus, StatusReport
     from regionsync.store.accounts import AccountRow
     from regionsync.store.browse import Page
     from regionsync.sync import SyncResult
@@ -105,6 +105,13 @@ def print_status(
     print(f"last success: {freshness} - {verdict}")
     if brief:
         return
+    if row is not None and row.lateness is not None and row.overdue:
+        late = row.lateness
+        print(
+            f"OVERDUE: due since {late.due_since:%Y-%m-%d %H:%M:%S} UTC "
+            f"({format_duration(late.due_for)}), longer than its period "
+            f"({format_duration(late.period)}): is a worker or the daemon running?"
+        )
     print(f"account: {terminal.clean(report.account)}")
     failures = report.consecutive_failures
     print(
@@ -131,6 +138,7 @@ ACCOUNT_STATUS_COLUMNS = (
     "state",
     "last success (UTC)",
     "age",
+    "due for",
     "failures",
     "active",
     "enabled",
@@ -146,7 +154,7 @@ def _print_accounts_status(
     states = [row.state(max_age) for row in rows]
     tally = ", ".join(
         f"{states.count(state)} {state}"
-        for state in ("ok", "stale", "failing", "never", "paused")
+        for state in ("ok", "overdue", "stale", "failing", "never", "paused")
         if state in states
     )
     stale = sum(row.counts_for_health(max_age) for row in rows)
@@ -164,6 +172,7 @@ def _print_accounts_status(
             state,
             row.last_success_at or "never",
             "-" if age is None else format_duration(age),
+            _due_for(row),
             row.consecutive_failures,
             row.active_regions,
             row.enabled_regions,
@@ -176,9 +185,26 @@ def _print_accounts_status(
     for line in terminal.table(ACCOUNT_STATUS_COLUMNS, cells):
         print(line)
     print_backlog(report)
+    overdue = report.overdue
+    if overdue:
+        late = overdue[0].lateness
+        longest = "" if late is None else f" for {format_duration(late.due_for)}"
+        print(
+            f"overdue: {len(overdue)} account(s) due for longer than their period, "
+            f"the longest {terminal.clean(overdue[0].account)}{longest}: "
+            "are the workers (or the daemon) running, and enough of them?"
+        )
     for warning in report.lock_warnings():
         print(terminal.clean(warning, limit=None))
     print("`regionsync status --account NAME` shows an account's recent runs")
+
+
+def _due_for(row: AccountStatus) -> str:
+    """How long the account has been due, ``!`` when overdue; ``-`` when not due."""
+    late = row.lateness
+    if late is None or not late.due:
+        return "-"
+    return format_duration(late.due_for) + ("!" if late.overdue else "")
 
 
 def print_status_json(report: StatusReport, max_age: timedelta, fresh: bool) -> None:

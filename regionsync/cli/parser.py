@@ -233,10 +233,11 @@ def add_status(subcommands: Subcommands) -> None:
     status = subcommands.add_parser(
         "status",
         help="recent runs and data freshness (a health check)",
-        description="Show each account's state (ok, stale, failing, never, paused), last "
-        "success, failures and regions; for one account (--account, or the only one) its "
-        "recent runs too. Exit 0 when the last success of every unpaused account is younger "
-        "than --max-age, else 1.",
+        description="Show each account's state (ok, overdue, stale, failing, never, paused), "
+        "last success, how long it has been due (! when overdue: due for longer than a period "
+        "of its schedule), failures and regions; for one account (--account, or the only one) "
+        "its recent runs too. Exit 0 when the last success of every unpaused account is "
+        "younger than --max-age, else 1.",
     )
     status.add_argument(
         "--account",

@@ -6,7 +6,8 @@ skipping paused ones and those whose own schedule is not due yet (an own schedul
 honoured at the daemon's ticks: it can make an account sync less often, not more; see
 docs/accounts.md). The job never raises: a failed sync
 (API down, database down, guard tripped) is logged, recorded when the database allows it,
-and the next tick tries again. Job options:
+and the next tick tries again. After a tick, at most hourly, it deletes old runs that wrote
+nothing (docs/operations.md, *Run retention*). Job options:
 
 - ``max_instances=1``: a sync still running when the next tick comes makes APScheduler skip
   that tick (the advisory lock would make it ``skipped`` anyway); the daemon reports every
@@ -47,9 +48,14 @@ from sqlalchemy.engine import Engine
 from regionsync import gc_pause
 from regionsync.accounts import Account, account_source, configured_accounts
 from regionsync.daemon.health import DaemonHealth
-from regionsync.daemon.metrics import DaemonMetrics, MetricsServer, failure_reason
+from regionsync.daemon.metrics import (
+    DaemonMetrics,
+    MetricsServer,
+    failure_reason,
+    serve_metrics,
+)
 from regionsync.daemon.schedule import Schedule, load_schedule, parse_schedule
-from regionsync.errors import ConfigError, RegionSyncError, StoreError
+from regionsync.errors import RegionSyncError, StoreError
 from regionsync.notify.delivery import Notifier
 from regionsync.notify.outbox import OutboxPolicy
 from regionsync.records import Source
@@ -57,6 +63,7 @@ from regionsync.settings import Settings
 from regionsync.source.kaleyra import KaleyraClient
 from regionsync.status import StatusReport, gather
 from regionsync.store.engine import create_engine, translated_errors
+from regionsync.store.retention import RunPruner
 from regionsync.store.schema import require_current
 from regionsync.sync import Guard, run_sync
 
@@ -66,6 +73,10 @@ JOB_ID = "sync"
 #: /healthz turns 503 when the last success is older than this many periods: two missed or
 #: failed runs in a row are tolerated, the third is not.
 HEALTH_PERIODS = 3
+#: The daemon prunes old runs (docs/operations.md, *Run retention*) after a tick, at most
+#: this often, for at most PRUNE_SECONDS: the next tick is never held up for long.
+PRUNE_EVERY = timedelta(hours=1)
+PRUNE_SECONDS = 10.0
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -96,6 +107,7 @@ def run_daemon(settings: Settings) -> int:
                 notify=OutboxPolicy.from_settings(settings.notifications),
                 health=health,
                 settings=settings,
+                pruner=RunPruner.from_settings(engine, settings, max_seconds=PRUNE_SECONDS),
             )
             if reachable:
                 daemon.refresh_status()
@@ -151,15 +163,7 @@ def _check_database(engine: Engine) -> bool:
 
 
 def _serve_metrics(health: DaemonHealth, host: str, port: int | None) -> MetricsServer | None:
-    if port is None:
-        return None
-    try:
-        return MetricsServer(health.metrics, port, host, health=health.health).start()
-    except OSError as error:
-        raise ConfigError(
-            "REGIONSYNC_METRICS_PORT",
-            f"cannot listen on {host} port {port}: {error.strerror or error}",
-        ) from None
+    return serve_metrics(health.metrics, host, port, health=health.health)
 
 
 class Daemon:
@@ -178,10 +182,14 @@ class Daemon:
         notify: OutboxPolicy | None = None,
         health: DaemonHealth | None = None,
         settings: Settings | None = None,
+        pruner: RunPruner | None = None,
     ) -> None:
         """``source``: the settings' one account's; ``settings``: where the accounts are
-        read from at each tick (None: ``source`` is the only account, ``default``)."""
+        read from at each tick (None: ``source`` is the only account, ``default``);
+        ``pruner``: deletes old runs after a tick, at most every :data:`PRUNE_EVERY`."""
         self.engine = engine
+        self.pruner = pruner
+        self._pruned_at: float | None = None
         self.settings = settings
         #: When each account with a schedule of its own is next due.
         self._due: dict[str, datetime] = {}
@@ -253,6 +261,7 @@ class Daemon:
             self.refresh_status()
             if skipped:
                 self._report_lock_held()
+            self.prune_runs()
         self._log_next_run()
 
     def _due_accounts(self) -> list[tuple[Account, Source]]:
@@ -334,6 +343,15 @@ class Daemon:
             retried=report.retried_attempts,
             failed=len(report.failed) + len(report.expired),
         )
+
+    def prune_runs(self) -> None:
+        """Delete old runs that wrote nothing, if the last prune was an hour ago or more."""
+        clock = time.monotonic()
+        last = self._pruned_at
+        if self.pruner is None or (last is not None and clock - last < PRUNE_EVERY.total_seconds()):
+            return
+        self._pruned_at = clock
+        self.pruner.prune()
 
     def refresh_status(self) -> StatusReport | None:
         """Update the health, region and lock gauges from the database, if it answers."""

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from http.server import BaseHTTPRequestHandler
-from typing import Any, Literal, get_args
+from typing import Any, Literal, Protocol, get_args
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -38,6 +38,7 @@ from prometheus_client import (
 
 from regionsync import __version__
 from regionsync.errors import (
+    ConfigError,
     GuardError,
     PermanentSourceError,
     SchemaError,
@@ -112,14 +113,15 @@ class Metric:
         return metric
 
 
-#: What a daemon knows about its syncs, in the order ``/metrics`` lists them (after
-#: ``process_*`` and ``regionsync_build_info``).
-DAEMON_METRICS = (
+#: What a process that syncs (the daemon, a fleet worker) counts of its own syncs, in the
+#: order ``/metrics`` lists them (after ``process_*`` and ``regionsync_build_info``). No label
+#: names an account: at thousands of accounts that would be thousands of series per metric.
+RUN_METRICS = (
     Metric(
         "_runs",
         Counter,
         "regionsync_sync_runs",
-        "Sync attempts by this daemon, by how they ended (failed includes attempts the "
+        "Sync attempts by this process, by how they ended (failed includes attempts the "
         "database was too far gone to record).",
         "status",
         RUN_OUTCOMES,
@@ -128,7 +130,7 @@ DAEMON_METRICS = (
         "_failures",
         Counter,
         "regionsync_sync_failures",
-        "Failed sync attempts by this daemon, by the class of error (not its message).",
+        "Failed sync attempts by this process, by the class of error (not its message).",
         "reason",
         FAILURE_REASONS,
     ),
@@ -136,7 +138,7 @@ DAEMON_METRICS = (
         "_duration",
         Histogram,
         "regionsync_sync_duration_seconds",
-        "How long this daemon's syncs took, fetch and apply, by outcome.",
+        "How long this process's syncs took, fetch and apply, by outcome.",
         "status",
         ("succeeded", "failed"),
     ),
@@ -144,17 +146,20 @@ DAEMON_METRICS = (
         "_rejected",
         Counter,
         "regionsync_records_rejected",
-        "Records the API sent that were rejected (invalid, oversized) by this daemon's "
+        "Records the API sent that were rejected (invalid, oversized) by this process's "
         "successful syncs.",
     ),
     Metric(
         "_changes",
         Counter,
         "regionsync_region_changes",
-        "Region changes applied by this daemon's syncs, by kind.",
+        "Region changes applied by this process's syncs, by kind.",
         "change",
         CHANGE_KINDS,
     ),
+)
+#: What only a daemon knows, listed after :data:`RUN_METRICS`.
+DAEMON_METRICS = (
     Metric(
         "_last_attempt",
         Gauge,
@@ -211,6 +216,57 @@ DAEMON_METRICS = (
 )
 
 
+def process_registry() -> CollectorRegistry:
+    """A registry with ``process_*`` and ``regionsync_build_info``, the first metrics of
+    every regionsync process's ``/metrics``."""
+    disable_created_metrics()  # type: ignore[no-untyped-call]  # ``*_created``: clutter
+    registry = CollectorRegistry()
+    ProcessCollector(registry=registry)
+    Info(
+        "regionsync_build",
+        "The regionsync version this process runs.",
+        registry=registry,
+    ).info({"version": __version__})
+    return registry
+
+
+class RunMetrics:
+    """:data:`RUN_METRICS`: a process's own sync attempts. Not locked: the owner records and
+    renders under a lock of its own, so that a run's counter and histogram agree."""
+
+    # Set from RUN_METRICS.
+    _runs: Counter
+    _failures: Counter
+    _duration: Histogram
+    _rejected: Counter
+    _changes: Counter
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        for metric in RUN_METRICS:
+            setattr(self, metric.attribute, metric.register(registry))
+
+    def record(
+        self,
+        status: RunOutcome,
+        duration: float | None,
+        *,
+        reason: FailureReason = "internal",
+        counts: Counts | None = None,
+    ) -> None:
+        """Count one attempt; ``duration`` is None for a skipped one (nothing was synced);
+        ``reason`` labels a failure; ``counts``: a finished run's rejected records and
+        changes."""
+        self._runs.labels(status=status).inc()
+        if duration is not None:
+            self._duration.labels(status=status).observe(duration)
+        if status == "failed":
+            self._failures.labels(reason=reason).inc()
+        if counts is not None:
+            self._rejected.inc(counts.rejected)
+            for kind in CHANGE_KINDS:
+                self._changes.labels(change=kind).inc(getattr(counts, kind))
+
+
 class DaemonMetrics:
     """What one daemon process knows about its syncs, as Prometheus metrics and health.
 
@@ -218,11 +274,6 @@ class DaemonMetrics:
     """
 
     # Set from DAEMON_METRICS.
-    _runs: Counter
-    _failures: Counter
-    _duration: Histogram
-    _rejected: Counter
-    _changes: Counter
     _last_attempt: Gauge
     _in_progress: Gauge
     _last_success: Gauge
@@ -235,7 +286,6 @@ class DaemonMetrics:
     def __init__(
         self, *, max_age: timedelta, period: timedelta | None = None, clock: Clock = _utcnow
     ) -> None:
-        disable_created_metrics()  # type: ignore[no-untyped-call]  # ``*_created``: clutter
         self.max_age = max_age
         self._clock = clock
         self._lock = threading.Lock()
@@ -243,13 +293,8 @@ class DaemonMetrics:
         self._recorded_failures = 0  # the database's count, as of the last status refresh
         self._failures_since = 0  # this daemon's failures since that refresh
         self._report: StatusReport | None = None
-        self.registry = CollectorRegistry()
-        ProcessCollector(registry=self.registry)
-        Info(
-            "regionsync_build",
-            "The regionsync version this daemon runs.",
-            registry=self.registry,
-        ).info({"version": __version__})
+        self.registry = process_registry()
+        self.runs = RunMetrics(self.registry)
         for metric in DAEMON_METRICS:
             setattr(self, metric.attribute, metric.register(self.registry))
         self._max_age.set(max_age.total_seconds())
@@ -275,18 +320,11 @@ class DaemonMetrics:
         finished run's rejected records and changes.
         """
         with self._lock:
-            self._runs.labels(status=status).inc()
-            if duration is not None:
-                self._duration.labels(status=status).observe(duration)
+            self.runs.record(status, duration, reason=reason, counts=counts)
             if status == "succeeded":
                 self._recorded_failures = self._failures_since = 0
             elif status == "failed":
-                self._failures.labels(reason=reason).inc()
                 self._failures_since += 1
-            if counts is not None:
-                self._rejected.inc(counts.rejected)
-                for kind in CHANGE_KINDS:
-                    self._changes.labels(change=kind).inc(getattr(counts, kind))
             self._consecutive_failures.set(self._recorded_failures + self._failures_since)
             self._in_progress.set(0)
             self._last_attempt.set(self._clock().timestamp())
@@ -341,8 +379,16 @@ class DaemonMetrics:
             return bytes(generate_latest(self.registry))
 
 
+class Exposed(Protocol):
+    """What a :class:`MetricsServer` serves: the daemon's metrics, or a fleet worker's."""
+
+    def exposition(self) -> bytes: ...
+
+    def health(self) -> tuple[bool, dict[str, Any]]: ...
+
+
 class _Server(BoundedHTTPServer):
-    metrics: DaemonMetrics
+    metrics: Exposed
     health: Health
 
 
@@ -392,7 +438,7 @@ class MetricsServer:
 
     def __init__(
         self,
-        metrics: DaemonMetrics,
+        metrics: Exposed,
         port: int,
         host: str = LOOPBACK,
         *,
@@ -422,6 +468,22 @@ class MetricsServer:
 
     def stop(self) -> None:
         self._serving.stop()
+
+
+def serve_metrics(
+    metrics: Exposed, host: str, port: int | None, *, health: Health | None = None
+) -> MetricsServer | None:
+    """Start serving on ``REGIONSYNC_METRICS_PORT``, if it is set; a port that cannot be
+    bound is a :class:`ConfigError` (exit 2) naming the setting."""
+    if port is None:
+        return None
+    try:
+        return MetricsServer(metrics, port, host, health=health).start()
+    except OSError as error:
+        raise ConfigError(
+            "REGIONSYNC_METRICS_PORT",
+            f"cannot listen on {host} port {port}: {error.strerror or error}",
+        ) from None
 
 
 # Notifications (see docs/notifications.md) -----------------------------------------------
@@ -502,4 +564,12 @@ class NotificationMetrics:
         return {} if backlog is None else backlog.as_json(now)
 
 
-__all__ = ["DaemonMetrics", "MetricsServer", "NotificationMetrics"]
+__all__ = [
+    "DaemonMetrics",
+    "Exposed",
+    "MetricsServer",
+    "NotificationMetrics",
+    "RunMetrics",
+    "process_registry",
+    "serve_metrics",
+]

@@ -10,6 +10,9 @@
   heartbeating (killed, frozen) is retried, so its account is synced by another replica.
 - ``regionsync.deliver``: deferred after a sync that queued notifications, and periodic, so
   the outbox drains through one delivery pass at a time.
+- ``regionsync.prune_runs``: periodic (every :data:`PRUNE_CRON`), unless
+  ``REGIONSYNC_RUNS_RETENTION`` is ``off``; deletes old runs that wrote nothing, in small
+  batches (docs/operations.md, *Run retention*).
 
 One periodic job per period across all replicas is procrastinate's own guarantee; each
 task also takes a ``queueing_lock`` so that a slow one never piles up.
@@ -19,6 +22,8 @@ from __future__ import annotations
 
 import contextlib
 import socket
+import threading
+import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -30,12 +35,15 @@ from sqlalchemy import text
 from sqlalchemy.engine import Engine
 
 from regionsync.accounts import account_source, select_account
+from regionsync.daemon.metrics import FailureReason, failure_reason
 from regionsync.errors import RegionSyncError
 from regionsync.fleet.dispatch import Dispatcher, job_lock
 from regionsync.notify.delivery import Notifier
 from regionsync.notify.outbox import OutboxPolicy
 from regionsync.settings import Settings
 from regionsync.store.lock import derived_key
+from regionsync.store.retention import RunPruner
+from regionsync.store.runs import Counts
 from regionsync.sync import Guard, run_sync
 
 logger = structlog.get_logger("regionsync.fleet")
@@ -47,6 +55,10 @@ STALLED_AFTER_SECONDS = 20
 HEARTBEAT_SECONDS = 5
 #: How often stalled jobs are looked for (crontab with seconds).
 RECOVERY_CRON = "* * * * * */10"
+#: How often old runs are pruned, and for how long at most: a pass holds one of the
+#: replica's worker slots, never for long.
+PRUNE_CRON = "*/10 * * * *"
+PRUNE_SECONDS = 60.0
 #: Only one replica dispatches at a time (a transaction-level advisory lock).
 DISPATCH_LOCK_KEY = derived_key(int.from_bytes(b"regionsy", "big", signed=True), "dispatch")
 
@@ -74,23 +86,61 @@ def connector(settings: Settings, *, max_size: int = 10) -> PsycopgConnector:
     )
 
 
+@dataclass(frozen=True)
+class SyncEnded:
+    """How one sync job ended: ``outcome`` succeeded, skipped, failed, or gone (the account
+    was removed or paused before its job ran: no run); how long it took (None: nothing was
+    synced); a failure's ``reason`` and a run's ``counts``, for the metrics."""
+
+    outcome: str
+    duration: float | None = None
+    reason: FailureReason = "internal"
+    counts: Counts | None = None
+
+
 @dataclass
 class FleetStats:
-    """What this replica did, for its metrics: syncs by outcome, jobs recovered."""
+    """What this replica did: syncs by outcome and running now, jobs dispatched and
+    recovered. The tasks report here (from their threads: it is locked);
+    :class:`regionsync.fleet.metrics.FleetMetrics` extends it to export them."""
 
     syncs: dict[str, int] = field(default_factory=dict)
     recovered: int = 0
     dispatched: int = 0
+    running: int = 0
     last_dispatch_at: datetime | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
-    def count(self, outcome: str) -> None:
-        self.syncs[outcome] = self.syncs.get(outcome, 0) + 1
+    def sync_started(self) -> None:
+        with self._lock:
+            self.running += 1
+
+    def sync_ended(self, ended: SyncEnded) -> None:
+        with self._lock:
+            self.running -= 1
+            self.syncs[ended.outcome] = self.syncs.get(ended.outcome, 0) + 1
+
+    def jobs_dispatched(self, count: int) -> None:
+        with self._lock:
+            self.dispatched += count
+            self.last_dispatch_at = datetime.now(UTC)
+
+    def job_recovered(self) -> None:
+        with self._lock:
+            self.recovered += 1
 
 
-def make_app(settings: Settings, engine: Engine, *, period: timedelta) -> tuple[App, FleetStats]:
-    """The app with its tasks bound to ``engine`` and ``settings``."""
+def make_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    period: timedelta,
+    stats: FleetStats | None = None,
+) -> tuple[App, FleetStats]:
+    """The app with its tasks bound to ``engine`` and ``settings``, reporting to ``stats``
+    (a new :class:`FleetStats` by default)."""
     app = App(connector=connector(settings), import_paths=[])
-    stats = FleetStats()
+    stats = stats if stats is not None else FleetStats()
     guard = Guard.from_settings(settings)
     notify = OutboxPolicy.from_settings(settings.notifications)
     notifier = Notifier.from_settings(engine, settings.notifications)
@@ -99,17 +149,19 @@ def make_app(settings: Settings, engine: Engine, *, period: timedelta) -> tuple[
 
     @app.task(name=SYNC_TASK, queue=QUEUE)
     def sync_account(account: str) -> None:
-        outcome = _sync_account(engine, settings, account, guard, notify)
-        stats.count(outcome)
-        if outcome == "succeeded" and notifier is not None:
+        stats.sync_started()
+        ended = SyncEnded("failed")  # should anything escape
+        try:
+            ended = _sync_account(engine, settings, account, guard, notify)
+        finally:
+            stats.sync_ended(ended)
+        if ended.outcome == "succeeded" and notifier is not None:
             _defer_quietly(deliver.configure(queueing_lock="deliver"))
 
     @app.periodic(cron=dispatch_cron(every), periodic_id="dispatch")
     @app.task(name="regionsync.dispatch", queue=QUEUE, queueing_lock="dispatch")
     def dispatch(timestamp: int) -> None:
-        deferred = dispatch_due(app, engine, dispatcher, datetime.now(UTC))
-        stats.dispatched += deferred
-        stats.last_dispatch_at = datetime.now(UTC)
+        stats.jobs_dispatched(dispatch_due(app, engine, dispatcher, datetime.now(UTC)))
 
     @app.periodic(cron=RECOVERY_CRON, periodic_id="recover")
     @app.task(name="regionsync.recover_stalled", queue=QUEUE, queueing_lock="recover")
@@ -119,7 +171,7 @@ def make_app(settings: Settings, engine: Engine, *, period: timedelta) -> tuple[
         )
         for job in stalled:
             await app.job_manager.retry_job(job)
-            stats.recovered += 1
+            stats.job_recovered()
             logger.warning(
                 "fleet.job_recovered",
                 task=job.task_name,
@@ -127,6 +179,14 @@ def make_app(settings: Settings, engine: Engine, *, period: timedelta) -> tuple[
                 job_id=job.id,
                 hint="its replica stopped heartbeating; another one runs it",
             )
+
+    pruner = RunPruner.from_settings(engine, settings, max_seconds=PRUNE_SECONDS)
+    if pruner is not None:
+
+        @app.periodic(cron=PRUNE_CRON, periodic_id="prune")
+        @app.task(name="regionsync.prune_runs", queue=QUEUE, queueing_lock="prune")
+        def prune_runs(timestamp: int) -> None:
+            pruner.prune()
 
     @app.periodic(cron=dispatch_cron(every), periodic_id="deliver")
     @app.task(name="regionsync.deliver", queue=QUEUE, queueing_lock="deliver")
@@ -148,17 +208,18 @@ def _sync_account(
     name: str,
     guard: Guard,
     notify: OutboxPolicy | None,
-) -> str:
-    """One account's sync as a job: how it ended (succeeded, skipped, failed, gone)."""
+) -> SyncEnded:
+    """One account's sync as a job, and how it ended."""
     log = logger.bind(account=name)
     try:
         account = select_account(engine, settings, name)
     except RegionSyncError as error:
         log.info("fleet.account_gone", reason=str(error))
-        return "gone"
+        return SyncEnded("gone")
     if account.paused_at is not None:
         log.info("fleet.account_paused", paused_at=account.paused_at.isoformat())
-        return "gone"
+        return SyncEnded("gone")
+    started = time.monotonic()
     try:
         source = account_source(account, settings)
         result = run_sync(
@@ -166,11 +227,13 @@ def _sync_account(
         )
     except RegionSyncError as error:
         log.warning("fleet.sync_failed", error=str(error))  # recorded in sync_runs
-        return "failed"
+        return SyncEnded("failed", time.monotonic() - started, failure_reason(error))
     except Exception:
         log.exception("fleet.sync_failed", error="internal error")
-        return "failed"
-    return result.status
+        return SyncEnded("failed", time.monotonic() - started, "internal")
+    if result.status == "skipped":
+        return SyncEnded("skipped", counts=result.counts)
+    return SyncEnded(result.status, result.duration, counts=result.counts)
 
 
 def dispatch_due(app: App, engine: Engine, dispatcher: Dispatcher, now: datetime) -> int:
@@ -216,6 +279,7 @@ __all__ = [
     "QUEUE",
     "SYNC_TASK",
     "FleetStats",
+    "SyncEnded",
     "connector",
     "dispatch_due",
     "dispatch_period",

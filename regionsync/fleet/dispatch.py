@@ -7,23 +7,24 @@ second rather than all at the top of the quarter. A crontab schedule is due at i
 times. An account is due when no run of it (other than a skipped one) started since its
 latest due time, and no job of it is waiting or running: one job per account at a time
 (``queueing_lock`` and ``lock`` ``sync:<name>``). A failed run waits for the next period:
-a refused key is not hammered.
+a refused key is not hammered. The definition, shared with ``status`` and the fleet's
+metrics, is :mod:`regionsync.periods`.
 """
 
 from __future__ import annotations
 
-import hashlib
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from regionsync.daemon.schedule import Schedule, parse_schedule
-
-_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+from regionsync.periods import Timetables, is_due, latest_due, offset
+from regionsync.settings import Settings
 
 #: Unpaused accounts and when each last started a run that was not skipped.
 _LAST_STARTS = sa.text(
@@ -50,34 +51,16 @@ _QUEUED = sa.text(
 )
 
 
+def timetables(settings: Settings) -> Timetables:
+    """Each account's schedule as the dispatcher reads it: its own, else
+    ``REGIONSYNC_SCHEDULE``, in ``REGIONSYNC_TIMEZONE``; for ``status`` and the metrics."""
+    parse = functools.partial(parse_schedule, timezone=settings.timezone)
+    return Timetables(settings.schedule, parse)
+
+
 def job_lock(account: str) -> str:
     """The ``lock`` and ``queueing_lock`` of an account's sync jobs."""
     return f"sync:{account}"
-
-
-def offset(name: str, period: timedelta) -> timedelta:
-    """Where in each period ``name`` is due: stable, and spread evenly over the names."""
-    seconds = max(1, int(period.total_seconds()))
-    digest = hashlib.blake2b(name.encode(), digest_size=8, person=b"regionsync").digest()
-    return timedelta(seconds=int.from_bytes(digest, "big") % seconds)
-
-
-def latest_due(schedule: Schedule, name: str, now: datetime) -> datetime | None:
-    """The latest moment at or before ``now`` at which ``name`` was due."""
-    if schedule.interval is not None:
-        period = schedule.interval
-        start = _EPOCH + offset(name, period)
-        if now < start:
-            return start - period
-        return start + ((now - start) // period) * period
-    trigger: Any = schedule.trigger(now)
-    # The crontab's fire times: the latest one not after now (looking back a whole cycle).
-    moment = trigger.get_next_fire_time(None, now - schedule.period(now=now))
-    latest = None
-    while moment is not None and moment <= now:
-        latest = moment
-        moment = trigger.get_next_fire_time(moment, moment + timedelta(seconds=1))
-    return latest
 
 
 @dataclass(frozen=True)
@@ -116,8 +99,7 @@ class Dispatcher:
         queued = set(connection.execute(_QUEUED, {"task": task_name}).scalars())
         due, skipped = [], 0
         for name, expression, last_start in rows:
-            moment = latest_due(self.schedule(expression), name, now)
-            if last_start is not None and (moment is None or last_start >= moment):
+            if not is_due(self.schedule(expression), name, last_start, now):
                 continue
             if job_lock(name) in queued:
                 skipped += 1
@@ -126,4 +108,4 @@ class Dispatcher:
         return Due(due, skipped, len(rows))
 
 
-__all__ = ["Dispatcher", "Due", "job_lock", "latest_due", "offset"]
+__all__ = ["Dispatcher", "Due", "job_lock", "latest_due", "offset", "timetables"]

@@ -3,25 +3,39 @@
 Any number run at once against one PostgreSQL database; procrastinate hands each job to
 one of them. ``--concurrency`` syncs run side by side in this process (threads: a sync is
 mostly waiting on Kaleyra and PostgreSQL). Stopping: SIGTERM or SIGINT takes no new job and
-lets the running syncs finish (each within its fetch budget and its apply), then exits 0;
-procrastinate handles the signals. A database outage: the worker's queries fail and are
-retried by procrastinate's polling, the syncs' by the next dispatch.
+lets the running syncs finish (each within its fetch budget and its apply), then exits 0.
+A database outage: procrastinate stops its worker when its LISTEN connection or heartbeat
+loses the database; the replica starts one again every :data:`RESTART_SECONDS` until the
+database answers (:func:`serve`), and the syncs that failed meanwhile are retried by the
+next dispatch, and jobs it left ``doing`` by stalled-job recovery. With
+``REGIONSYNC_METRICS_PORT`` set it serves ``/healthz`` and ``/metrics``
+(:mod:`regionsync.fleet.metrics`).
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import os
+import signal
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
 
 import structlog
 
 from regionsync.errors import ConfigError
 from regionsync.settings import Settings
 
+if TYPE_CHECKING:
+    from procrastinate import App
+
 logger = structlog.get_logger("regionsync.fleet.worker")
 
 MAX_CONCURRENCY = 256
+#: After procrastinate's worker stopped on a database error, the wait before the next one.
+RESTART_SECONDS = 5.0
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def run_worker(settings: Settings, *, concurrency: int) -> int:
@@ -43,6 +57,7 @@ def run_worker(settings: Settings, *, concurrency: int) -> int:
         make_app,
         worker_name,
     )
+    from regionsync.fleet.metrics import serving
     from regionsync.store.engine import create_engine, translated_errors
     from regionsync.store.schema import require_current
 
@@ -53,26 +68,81 @@ def run_worker(settings: Settings, *, concurrency: int) -> int:
     try:
         with translated_errors("reading the schema revision"):
             require_current(engine)
-        app, _stats = make_app(settings, engine, period=period)
-        logger.info(
-            "worker.started",
-            concurrency=concurrency,
-            schedule=settings.schedule,
-            database=settings.database_display,
-            pid=os.getpid(),
-        )
-        app.run_worker(
-            queues=[QUEUE],
-            concurrency=concurrency,
-            name=worker_name(),
-            delete_jobs="always",
-            update_heartbeat_interval=HEARTBEAT_SECONDS,
-            stalled_worker_timeout=STALLED_AFTER_SECONDS,
-        )
+        with serving(settings, concurrency=concurrency, period=period) as metrics:
+            app, _stats = make_app(settings, engine, period=period, stats=metrics)
+            logger.info(
+                "worker.started",
+                concurrency=concurrency,
+                schedule=settings.schedule,
+                database=settings.database_display,
+                pid=os.getpid(),
+                metrics_port=settings.metrics_port,
+            )
+            serve(
+                app,
+                queues=[QUEUE],
+                concurrency=concurrency,
+                name=worker_name(),
+                delete_jobs="always",
+                update_heartbeat_interval=HEARTBEAT_SECONDS,
+                stalled_worker_timeout=STALLED_AFTER_SECONDS,
+            )
         logger.info("worker.stopped")
         return 0
     finally:
         engine.dispose()
 
 
-__all__ = ["run_worker"]
+def serve(app: App, **options: Any) -> None:
+    """Run procrastinate's worker with ``options`` until SIGTERM or SIGINT, starting it again
+    whenever it stops on its own: it does when one of its side tasks (the LISTEN connection,
+    the heartbeat) loses the database, and a replica waits out an outage as the daemon does
+    (docs/fleet.md, *Faults*)."""
+    asyncio.run(_serve(app, options))
+
+
+async def _serve(app: App, options: dict[str, Any]) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in STOP_SIGNALS:
+        loop.add_signal_handler(signum, stopping.set)
+    async with app.open_async():
+        while not stopping.is_set():
+            worker = asyncio.create_task(
+                app.run_worker_async(install_signal_handlers=False, **options)
+            )
+            stop = asyncio.create_task(stopping.wait())
+            await asyncio.wait({worker, stop}, return_when=asyncio.FIRST_COMPLETED)
+            stop.cancel()
+            if stopping.is_set() and not worker.done():
+                # procrastinate's graceful stop: no new job, the running ones finish.
+                worker.cancel()
+            error: BaseException | None = None
+            with contextlib.suppress(asyncio.CancelledError):
+                try:
+                    await worker
+                except Exception as failure:  # noqa: BLE001  # a database error: wait, retry
+                    error = failure
+            if stopping.is_set():
+                if error is not None:
+                    logger.warning("worker.stop_incomplete", error=_first_line(error))
+                break
+            logger.warning(
+                "worker.restarting",
+                error=_first_line(error) if error else "procrastinate stopped its worker",
+                retry_in_s=RESTART_SECONDS,
+                hint="the database is likely unreachable; the replica waits for it",
+            )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stopping.wait(), RESTART_SECONDS)
+    for signum in STOP_SIGNALS:
+        loop.remove_signal_handler(signum)
+
+
+def _first_line(error: BaseException) -> str:
+    """procrastinate's ConnectorException says "Database error."; its cause says which."""
+    text = str(error.__cause__ or error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+__all__ = ["run_worker", "serve"]

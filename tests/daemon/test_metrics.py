@@ -7,8 +7,6 @@ when it is installed; CI installs it)."""
 from __future__ import annotations
 
 import json
-import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -19,7 +17,6 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.engine import URL, Engine
 
 from regionsync import store
@@ -33,18 +30,17 @@ from regionsync.testing.fakeapi import FakeKaleyra, sample_regions
 from tests.support import settings_for
 from tests.support.daemon import DaemonProcess, count, http_get, metric_samples
 from tests.support.fakeapi_fixtures import FAST, client_for_fake
+from tests.support.monitoring import (
+    ALERT_TESTS,
+    ALERTS,
+    PROMTOOL,
+    missing_names,
+    needs_promtool,
+    queries,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
-ALERTS = ROOT / "docker" / "prometheus" / "alerts.yml"
-ALERT_TESTS = ROOT / "docker" / "prometheus" / "alerts_test.yml"
-DASHBOARD = ROOT / "docker" / "grafana" / "regionsync.json"
 #: One attempt, short timeouts: a failure is classified within a second or two.
 ONCE = RetryPolicy(attempts=1, total_seconds=2.0, connect_timeout=1.0, read_timeout=0.5)
-
-PROMTOOL = shutil.which("promtool")
-needs_promtool = pytest.mark.skipif(
-    PROMTOOL is None, reason="promtool is not installed (Debian: apt-get install prometheus)"
-)
 
 
 def samples(text: str) -> dict[str, float]:
@@ -298,36 +294,6 @@ def live_metrics(start_daemon: Callable[..., DaemonProcess], url: URL, fake: Fak
     return text
 
 
-def exposed_names(text: str) -> dict[str, dict[str, set[str]]]:
-    """Every sample name of an exposition, with the values each of its labels takes."""
-    names: dict[str, dict[str, set[str]]] = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = names.setdefault(sample.name, {})
-            for key, value in sample.labels.items():
-                labels.setdefault(key, set()).add(value)
-    return names
-
-
-def queries() -> list[tuple[str, str]]:
-    """``(where, PromQL)`` of every alert rule and every dashboard query."""
-    found = []
-    rules = ALERTS.read_text()
-    for match in re.finditer(
-        r"^\s+- alert: (\w+)\n\s+expr: (>\n(?:\s{10}.*\n)+|.*\n)", rules, re.M
-    ):
-        expr = match.group(2).removeprefix(">\n")
-        found.append((f"alert {match.group(1)}", " ".join(expr.split())))
-    for panel in json.loads(DASHBOARD.read_text())["panels"]:
-        for target in panel["targets"]:
-            found.append((f"panel {panel['title']!r}", target["expr"]))
-    return found
-
-
-SELECTOR = re.compile(r"\b((?:regionsync|process)_[a-z0-9_]+)\b(?:\s*\{([^}]*)\})?")
-MATCHER = re.compile(r'(\w+)\s*(=~|!~|!=|=)\s*"([^"]*)"')
-
-
 @pytest.mark.slow
 def test_a_live_daemons_metrics_pass_promtool_and_have_every_name_the_rules_and_dashboard_use(
     start_daemon: Callable[..., DaemonProcess],
@@ -336,23 +302,9 @@ def test_a_live_daemons_metrics_pass_promtool_and_have_every_name_the_rules_and_
     fake: FakeKaleyra,
 ) -> None:
     text = live_metrics(start_daemon, pg_url, fake)
-    exposed = exposed_names(text)
-    used = queries()
+    used = queries("daemon")
     assert len(used) >= 20
-    missing = []
-    for where, expr in used:
-        for name, matchers in SELECTOR.findall(expr):
-            if name not in exposed:
-                missing.append(f"{where}: {name}")
-                continue
-            for label, op, value in MATCHER.findall(matchers):
-                if label in ("job", "instance") or op.startswith("!"):
-                    continue
-                wanted = value.split("|") if op == "=~" else [value]
-                for one in wanted:
-                    if one not in exposed[name].get(label, set()):
-                        missing.append(f'{where}: {name}{{{label}="{one}"}}')
-    assert missing == []
+    assert missing_names(text, used) == []
     if PROMTOOL is not None:
         checked = subprocess.run(
             [PROMTOOL, "check", "metrics"], input=text, capture_output=True, text=True, check=False
@@ -396,7 +348,7 @@ def test_the_alert_rules_pass_promtool_check_and_their_unit_tests() -> None:
 def test_every_dashboard_query_is_valid_promql(tmp_path: Path) -> None:
     assert PROMTOOL is not None
     rules = []
-    for index, (where, expr) in enumerate(queries()):
+    for index, (where, expr) in enumerate(queries("all")):
         if where.startswith("panel"):
             concrete = expr.replace("$__rate_interval", "5m").replace("$job", ".*")
             rules.append(
