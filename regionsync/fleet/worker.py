@@ -15,6 +15,7 @@ next dispatch, and jobs it left ``doing`` by stalled-job recovery. With
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import gc
 import os
@@ -104,6 +105,13 @@ def serve(app: App, **options: Any) -> None:
 async def _serve(app: App, options: dict[str, Any]) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # procrastinate runs a sync task in the loop's default executor, whose threads number
+    # the CPUs + 4 (6 on two cores): --concurrency syncs at once need as many threads,
+    # plus a few for the periodic tasks.
+    threads = int(options.get("concurrency", 1)) + 4
+    loop.set_default_executor(
+        concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="regionsync-job")
+    )
     for signum in STOP_SIGNALS:
         loop.add_signal_handler(signum, stopping.set)
     async with app.open_async():
