@@ -98,3 +98,19 @@ def test_migrate_works_installed_and_from_the_source_tree(tmp_path: Path) -> Non
     )
     assert done.returncode == 0, done.stderr
     assert "migrated: empty -> " in done.stdout
+
+
+def test_every_package_of_the_source_tree_ships() -> None:
+    """pyproject.toml names the packages a plain ``pip install .`` copies: a new subpackage
+    left out installs fine editable (as the tests run) and fails on import once installed."""
+    import tomllib
+
+    listed = set(
+        tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]
+    )
+    found = {
+        ".".join(init.parent.relative_to(ROOT).parts)
+        for init in (ROOT / "regionsync").rglob("__init__.py")
+        if "__pycache__" not in init.parts
+    }
+    assert found <= listed, sorted(found - listed)
