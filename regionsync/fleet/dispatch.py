@@ -22,7 +22,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from regionsync.daemon.schedule import Schedule, parse_schedule
+from regionsync.daemon.schedule import parse_schedule
 from regionsync.periods import Timetables, is_due, latest_due, offset
 from regionsync.settings import Settings
 
@@ -73,21 +73,13 @@ class Due:
 
 
 class Dispatcher:
-    """Finds the due accounts; schedules are parsed once per expression."""
+    """Finds the due accounts; each schedule parsed once (:class:`Timetables`, as ``status``
+    and the metrics read them)."""
 
     def __init__(self, default_schedule: str, timezone: str, implicit_account: str) -> None:
-        self.default = parse_schedule(default_schedule, timezone)
-        self.timezone = timezone
+        parse = functools.partial(parse_schedule, timezone=timezone)
+        self.timetables = Timetables(default_schedule, parse)
         self.implicit_account = implicit_account
-        self._schedules: dict[str, Schedule] = {}
-
-    def schedule(self, expression: str | None) -> Schedule:
-        if expression is None:
-            return self.default
-        found = self._schedules.get(expression)
-        if found is None:
-            found = self._schedules[expression] = parse_schedule(expression, self.timezone)
-        return found
 
     def due(self, connection: Connection, task_name: str, now: datetime) -> Due:
         rows: Sequence[Any] = connection.execute(_LAST_STARTS).all()
@@ -99,7 +91,7 @@ class Dispatcher:
         queued = set(connection.execute(_QUEUED, {"task": task_name}).scalars())
         due, skipped = [], 0
         for name, expression, last_start in rows:
-            if not is_due(self.schedule(expression), name, last_start, now):
+            if not is_due(self.timetables.schedule(expression), name, last_start, now):
                 continue
             if job_lock(name) in queued:
                 skipped += 1
